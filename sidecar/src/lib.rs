@@ -1,0 +1,1 @@
+//! loom-sidecar: receives OTLP, samples, enriches, batches and exports spans.
