@@ -1,7 +1,25 @@
 //! Loom runtime core: the wire types, the Envelope codec for W3C trace context, and the in-process bus.
+//!
+//! Without the default `runtime` feature only [`proto`] (messages) and [`envelope`] (the codec)
+//! are built; that is what the Python extension links.
 
-/// Generated `loom.v1` wire types and the `Bridge` gRPC service (client and server).
+/// Generated `loom.v1` wire types, and with `runtime` the `Bridge` gRPC client and server.
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("loom.v1");
+    include!(concat!(env!("OUT_DIR"), "/loom.v1.rs"));
 }
+
+pub mod envelope;
+
+#[cfg(feature = "runtime")]
+pub mod action_broker;
+#[cfg(feature = "runtime")]
+pub mod event_bus;
+#[cfg(feature = "runtime")]
+pub mod flow;
+#[cfg(feature = "runtime")]
+pub mod telemetry;
+#[cfg(feature = "runtime")]
+mod trace_util;
+
+pub use envelope::Envelope;

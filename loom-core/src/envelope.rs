@@ -1,0 +1,500 @@
+//! Envelope: the parsed view of an event's metadata — W3C trace context plus the `loom.*` keys.
+//!
+//! This is the single codec for Loom metadata: the bridge, the bus and (through pyo3) the Python
+//! SDK all read and write it here, so every language produces byte-identical metadata.
+//! Invalid trace context is treated as absent, never as an error: an event with a garbled
+//! `traceparent` still flows, it just starts a new trace.
+
+use std::collections::HashMap;
+
+use crate::proto::Event;
+
+/// W3C Trace Context header carrying version, trace id, parent span id and flags.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C vendor-specific trace state; only meaningful alongside a valid `traceparent`.
+pub const TRACESTATE: &str = "tracestate";
+pub const THREAD_ID: &str = "loom.thread_id";
+pub const CORRELATION_ID: &str = "loom.correlation_id";
+pub const REPLY_TO: &str = "loom.reply_to";
+pub const SENDER: &str = "loom.sender";
+pub const TTL: &str = "loom.ttl";
+pub const HOP: &str = "loom.hop";
+
+/// Every metadata key the envelope owns; `write_metadata` is authoritative for these.
+pub const KEYS: [&str; 8] = [
+    TRACEPARENT,
+    TRACESTATE,
+    THREAD_ID,
+    CORRELATION_ID,
+    REPLY_TO,
+    SENDER,
+    TTL,
+    HOP,
+];
+
+/// The W3C spec caps tracestate at 32 list members; 512 bytes is the size every vendor must
+/// accept, and a longer value is dropped rather than truncated (truncation could cut a member).
+pub const MAX_TRACESTATE_LEN: usize = 512;
+
+/// Sampled bit of the W3C trace flags.
+pub const FLAG_SAMPLED: u8 = 0x01;
+
+/// A parsed, valid W3C `traceparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+}
+
+impl TraceParent {
+    pub fn sampled(&self) -> bool {
+        self.flags & FLAG_SAMPLED != 0
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    // Only lowercase: the spec makes uppercase hex invalid in traceparent.
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = (hex_val(pair[0])? << 4) | hex_val(pair[1])?;
+    }
+    Some(out)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0xf) as usize] as char);
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut s, bytes);
+    s
+}
+
+/// Parses a W3C `traceparent`; `None` for every form the spec says to ignore.
+///
+/// Version `00` must be exactly 55 characters. Higher versions (except the forbidden `ff`) may
+/// carry more fields after a `-`, and are read as version 00 as the spec asks of parsers.
+pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
+    // Header values may carry optional whitespace around them (RFC 9110 OWS).
+    let b = value.trim_matches([' ', '\t']).as_bytes();
+    if b.len() < 55 {
+        return None;
+    }
+    let version = decode_hex::<1>(&b[0..2])?[0];
+    if version == 0xff {
+        return None;
+    }
+    if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    if version == 0 && b.len() != 55 {
+        return None;
+    }
+    if b.len() > 55 && b[55] != b'-' {
+        return None;
+    }
+    let trace_id = decode_hex::<16>(&b[3..35])?;
+    let span_id = decode_hex::<8>(&b[36..52])?;
+    let flags = decode_hex::<1>(&b[53..55])?[0];
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(TraceParent {
+        trace_id,
+        span_id,
+        flags,
+    })
+}
+
+/// Formats a version-00 `traceparent`.
+pub fn format_traceparent(tp: &TraceParent) -> String {
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    push_hex(&mut s, &tp.trace_id);
+    s.push('-');
+    push_hex(&mut s, &tp.span_id);
+    s.push('-');
+    push_hex(&mut s, &[tp.flags]);
+    s
+}
+
+/// Parsed view of an event's (or action call's) metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    pub thread_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub sender: Option<String>,
+    pub ttl: Option<u32>,
+    pub hop: Option<u32>,
+    /// 32 lowercase hex characters; set only from a valid `traceparent`.
+    pub trace_id: Option<String>,
+    /// 16 lowercase hex characters: the span that is the parent of the receiver's span.
+    pub span_id: Option<String>,
+    pub trace_flags: Option<u8>,
+    pub tracestate: Option<String>,
+}
+
+fn non_empty(md: &HashMap<String, String>, key: &str) -> Option<String> {
+    md.get(key).filter(|v| !v.is_empty()).cloned()
+}
+
+fn number(md: &HashMap<String, String>, key: &str) -> Option<u32> {
+    md.get(key).and_then(|v| v.trim().parse::<u32>().ok())
+}
+
+impl Envelope {
+    /// Reads the envelope keys of `md`; unknown keys are ignored, invalid values read as absent.
+    pub fn from_metadata(md: &HashMap<String, String>) -> Envelope {
+        let mut env = Envelope {
+            thread_id: non_empty(md, THREAD_ID),
+            correlation_id: non_empty(md, CORRELATION_ID),
+            reply_to: non_empty(md, REPLY_TO),
+            sender: non_empty(md, SENDER),
+            ttl: number(md, TTL),
+            hop: number(md, HOP),
+            ..Envelope::default()
+        };
+        if let Some(tp) = md.get(TRACEPARENT).and_then(|v| parse_traceparent(v)) {
+            env.set_traceparent(&tp);
+            // tracestate without a valid traceparent is meaningless (W3C: discard it).
+            env.tracestate = md
+                .get(TRACESTATE)
+                .map(|s| s.trim_matches([' ', '\t']))
+                .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE_LEN)
+                .map(str::to_owned);
+        }
+        env
+    }
+
+    pub fn from_event(ev: &Event) -> Envelope {
+        Envelope::from_metadata(&ev.metadata)
+    }
+
+    /// The trace context as a parsed `traceparent`, if the trace fields form a valid one.
+    pub fn trace_parent(&self) -> Option<TraceParent> {
+        let trace_id = decode_hex::<16>(self.trace_id.as_deref()?.as_bytes())?;
+        let span_id = decode_hex::<8>(self.span_id.as_deref()?.as_bytes())?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceParent {
+            trace_id,
+            span_id,
+            flags: self.trace_flags.unwrap_or(0),
+        })
+    }
+
+    /// The `traceparent` value this envelope writes, if its trace fields are valid.
+    pub fn traceparent(&self) -> Option<String> {
+        self.trace_parent().map(|tp| format_traceparent(&tp))
+    }
+
+    pub fn set_traceparent(&mut self, tp: &TraceParent) {
+        self.trace_id = Some(to_hex(&tp.trace_id));
+        self.span_id = Some(to_hex(&tp.span_id));
+        self.trace_flags = Some(tp.flags);
+    }
+
+    /// Forgets the trace context (all four trace fields).
+    pub fn clear_trace_context(&mut self) {
+        self.trace_id = None;
+        self.span_id = None;
+        self.trace_flags = None;
+        self.tracestate = None;
+    }
+
+    /// Writes the envelope into `md`. The envelope is authoritative for its keys: a field that is
+    /// `None` or empty removes its key, so stale trace context never survives a re-injection.
+    pub fn write_metadata(&self, md: &mut HashMap<String, String>) {
+        fn put(md: &mut HashMap<String, String>, key: &str, value: Option<&str>) {
+            match value.filter(|v| !v.is_empty()) {
+                Some(v) => {
+                    md.insert(key.to_owned(), v.to_owned());
+                }
+                None => {
+                    md.remove(key);
+                }
+            }
+        }
+        let traceparent = self.traceparent();
+        put(md, TRACEPARENT, traceparent.as_deref());
+        let tracestate = traceparent.as_ref().and(self.tracestate.as_deref());
+        put(
+            md,
+            TRACESTATE,
+            tracestate.filter(|s| s.len() <= MAX_TRACESTATE_LEN),
+        );
+        put(md, THREAD_ID, self.thread_id.as_deref());
+        put(md, CORRELATION_ID, self.correlation_id.as_deref());
+        put(md, REPLY_TO, self.reply_to.as_deref());
+        put(md, SENDER, self.sender.as_deref());
+        put(md, TTL, self.ttl.map(|v| v.to_string()).as_deref());
+        put(md, HOP, self.hop.map(|v| v.to_string()).as_deref());
+    }
+
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        let mut md = HashMap::new();
+        self.write_metadata(&mut md);
+        md
+    }
+
+    pub fn attach_to_event(&self, ev: &mut Event) {
+        self.write_metadata(&mut ev.metadata);
+    }
+}
+
+#[cfg(feature = "runtime")]
+mod otel {
+    //! The OpenTelemetry side of the envelope: inject the current span, extract a remote parent.
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry::Context;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::{to_hex, Envelope, MAX_TRACESTATE_LEN};
+
+    impl Envelope {
+        /// Takes the trace context of the current `tracing` span (via tracing-opentelemetry).
+        pub fn inject_trace_context(&mut self) {
+            self.inject_context(&tracing::Span::current().context());
+        }
+
+        /// Takes the trace context of `cx`'s span; clears it when that span context is invalid.
+        pub fn inject_context(&mut self, cx: &Context) {
+            let span = cx.span();
+            let sc = span.span_context();
+            if !sc.is_valid() {
+                self.clear_trace_context();
+                return;
+            }
+            self.trace_id = Some(to_hex(&sc.trace_id().to_bytes()));
+            self.span_id = Some(to_hex(&sc.span_id().to_bytes()));
+            self.trace_flags = Some(sc.trace_flags().to_u8());
+            let state = sc.trace_state().header();
+            self.tracestate =
+                Some(state).filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE_LEN);
+        }
+
+        /// The remote span this envelope names, as the parent context for a new span.
+        pub fn remote_span_context(&self) -> Option<SpanContext> {
+            let tp = self.trace_parent()?;
+            let state = self
+                .tracestate
+                .as_deref()
+                .and_then(|s| s.parse::<TraceState>().ok())
+                .unwrap_or_default();
+            Some(SpanContext::new(
+                TraceId::from_bytes(tp.trace_id),
+                SpanId::from_bytes(tp.span_id),
+                TraceFlags::new(tp.flags),
+                true,
+                state,
+            ))
+        }
+
+        /// An OpenTelemetry context whose (remote) span is this envelope's parent span.
+        pub fn remote_context(&self) -> Option<Context> {
+            self.remote_span_context()
+                .map(|sc| Context::new().with_remote_span_context(sc))
+        }
+
+        /// Makes the remote context the parent of `tracing::Span::current()`.
+        ///
+        /// Returns false when the envelope has no valid trace context, or when the current span
+        /// can no longer take a parent (it already started its OpenTelemetry span, e.g. because
+        /// someone read its context; Loom's layer defers the start so "enter, then extract" works).
+        pub fn extract_trace_context(&self) -> bool {
+            self.set_parent_of(&tracing::Span::current())
+        }
+
+        /// As [`Envelope::extract_trace_context`], for a given span.
+        pub fn set_parent_of(&self, span: &tracing::Span) -> bool {
+            match self.remote_context() {
+                Some(cx) => span.set_parent(cx).is_ok(),
+                None => false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_the_spec_example() {
+        let tp = parse_traceparent(TP).expect("valid");
+        assert_eq!(to_hex(&tp.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(to_hex(&tp.span_id), "00f067aa0ba902b7");
+        assert_eq!(tp.flags, 1);
+        assert!(tp.sampled());
+        assert_eq!(format_traceparent(&tp), TP);
+    }
+
+    #[test]
+    fn accepts_valid_variants() {
+        // Not sampled, other flag bits, future version with extra fields, surrounding whitespace.
+        for v in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds",
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\t",
+        ] {
+            assert!(parse_traceparent(v).is_some(), "should accept {v:?}");
+        }
+        let future = parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-x")
+            .expect("future version");
+        assert_eq!(future.flags, 9);
+    }
+
+    #[test]
+    fn rejects_invalid_forms() {
+        for v in [
+            "",
+            "garbage",
+            "\u{1F600}",
+            // version ff is forbidden; non-hex or uppercase versions.
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            // all-zero ids.
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            // uppercase / non-hex ids and flags.
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473z-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            // wrong lengths and separators.
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47366-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b77-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            // a future version must still separate extra fields with '-'.
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+        ] {
+            assert_eq!(parse_traceparent(v), None, "should reject {v:?}");
+        }
+    }
+
+    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn metadata_round_trip_keeps_every_field() {
+        let env = Envelope {
+            thread_id: Some("t-1".into()),
+            correlation_id: Some("c-9".into()),
+            reply_to: Some("replies.a".into()),
+            sender: Some("sensor".into()),
+            ttl: Some(30),
+            hop: Some(2),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            span_id: Some("00f067aa0ba902b7".into()),
+            trace_flags: Some(1),
+            tracestate: Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".into()),
+        };
+        let m = env.to_metadata();
+        assert_eq!(m[TRACEPARENT], TP);
+        assert_eq!(m[HOP], "2");
+        assert_eq!(Envelope::from_metadata(&m), env);
+    }
+
+    #[test]
+    fn empty_fields_are_not_written() {
+        let env = Envelope {
+            thread_id: Some(String::new()),
+            sender: Some("a".into()),
+            ..Envelope::default()
+        };
+        let m = env.to_metadata();
+        assert_eq!(m, md(&[(SENDER, "a")]));
+    }
+
+    #[test]
+    fn invalid_trace_context_reads_as_absent_and_drops_tracestate() {
+        let m = md(&[
+            (
+                TRACEPARENT,
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            ),
+            (TRACESTATE, "rojo=1"),
+            (THREAD_ID, "t"),
+            (TTL, "not-a-number"),
+        ]);
+        let env = Envelope::from_metadata(&m);
+        assert_eq!(env.trace_id, None);
+        assert_eq!(env.tracestate, None);
+        assert_eq!(env.ttl, None);
+        assert_eq!(env.thread_id.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn write_removes_stale_trace_keys_and_keeps_foreign_keys() {
+        let mut m = md(&[(TRACEPARENT, TP), (TRACESTATE, "a=b"), ("app.key", "v")]);
+        Envelope::default().write_metadata(&mut m);
+        assert_eq!(m, md(&[("app.key", "v")]));
+    }
+
+    #[test]
+    fn oversized_tracestate_is_dropped() {
+        let long = format!("k={}", "x".repeat(MAX_TRACESTATE_LEN));
+        let env = Envelope::from_metadata(&md(&[(TRACEPARENT, TP), (TRACESTATE, &long)]));
+        assert!(env.trace_id.is_some());
+        assert_eq!(env.tracestate, None);
+    }
+
+    #[test]
+    fn hand_set_invalid_ids_are_not_written() {
+        let env = Envelope {
+            trace_id: Some("XYZ".into()),
+            span_id: Some("00f067aa0ba902b7".into()),
+            ..Envelope::default()
+        };
+        assert_eq!(env.traceparent(), None);
+        assert!(!env.to_metadata().contains_key(TRACEPARENT));
+    }
+
+    #[test]
+    fn event_attach_and_read_back() {
+        let mut ev = Event::default();
+        let tp = parse_traceparent(TP).expect("valid");
+        let mut env = Envelope::default();
+        env.set_traceparent(&tp);
+        env.attach_to_event(&mut ev);
+        assert_eq!(Envelope::from_event(&ev).trace_parent(), Some(tp));
+    }
+}

@@ -1,0 +1,309 @@
+//! Telemetry set-up for Loom processes: `tracing` + OpenTelemetry + OTLP export, from the env.
+//!
+//! Environment (shared/design.md §3): `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `OTEL_TRACES_SAMPLER` (standard, wins) / `OTEL_TRACE_SAMPLER`, and their `_ARG` ratio.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Tracer};
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetryLayer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// Sampler names of the OpenTelemetry SDK environment spec.
+pub const SAMPLER_NAMES: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+pub const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
+pub const DEFAULT_SAMPLER: &str = "parentbased_always_on";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("{var}={value:?} is not a known sampler; accepted values: always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio")]
+    UnknownSampler { var: String, value: String },
+    #[error("{var}={value:?} is not a sampling ratio; expected a number from 0.0 to 1.0")]
+    InvalidSamplerArg { var: String, value: String },
+    #[error("cannot build the OTLP exporter for {endpoint}: {message}")]
+    Exporter { endpoint: String, message: String },
+    #[error("a global tracing subscriber is already installed: {0}")]
+    AlreadyInitialised(String),
+}
+
+/// A sampler choice read from the environment, before it becomes an SDK [`Sampler`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerSpec {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl SamplerSpec {
+    pub fn to_sampler(self) -> Sampler {
+        match self {
+            SamplerSpec::AlwaysOn => Sampler::AlwaysOn,
+            SamplerSpec::AlwaysOff => Sampler::AlwaysOff,
+            SamplerSpec::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+            SamplerSpec::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            SamplerSpec::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            SamplerSpec::ParentBasedTraceIdRatio(r) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+            }
+        }
+    }
+}
+
+/// Reads the sampler from variables looked up through `get` (the process env in production).
+///
+/// The standard `OTEL_TRACES_SAMPLER` wins over Loom's historical `OTEL_TRACE_SAMPLER`; each
+/// pairs with its own `_ARG`, falling back to the other spelling's. Names are matched after
+/// trimming and lower-casing; anything else is an error, never a silent default.
+pub fn sampler_spec_from(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<SamplerSpec, TelemetryError> {
+    let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+    let (var, name) = match (
+        non_empty("OTEL_TRACES_SAMPLER"),
+        non_empty("OTEL_TRACE_SAMPLER"),
+    ) {
+        (Some(v), _) => ("OTEL_TRACES_SAMPLER", v),
+        (None, Some(v)) => ("OTEL_TRACE_SAMPLER", v),
+        (None, None) => ("OTEL_TRACES_SAMPLER", DEFAULT_SAMPLER.to_owned()),
+    };
+    let arg_vars: [&str; 2] = if var == "OTEL_TRACES_SAMPLER" {
+        ["OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG"]
+    } else {
+        ["OTEL_TRACE_SAMPLER_ARG", "OTEL_TRACES_SAMPLER_ARG"]
+    };
+    let ratio = || -> Result<f64, TelemetryError> {
+        for arg_var in arg_vars {
+            if let Some(raw) = non_empty(arg_var) {
+                return match raw.trim().parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                    _ => Err(TelemetryError::InvalidSamplerArg {
+                        var: arg_var.to_owned(),
+                        value: raw,
+                    }),
+                };
+            }
+        }
+        Ok(1.0)
+    };
+    Ok(match name.trim().to_ascii_lowercase().as_str() {
+        "always_on" => SamplerSpec::AlwaysOn,
+        "always_off" => SamplerSpec::AlwaysOff,
+        "traceidratio" => SamplerSpec::TraceIdRatio(ratio()?),
+        "parentbased_always_on" => SamplerSpec::ParentBasedAlwaysOn,
+        "parentbased_always_off" => SamplerSpec::ParentBasedAlwaysOff,
+        "parentbased_traceidratio" => SamplerSpec::ParentBasedTraceIdRatio(ratio()?),
+        _ => {
+            return Err(TelemetryError::UnknownSampler {
+                var: var.to_owned(),
+                value: name,
+            })
+        }
+    })
+}
+
+/// The sampler the process environment asks for.
+pub fn sampler_from_env() -> Result<Sampler, TelemetryError> {
+    sampler_spec_from(|k| std::env::var(k).ok()).map(SamplerSpec::to_sampler)
+}
+
+/// The tracing-opentelemetry layer as every Loom process (and test) should build it.
+///
+/// Context activation on enter is off: with it on, entering a span starts its OpenTelemetry
+/// span at once, after which a remote parent can no longer be set. Loom extracts the parent
+/// after entering (`Envelope::extract_trace_context`), so the start must wait until the span's
+/// context is first needed (a child span, an injection, or close).
+pub fn otel_layer<S>(tracer: Tracer) -> OpenTelemetryLayer<S, Tracer>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_context_activation(false)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+}
+
+/// Flushes and shuts the tracer provider down when dropped.
+#[must_use = "dropping the guard shuts telemetry down"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.provider.force_flush() {
+            eprintln!("telemetry: flushing spans failed: {e}");
+        }
+        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            eprintln!("telemetry: shutdown failed: {e}");
+        }
+    }
+}
+
+fn env_non_empty(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Installs the global `tracing` subscriber (fmt logs to stderr, `RUST_LOG` filter defaulting to
+/// `info`) with an OpenTelemetry layer exporting over OTLP/gRPC, sets the W3C propagator, and
+/// returns the guard that flushes on drop. Call it inside a Tokio runtime (the tonic exporter
+/// needs one).
+pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
+    let sampler = sampler_from_env()?;
+    let service: Cow<'_, str> = match env_non_empty("OTEL_SERVICE_NAME") {
+        Some(s) => Cow::Owned(s),
+        None => Cow::Borrowed(service_name),
+    };
+    let endpoint = env_non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| env_non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone())
+        .with_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: endpoint.clone(),
+            message: e.to_string(),
+        })?;
+    let resource = Resource::builder()
+        .with_service_name(service.to_string())
+        .with_attribute(KeyValue::new(
+            "service.instance.id",
+            uuid::Uuid::new_v4().to_string(),
+        ))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_resource(resource)
+        .with_batch_exporter(exporter)
+        .build();
+    let tracer = provider.tracer("loom");
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(otel_layer(tracer))
+        .try_init()
+        .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
+    Ok(TelemetryGuard { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn spec(vars: &[(&str, &str)]) -> Result<SamplerSpec, TelemetryError> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        sampler_spec_from(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn default_is_parentbased_always_on() {
+        assert_eq!(spec(&[]).unwrap(), SamplerSpec::ParentBasedAlwaysOn);
+    }
+
+    #[test]
+    fn every_name_parses() {
+        for (name, want) in [
+            ("always_on", SamplerSpec::AlwaysOn),
+            ("always_off", SamplerSpec::AlwaysOff),
+            ("traceidratio", SamplerSpec::TraceIdRatio(0.25)),
+            ("parentbased_always_on", SamplerSpec::ParentBasedAlwaysOn),
+            ("parentbased_always_off", SamplerSpec::ParentBasedAlwaysOff),
+            (
+                "parentbased_traceidratio",
+                SamplerSpec::ParentBasedTraceIdRatio(0.25),
+            ),
+            (
+                " ParentBased_TraceIdRatio ",
+                SamplerSpec::ParentBasedTraceIdRatio(0.25),
+            ),
+        ] {
+            let got = spec(&[
+                ("OTEL_TRACE_SAMPLER", name),
+                ("OTEL_TRACE_SAMPLER_ARG", "0.25"),
+            ])
+            .unwrap();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn plural_form_wins_with_its_own_arg() {
+        let got = spec(&[
+            ("OTEL_TRACE_SAMPLER", "always_off"),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACE_SAMPLER_ARG", "0.9"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ])
+        .unwrap();
+        assert_eq!(got, SamplerSpec::TraceIdRatio(0.1));
+        // Falls back to the other spelling's ARG when its own is missing.
+        let got = spec(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACE_SAMPLER_ARG", "0.5"),
+        ])
+        .unwrap();
+        assert_eq!(got, SamplerSpec::TraceIdRatio(0.5));
+    }
+
+    #[test]
+    fn unknown_name_is_an_error_naming_the_variable_and_the_choices() {
+        let err = spec(&[("OTEL_TRACE_SAMPLER", "sometimes")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("OTEL_TRACE_SAMPLER=\"sometimes\""), "{msg}");
+        for name in SAMPLER_NAMES {
+            assert!(msg.contains(name), "{msg} lacks {name}");
+        }
+    }
+
+    #[test]
+    fn bad_ratio_is_an_error() {
+        for bad in ["1.5", "-0.1", "half", "NaN"] {
+            let err = spec(&[
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", bad),
+            ])
+            .unwrap_err();
+            assert!(
+                matches!(err, TelemetryError::InvalidSamplerArg { .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Small helpers shared by the bus and the broker to put span context on the wire cheaply.
+
+use std::collections::HashMap;
+
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::envelope::{
+    format_traceparent, TraceParent, MAX_TRACESTATE_LEN, TRACEPARENT, TRACESTATE,
+};
+
+/// Writes `span`'s trace context into `md` as W3C `traceparent`/`tracestate`.
+///
+/// Returns the trace id bytes when the span has a valid context. A span without one (no
+/// OpenTelemetry layer installed) leaves `md` untouched, so context that arrived with the event
+/// keeps flowing through uninstrumented processes.
+pub(crate) fn inject_span(
+    md: &mut HashMap<String, String>,
+    span: &tracing::Span,
+) -> Option<[u8; 16]> {
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    let otel_span = cx.span();
+    let sc = otel_span.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    let tp = TraceParent {
+        trace_id: sc.trace_id().to_bytes(),
+        span_id: sc.span_id().to_bytes(),
+        flags: sc.trace_flags().to_u8(),
+    };
+    md.insert(TRACEPARENT.to_owned(), format_traceparent(&tp));
+    let state = sc.trace_state().header();
+    if !state.is_empty() && state.len() <= MAX_TRACESTATE_LEN {
+        md.insert(TRACESTATE.to_owned(), state);
+    } else {
+        md.remove(TRACESTATE);
+    }
+    Some(tp.trace_id)
+}
