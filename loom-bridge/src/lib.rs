@@ -1,1 +1,77 @@
-//! Loom Bridge: joins remote agents to the EventBus over gRPC (`loom.v1.Bridge`).
+//! Loom Bridge: joins remote agents (Python first) to the EventBus and ActionBroker over gRPC.
+//!
+//! [`Bridge`] owns the bus, the broker and the agent registry; [`serve`] runs the gRPC service,
+//! the heartbeat reaper and the dashboard until a shutdown signal.
+
+pub mod config;
+pub mod dashboard;
+mod registry;
+pub mod service;
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+pub use config::BridgeConfig;
+pub use registry::AgentInfo;
+pub use service::{Bridge, BridgeStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("dashboard server failed: {0}")]
+    Dashboard(std::io::Error),
+}
+
+/// Serves `bridge` on `listener` (and the dashboard on `dashboard`, if given) until `shutdown`
+/// completes; then closes every agent stream and waits for the servers to finish.
+pub async fn serve(
+    bridge: Bridge,
+    listener: TcpListener,
+    dashboard: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let reaper = tokio::spawn(bridge.clone().run_reaper());
+    let stop = tokio_util::sync::CancellationToken::new();
+
+    let dash = dashboard.map(|l| {
+        let router = dashboard::router(bridge.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(l, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    });
+
+    let grpc_stop = stop.clone();
+    let b = bridge.clone();
+    let grace = bridge.config().shutdown_grace;
+    let grpc = tonic::transport::Server::builder()
+        .add_service(bridge.service())
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            shutdown.await;
+            // Streams are long-lived: end them, or graceful shutdown would wait forever.
+            b.shutdown();
+            grpc_stop.cancel();
+        });
+    tokio::pin!(grpc);
+    let result = tokio::select! {
+        r = &mut grpc => r,
+        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "agents did not drain their streams in time: stopping anyway");
+            Ok(())
+        }
+    };
+    stop.cancel();
+    bridge.shutdown();
+    reaper.abort();
+    if let Some(d) = dash {
+        if let Ok(Err(e)) = d.await {
+            return Err(ServeError::Dashboard(e));
+        }
+    }
+    result.map_err(ServeError::from)
+}

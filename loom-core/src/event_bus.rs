@@ -96,6 +96,11 @@ pub fn validate_topic(topic: &str) -> Result<(), BusError> {
     }
 }
 
+/// Checks a subscription pattern (wildcards allowed).
+pub fn validate_pattern(pattern: &str) -> Result<(), BusError> {
+    Pattern::new(pattern).map(|_| ())
+}
+
 /// A subscription pattern: `*` matches any run of characters (dots included), so `sensor.*`
 /// matches `sensor.data` and `sensor.a.b`, and `*` alone matches every topic.
 #[derive(Debug, Clone)]
@@ -354,6 +359,33 @@ impl Subscription {
     }
 
     /// Deliveries waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.sub.queue.len()
+    }
+
+    /// A read-only view of this subscription's counters that outlives borrows of it.
+    pub fn monitor(&self) -> SubscriptionMonitor {
+        SubscriptionMonitor {
+            sub: self.sub.clone(),
+        }
+    }
+}
+
+/// Live counters of one subscription (for stats pages), without the right to receive.
+#[derive(Clone)]
+pub struct SubscriptionMonitor {
+    sub: Arc<Subscriber>,
+}
+
+impl SubscriptionMonitor {
+    pub fn pattern(&self) -> &str {
+        &self.sub.pattern.raw
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.sub.dropped.load(Ordering::Relaxed)
+    }
+
     pub fn queued(&self) -> usize {
         self.sub.queue.len()
     }

@@ -17,6 +17,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 
 /// Sampler names of the OpenTelemetry SDK environment spec.
 pub const SAMPLER_NAMES: [&str; 6] = [
@@ -144,6 +145,20 @@ where
         .with_location(false)
 }
 
+/// Which `tracing` spans become OpenTelemetry spans: INFO and above, never the transport's own
+/// internals (h2/hyper/tower/tonic emit debug and trace spans per frame; `RUST_LOG=debug` for
+/// the logs must not flood the trace backend with them).
+pub fn otel_filter() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::LevelFilter;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target("h2", LevelFilter::OFF)
+        .with_target("hyper", LevelFilter::OFF)
+        .with_target("hyper_util", LevelFilter::OFF)
+        .with_target("tower", LevelFilter::OFF)
+        .with_target("tonic", LevelFilter::OFF)
+}
+
 /// Flushes and shuts the tracer provider down when dropped.
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
@@ -209,11 +224,14 @@ pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryErr
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(otel_layer(tracer))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(log_filter),
+        )
+        .with(otel_layer(tracer).with_filter(otel_filter()))
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     Ok(TelemetryGuard { provider })

@@ -1,0 +1,110 @@
+//! `loom-bridge`: the gRPC Bridge binary (telemetry from the env, clean shutdown on SIGTERM/SIGINT).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use loom_bridge::{serve, Bridge, BridgeConfig};
+
+/// Lets Python (and other out-of-process) agents join the Loom EventBus and ActionBroker.
+#[derive(Debug, Parser)]
+#[command(name = "loom-bridge", version)]
+struct Cli {
+    /// gRPC listen address (loom.v1.Bridge).
+    #[arg(long, env = "LOOM_BRIDGE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Dashboard listen address (JSON API + page), or "off".
+    #[arg(long, env = "LOOM_BRIDGE_DASHBOARD", default_value = "127.0.0.1:3030")]
+    dashboard_listen: String,
+    /// Deregister agents silent for this long (e.g. 15s, 500ms).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Duration,
+    /// Largest event payload accepted, in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    max_payload_bytes: usize,
+    /// Per-subscription queue bound (drop-oldest or backpressure per QoS).
+    #[arg(long, default_value_t = 1024)]
+    subscription_queue: usize,
+    /// Per-agent outbound stream queue bound.
+    #[arg(long, default_value_t = 256)]
+    outbound_queue: usize,
+    /// Timeout of action calls that carry none.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    action_timeout: Duration,
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received: closing agent streams");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let dashboard_listen =
+        match cli.dashboard_listen.as_str() {
+            "off" | "" => None,
+            s => Some(s.parse::<SocketAddr>().with_context(|| {
+                format!("--dashboard-listen {s:?}: expected host:port or \"off\"")
+            })?),
+        };
+    if cli.heartbeat_timeout.is_zero() {
+        anyhow::bail!("--heartbeat-timeout must be greater than zero");
+    }
+    let telemetry = loom_core::telemetry::init_telemetry("loom-bridge")
+        .context("telemetry set-up (OTEL_* environment)")?;
+
+    let config = BridgeConfig {
+        listen: cli.listen,
+        dashboard_listen,
+        heartbeat_timeout: cli.heartbeat_timeout,
+        heartbeat_interval: (cli.heartbeat_timeout / 3).max(Duration::from_millis(10)),
+        max_payload_bytes: cli.max_payload_bytes,
+        subscription_queue: cli.subscription_queue.max(1),
+        outbound_queue: cli.outbound_queue.max(1),
+        default_action_timeout: cli.action_timeout,
+        ..BridgeConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding gRPC listener {}", config.listen))?;
+    let dashboard = match config.dashboard_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding dashboard listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let addr = listener.local_addr()?;
+    // Tests and the runner wait for this exact line.
+    println!("loom-bridge listening on {addr}");
+    if let Some(d) = &dashboard {
+        println!("loom-bridge dashboard on http://{}", d.local_addr()?);
+    }
+    tracing::info!(%addr, "loom-bridge serving");
+    let bridge = Bridge::new(config);
+    serve(bridge, listener, dashboard, shutdown_signal()).await?;
+    drop(telemetry);
+    tracing::info!("loom-bridge stopped");
+    Ok(())
+}
