@@ -7,6 +7,8 @@ export LOOM_BIN_DIR="$PWD/target/debug"
 
 echo "== building binaries"
 cargo build --workspace --bins
+# The cross-language codec test runs this example (Rust side of the byte-identical check).
+cargo build -p loom-core --example envelope_vectors
 echo "== cargo test"
 cargo test --workspace
 

@@ -561,7 +561,12 @@ impl BridgeRpc for BridgeService {
             .counters
             .actions_forwarded
             .fetch_add(1, Ordering::Relaxed);
-        let outcome = shared.broker.invoke(call).instrument(span).await;
+        // invoke() opens action_broker.invoke when called, so call it inside our span.
+        let invocation = {
+            let _entered = span.enter();
+            shared.broker.invoke(call)
+        };
+        let outcome = invocation.instrument(span).await;
         Ok(Response::new(match outcome {
             Ok(r) => r,
             Err(e) => e.to_result(&call_id),

@@ -170,3 +170,76 @@ async fn unsampled_parent_keeps_the_chain_unsampled_but_propagated() {
     assert!(names.is_empty(), "nothing recorded: {names:?}");
     tb.stop().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn forwarded_action_calls_keep_the_callers_trace() {
+    use loom_core::proto::client_message::Msg as ClientMsg;
+    use loom_core::proto::server_message::Msg as ServerMsg;
+    use loom_core::proto::{ActionCall, ActionResult, ActionStatus, ClientMessage};
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(
+        loom_core::telemetry::otel_layer(provider.tracer("bridge"))
+            .with_filter(loom_core::telemetry::otel_filter()),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let tb = TestBridge::start(BridgeConfig::default()).await;
+    let mut server = TestAgent::join(&tb, "math", &[], &["double"]).await;
+    let mut caller = TestAgent::join(&tb, "caller", &[], &[]).await;
+
+    let client_span = provider.tracer("python-agent").start("agent.call");
+    let client_cx = opentelemetry::Context::current_with_span(client_span);
+    let mut env = Envelope::default();
+    env.inject_context(&client_cx);
+    let call = ActionCall {
+        id: "call-1".into(),
+        capability: "double".into(),
+        args: b"21".to_vec(),
+        headers: env.to_metadata(),
+        timeout_ms: 5000,
+        ..ActionCall::default()
+    };
+    let pending = tokio::spawn(async move { caller.client.forward_action(call).await });
+    let ServerMsg::ActionCall(received) = server.next().await else {
+        panic!("expected the action call")
+    };
+    server
+        .tx
+        .send(ClientMessage {
+            msg: Some(ClientMsg::ActionResult(ActionResult {
+                call_id: received.id.clone(),
+                status: ActionStatus::Ok as i32,
+                output: b"42".to_vec(),
+                ..ActionResult::default()
+            })),
+        })
+        .await
+        .unwrap();
+    let result = pending.await.unwrap().unwrap().into_inner();
+    assert_eq!(result.output, b"42");
+    client_cx.span().end();
+    let _ = provider.force_flush();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let find = |name: &str| spans.iter().find(|s| s.name == name).cloned().expect(name);
+    let client = find("agent.call");
+    let forward = find("bridge.forward_action");
+    let invoke = find("action_broker.invoke");
+    let trace = client.span_context.trace_id();
+    assert_eq!(forward.span_context.trace_id(), trace);
+    assert_eq!(invoke.span_context.trace_id(), trace);
+    assert_eq!(forward.parent_span_id, client.span_context.span_id());
+    assert_eq!(invoke.parent_span_id, forward.span_context.span_id());
+    // The agent serving the call sees action_broker.invoke as its parent.
+    let headers = Envelope::from_metadata(&received.headers);
+    assert_eq!(headers.trace_id, Some(trace.to_string()));
+    assert_eq!(
+        headers.span_id,
+        Some(invoke.span_context.span_id().to_string())
+    );
+    tb.stop().await;
+}

@@ -1,0 +1,752 @@
+"""Agent: a Python participant on the Loom bus, connected to loom-bridge over gRPC.
+
+Tracing is automatic: ``Context.emit`` writes the current span's W3C context into the event
+(opening an ``agent.emit`` PRODUCER span when the caller has none), and every delivery runs the
+handler inside an ``agent.on_event`` CONSUMER span whose parent is the delivery's
+``traceparent`` — the bridge's ``bridge.forward`` span. Anything emitted from a handler continues
+the same trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import json
+import logging
+import os
+import random
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from loom import tracing as lt
+from loom.envelope import Envelope
+from loom.errors import (
+    ActionError,
+    ActionTimeout,
+    LoomConnectionError,
+    PublishError,
+    RequestTimeout,
+    UnknownCapability,
+)
+from loom.v1 import loom_pb2 as pb
+from loom.v1 import loom_pb2_grpc as pbg
+
+log = logging.getLogger("loom.agent")
+
+DEFAULT_BRIDGE_ADDR = "http://127.0.0.1:50051"
+REPLY_TOPIC_PREFIX = "_loom.reply."
+
+Payload = Union[bytes, bytearray, memoryview, str, int, float, bool, None, dict, list]
+Handler = Callable[["Context", str, "Message"], Union[None, Awaitable[None]]]
+CapabilityFn = Callable[["Context", "ActionRequest"], Any]
+
+_GRPC_OK = 0
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """bytes pass through, str is UTF-8, anything else is JSON."""
+    if payload is None:
+        return b""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+def _target(addr: str) -> Tuple[str, bool]:
+    """gRPC target and whether TLS is wanted, from `http(s)://host:port` or `host:port`."""
+    if addr.startswith("https://"):
+        return addr[len("https://"):].rstrip("/"), True
+    if addr.startswith("http://"):
+        return addr[len("http://"):].rstrip("/"), False
+    return addr.rstrip("/"), False
+
+
+@dataclass
+class Message:
+    """One delivered event."""
+
+    topic: str
+    id: str
+    type: str
+    payload: bytes
+    metadata: Dict[str, str]
+    envelope: Envelope
+    timestamp_unix_nano: int = 0
+
+    def text(self) -> str:
+        return self.payload.decode("utf-8")
+
+    def json(self) -> Any:
+        return json.loads(self.payload) if self.payload else None
+
+    @classmethod
+    def from_proto(cls, topic: str, ev: "pb.Event") -> "Message":
+        md = dict(ev.metadata)
+        return cls(
+            topic=topic or ev.topic,
+            id=ev.id,
+            type=ev.type,
+            payload=bytes(ev.payload),
+            metadata=md,
+            envelope=Envelope.from_metadata(md),
+            timestamp_unix_nano=ev.timestamp_unix_nano,
+        )
+
+
+@dataclass
+class ActionRequest:
+    """One call to a capability this agent serves."""
+
+    capability: str
+    call_id: str
+    args: bytes
+    caller: str
+    envelope: Envelope
+
+    def json(self) -> Any:
+        return json.loads(self.args) if self.args else None
+
+    def text(self) -> str:
+        return self.args.decode("utf-8")
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter between connection attempts."""
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+    multiplier: float = 2.0
+    # Attempts before start() gives up while the bridge has never been reached (None: forever).
+    start_attempts: Optional[int] = 10
+
+    def delay(self, attempt: int) -> float:
+        cap = min(self.max_s, self.initial_s * (self.multiplier ** max(0, attempt)))
+        return random.uniform(cap / 2, cap)
+
+
+@dataclass
+class AgentStats:
+    published: int = 0
+    publish_rejected: int = 0
+    delivered: int = 0
+    handler_errors: int = 0
+    actions_served: int = 0
+    reconnects: int = 0
+    # Events emitted while disconnected that did not fit the buffer (oldest dropped first).
+    dropped_while_disconnected: int = 0
+    buffered: int = 0
+
+
+class Context:
+    """What a handler or capability can do: emit, request, reply, call."""
+
+    def __init__(self, agent: "Agent", message: Optional[Message] = None) -> None:
+        self._agent = agent
+        self.message = message
+
+    @property
+    def agent_id(self) -> str:
+        return self._agent.agent_id
+
+    async def emit(
+        self,
+        topic: str,
+        payload: Payload = None,
+        *,
+        event_type: str = "",
+        thread_id: Optional[str] = None,
+        correlation_id: Optional[str] = None,
+        reply_to: Optional[str] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        wait: bool = True,
+    ) -> str:
+        """Publishes an event; returns its id. With ``wait`` (default) it returns once the bridge
+        accepted it and raises ``PublishError`` if the bridge refused it. While disconnected the
+        event is buffered (bounded) and sent on reconnect."""
+        if not isinstance(topic, str) or not topic:
+            raise ValueError("topic must be a non-empty string")
+        md: Dict[str, str] = dict(metadata or {})
+        env = Envelope.from_metadata(md)
+        env.sender = self._agent.agent_id
+        parent = self.message.envelope if self.message is not None else None
+        env.thread_id = thread_id or env.thread_id or (parent.thread_id if parent else None)
+        if correlation_id is not None:
+            env.correlation_id = correlation_id
+        if reply_to is not None:
+            env.reply_to = reply_to
+        if parent is not None:
+            env.hop = (parent.hop or 0) + 1
+        event = pb.Event(
+            id=str(uuid.uuid4()),
+            type=event_type,
+            topic=topic,
+            payload=encode_payload(payload),
+            timestamp_unix_nano=time.time_ns(),
+        )
+        current = trace.get_current_span()
+        if current.get_span_context().is_valid:
+            env.inject_trace_context(current)
+            env.write_metadata(md)
+            event.metadata.update(md)
+            return await self._agent._publish(topic, event, wait)
+        tracer = lt.get_tracer()
+        with tracer.start_as_current_span(
+            lt.SPAN_EMIT,
+            kind=SpanKind.PRODUCER,
+            attributes=_event_attrs(self._agent.agent_id, topic, event, env, "send"),
+        ) as span:
+            env.inject_trace_context(span)
+            env.write_metadata(md)
+            event.metadata.update(md)
+            return await self._agent._publish(topic, event, wait)
+
+    async def request(
+        self,
+        topic: str,
+        payload: Payload = None,
+        *,
+        timeout: float = 10.0,
+        event_type: str = "",
+    ) -> Message:
+        """Emits to ``topic`` with reply_to/correlation_id and waits for the reply."""
+        corr = str(uuid.uuid4())
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._agent._pending_requests[corr] = fut
+        try:
+            await self.emit(topic, payload, event_type=event_type, correlation_id=corr, reply_to=self._agent.reply_topic)
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"no reply on {topic} within {timeout:g}s (correlation_id {corr})") from None
+        finally:
+            self._agent._pending_requests.pop(corr, None)
+
+    async def reply(self, message: Message, payload: Payload = None, *, event_type: str = "") -> str:
+        """Answers a request: emits to its reply_to with its correlation id."""
+        if not message.envelope.reply_to:
+            raise ValueError(f"message {message.id} on {message.topic} has no reply_to")
+        return await self.emit(
+            message.envelope.reply_to,
+            payload,
+            event_type=event_type,
+            correlation_id=message.envelope.correlation_id,
+        )
+
+    async def call(self, capability: str, args: Payload = None, *, timeout: float = 10.0) -> bytes:
+        """Invokes a capability (served by any agent or Rust provider) through the bridge;
+        returns its output bytes or raises ``ActionError`` (``UnknownCapability``, ``ActionTimeout``)."""
+        if not capability:
+            raise ValueError("capability must be a non-empty string")
+        env = Envelope()
+        env.sender = self._agent.agent_id
+        call = pb.ActionCall(
+            id=str(uuid.uuid4()),
+            capability=capability,
+            args=encode_payload(args),
+            timeout_ms=max(1, int(timeout * 1000)),
+            caller=self._agent.agent_id,
+        )
+        current = trace.get_current_span()
+        if current.get_span_context().is_valid:
+            env.inject_trace_context(current)
+            call.headers.update(env.to_metadata())
+            return await self._agent._forward_action(call, timeout)
+        with lt.get_tracer().start_as_current_span(
+            lt.SPAN_CALL,
+            kind=SpanKind.CLIENT,
+            attributes={lt.ATTR_AGENT_ID: self._agent.agent_id, lt.ATTR_CAPABILITY: capability},
+        ) as span:
+            env.inject_trace_context(span)
+            call.headers.update(env.to_metadata())
+            return await self._agent._forward_action(call, timeout)
+
+    async def call_json(self, capability: str, args: Payload = None, *, timeout: float = 10.0) -> Any:
+        out = await self.call(capability, args, timeout=timeout)
+        return json.loads(out) if out else None
+
+
+def _event_attrs(agent_id: str, topic: str, ev: "pb.Event", env: Envelope, operation: str) -> Dict[str, Any]:
+    attrs: Dict[str, Any] = {
+        lt.ATTR_AGENT_ID: agent_id,
+        lt.ATTR_TOPIC: topic,
+        lt.ATTR_EVENT_ID: ev.id,
+        "messaging.system": "loom",
+        "messaging.destination.name": topic,
+        "messaging.message.id": ev.id,
+        "messaging.operation.type": operation,
+    }
+    if ev.type:
+        attrs[lt.ATTR_EVENT_TYPE] = ev.type
+    if env.thread_id:
+        attrs[lt.ATTR_THREAD_ID] = env.thread_id
+    if env.correlation_id:
+        attrs[lt.ATTR_CORRELATION_ID] = env.correlation_id
+    return attrs
+
+
+_STATUS_NAMES = {v: k for k, v in pb.ActionStatus.items()}
+
+
+class Agent:
+    """A Loom agent: registers with the bridge, keeps its event stream and heartbeats, and
+    reconnects with backoff when the bridge goes away.
+
+    ``on_event(ctx, topic, message)`` (sync or async) runs for every delivery, in order, one at a
+    time by default (``handler_concurrency``), inside an ``agent.on_event`` span.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        topics: Iterable[str] = (),
+        capabilities: Optional[Mapping[str, CapabilityFn]] = None,
+        on_event: Optional[Handler] = None,
+        *,
+        bridge_addr: Optional[str] = None,
+        qos: str = "realtime",
+        max_buffered: int = 1000,
+        handler_queue: int = 1000,
+        handler_concurrency: int = 1,
+        ack_timeout: float = 10.0,
+        retry: Optional[RetryPolicy] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        telemetry: bool = True,
+    ) -> None:
+        if not agent_id or any(c.isspace() for c in agent_id):
+            raise ValueError("agent_id must be a non-empty string without whitespace")
+        if qos not in ("realtime", "reliable"):
+            raise ValueError("qos must be 'realtime' (drop oldest when slow) or 'reliable' (backpressure)")
+        self.agent_id = agent_id
+        self.topics = list(topics)
+        for t in self.topics:
+            if not isinstance(t, str) or not t:
+                raise ValueError(f"topics: {t!r} is not a non-empty topic pattern")
+        self._capabilities: Dict[str, CapabilityFn] = dict(capabilities or {})
+        self._on_event = on_event
+        self.bridge_addr = bridge_addr or os.environ.get("LOOM_BRIDGE_ADDR") or DEFAULT_BRIDGE_ADDR
+        self._qos = pb.QOS_RELIABLE if qos == "reliable" else pb.QOS_REALTIME
+        self.max_buffered = max(0, max_buffered)
+        self._handler_queue_size = max(1, handler_queue)
+        self._handler_concurrency = max(1, handler_concurrency)
+        self.ack_timeout = ack_timeout
+        self.retry = retry or RetryPolicy()
+        self._metadata = dict(metadata or {})
+        self.reply_topic = f"{REPLY_TOPIC_PREFIX}{agent_id}"
+        self.stats = AgentStats()
+        self.context = Context(self)
+
+        self._channel: Optional[grpc.aio.Channel] = None
+        self._stub: Optional[pbg.BridgeStub] = None
+        self._session_id: Optional[str] = None
+        self._outbound: Optional[asyncio.Queue] = None
+        self._connected = asyncio.Event()
+        self._stopping = False
+        self._started = False
+        self._main: Optional[asyncio.Task] = None
+        self._workers: List[asyncio.Task] = []
+        self._side_tasks: set = set()
+        self._handler_q: Optional[asyncio.Queue] = None
+        self._pending_acks: Dict[str, asyncio.Future] = {}
+        self._inflight: Dict[str, "pb.ClientMessage"] = {}
+        self._buffer: Deque["pb.ClientMessage"] = collections.deque()
+        self._pending_requests: Dict[str, asyncio.Future] = {}
+        self._ready: Optional[asyncio.Future] = None
+
+        self.telemetry_provider = lt.auto_init(agent_id) if telemetry else None
+
+    # ----- public API -------------------------------------------------------------------
+
+    def capability(self, name: Optional[str] = None) -> Callable[[CapabilityFn], CapabilityFn]:
+        """Decorator registering ``fn(ctx, request)`` as a capability (before ``start``)."""
+
+        def deco(fn: CapabilityFn) -> CapabilityFn:
+            if self._started:
+                raise RuntimeError("capabilities must be declared before the agent starts")
+            self._capabilities[name or fn.__name__] = fn
+            return fn
+
+        return deco
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> "Agent":
+        """Connects, registers and opens the event stream. Raises ``LoomConnectionError`` when the
+        bridge cannot be reached within ``retry.start_attempts`` attempts."""
+        if self._started:
+            return self
+        self._started = True
+        self._stopping = False
+        loop = asyncio.get_running_loop()
+        target, tls = _target(self.bridge_addr)
+        self._channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials()) if tls else grpc.aio.insecure_channel(target)
+        self._stub = pbg.BridgeStub(self._channel)
+        self._handler_q = asyncio.Queue(maxsize=self._handler_queue_size)
+        self._workers = [loop.create_task(self._handler_worker(), name=f"loom-{self.agent_id}-handler-{i}") for i in range(self._handler_concurrency)]
+        self._ready = loop.create_future()
+        self._main = loop.create_task(self._run(), name=f"loom-{self.agent_id}-stream")
+        try:
+            await self._ready
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Closes the stream (the bridge deregisters the agent), finishes the handler in progress,
+        and flushes telemetry."""
+        self._stopping = True
+        if self._outbound is not None:
+            try:
+                self._outbound.put_nowait(None)
+            except asyncio.QueueFull:
+                pass
+        tasks = [t for t in [self._main, *self._workers, *self._side_tasks] if t is not None]
+        if self._main is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._main), timeout)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                pass
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for fut in list(self._pending_acks.values()):
+            if not fut.done():
+                fut.set_exception(PublishError(14, "agent stopped before the bridge acknowledged the event"))
+        self._pending_acks.clear()
+        if self._channel is not None:
+            await self._channel.close()
+        self._connected.clear()
+        self._started = False
+        await asyncio.get_running_loop().run_in_executor(None, lt.force_flush)
+
+    async def __aenter__(self) -> "Agent":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run_forever(self) -> None:
+        """Starts (if needed) and runs until cancelled or SIGINT/SIGTERM, then stops cleanly."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    def run(self) -> None:
+        """Blocking convenience: ``asyncio.run(agent.run_forever())``."""
+        asyncio.run(self.run_forever())
+
+    # ----- connection ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        ever_connected = False
+        while not self._stopping:
+            try:
+                call = await self._connect_once()
+                ever_connected = True
+                attempt = 0
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(None)
+                await self._stream(call)
+                if self._stopping:
+                    break
+                log.warning("agent %s: stream to the bridge ended; reconnecting", self.agent_id)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                if self._stopping:
+                    break
+                if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    self._fail_start(ValueError(f"bridge refused the registration: {e.details()}"))
+                    return
+                log.warning("agent %s: bridge %s: %s: %s", self.agent_id, self.bridge_addr, e.code().name, e.details())
+            except Exception:  # noqa: BLE001 - keep the agent alive whatever the transport does
+                log.exception("agent %s: connection error", self.agent_id)
+            finally:
+                self._on_disconnect()
+            if self._stopping:
+                break
+            limit = self.retry.start_attempts
+            if not ever_connected and limit is not None and attempt + 1 >= limit:
+                self._fail_start(LoomConnectionError(
+                    f"agent {self.agent_id}: bridge at {self.bridge_addr} unreachable after {attempt + 1} attempts"
+                ))
+                return
+            delay = self.retry.delay(attempt)
+            attempt += 1
+            if ever_connected:
+                self.stats.reconnects += 1
+            await asyncio.sleep(delay)
+
+    def _fail_start(self, exc: BaseException) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(exc)
+        else:
+            log.error("agent %s: %s", self.agent_id, exc)
+
+    async def _connect_once(self) -> "grpc.aio.StreamStreamCall":
+        assert self._stub is not None
+        subs = [pb.Subscription(pattern=t, qos=self._qos) for t in self.topics]
+        subs.append(pb.Subscription(pattern=self.reply_topic, qos=pb.QOS_RELIABLE))
+        resp = await self._stub.RegisterAgent(
+            pb.RegisterAgentRequest(
+                agent_id=self.agent_id,
+                subscriptions=subs,
+                capabilities=sorted(self._capabilities),
+                metadata=self._metadata,
+            ),
+            timeout=5.0,
+        )
+        self._session_id = resp.session_id
+        outbound: asyncio.Queue = asyncio.Queue(maxsize=1024)
+        outbound.put_nowait(pb.ClientMessage(hello=pb.Hello(agent_id=self.agent_id, session_id=resp.session_id)))
+
+        async def requests() -> Any:
+            while True:
+                m = await outbound.get()
+                if m is None:
+                    return
+                yield m
+
+        call = self._stub.EventStream(requests())
+        self._outbound = outbound
+        interval = max(0.05, (resp.heartbeat_interval_ms or 5000) / 1000.0)
+        hb = asyncio.get_running_loop().create_task(self._heartbeat(call, resp.session_id, interval))
+        self._side_tasks.add(hb)
+        hb.add_done_callback(self._side_tasks.discard)
+        self._connected.set()
+        # Resend what was in flight or buffered while disconnected, oldest first.
+        pending = list(self._buffer)
+        self._buffer.clear()
+        self.stats.buffered = 0
+        for m in pending:
+            self._inflight[m.publish.event.id] = m
+            await outbound.put(m)
+        if pending:
+            log.info("agent %s: resent %d events buffered while disconnected", self.agent_id, len(pending))
+        log.info("agent %s: connected to %s", self.agent_id, self.bridge_addr)
+        return call
+
+    def _on_disconnect(self) -> None:
+        self._connected.clear()
+        if self._outbound is not None:
+            try:
+                self._outbound.put_nowait(None)
+            except asyncio.QueueFull:
+                pass
+        self._outbound = None
+        # Unacknowledged publishes go back to the front of the buffer: at-least-once.
+        if self._inflight:
+            for m in reversed(list(self._inflight.values())):
+                self._buffer.appendleft(m)
+            self._inflight.clear()
+            self._trim_buffer()
+        self.stats.buffered = len(self._buffer)
+
+    def _trim_buffer(self) -> None:
+        while len(self._buffer) > self.max_buffered:
+            dropped = self._buffer.popleft()
+            self.stats.dropped_while_disconnected += 1
+            fut = self._pending_acks.pop(dropped.publish.event.id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(PublishError(8, "dropped: disconnect buffer full", dropped.publish.event.id))
+            log.warning(
+                "agent %s: disconnected and the buffer (%d) is full: dropped event %s on %s (%d dropped so far)",
+                self.agent_id, self.max_buffered, dropped.publish.event.id, dropped.publish.topic,
+                self.stats.dropped_while_disconnected,
+            )
+
+    async def _heartbeat(self, call: "grpc.aio.StreamStreamCall", session_id: str, interval: float) -> None:
+        assert self._stub is not None
+        while not call.done():
+            await asyncio.sleep(interval)
+            try:
+                await self._stub.Heartbeat(pb.HeartbeatRequest(agent_id=self.agent_id, session_id=session_id), timeout=max(1.0, interval))
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    log.warning("agent %s: bridge forgot this session; reconnecting", self.agent_id)
+                    call.cancel()
+                    return
+
+    async def _stream(self, call: "grpc.aio.StreamStreamCall") -> None:
+        async for sm in call:
+            kind = sm.WhichOneof("msg")
+            if kind == "publish_ack":
+                self._on_ack(sm.publish_ack)
+            elif kind == "delivery":
+                await self._on_delivery(sm.delivery)
+            elif kind == "action_call":
+                t = asyncio.get_running_loop().create_task(self._serve_action(sm.action_call))
+                self._side_tasks.add(t)
+                t.add_done_callback(self._side_tasks.discard)
+
+    def _on_ack(self, ack: "pb.PublishAck") -> None:
+        self._inflight.pop(ack.event_id, None)
+        fut = self._pending_acks.pop(ack.event_id, None)
+        if ack.code == _GRPC_OK:
+            self.stats.published += 1
+        else:
+            self.stats.publish_rejected += 1
+        if fut is not None and not fut.done():
+            fut.set_result(ack)
+        elif ack.code != _GRPC_OK:
+            log.warning("agent %s: bridge refused event %s (code %d): %s", self.agent_id, ack.event_id, ack.code, ack.message)
+
+    async def _on_delivery(self, d: "pb.Delivery") -> None:
+        msg = Message.from_proto(d.topic, d.event)
+        self.stats.delivered += 1
+        if d.topic == self.reply_topic:
+            fut = self._pending_requests.get(msg.envelope.correlation_id or "")
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            else:
+                log.debug("agent %s: reply %s matches no pending request", self.agent_id, msg.id)
+            return
+        assert self._handler_q is not None
+        await self._handler_q.put(msg)
+
+    # ----- publishing ---------------------------------------------------------------------
+
+    async def _publish(self, topic: str, event: "pb.Event", wait: bool) -> str:
+        if not self._started:
+            raise RuntimeError("agent is not started: call `await agent.start()` first")
+        msg = pb.ClientMessage(publish=pb.Publish(topic=topic, event=event))
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending_acks[event.id] = fut
+        outbound = self._outbound
+        if outbound is None or not self._connected.is_set():
+            # Sent on reconnect; a waiting caller gets the ack then (or the ack timeout).
+            self._buffer.append(msg)
+            self._trim_buffer()
+            self.stats.buffered = len(self._buffer)
+        else:
+            self._inflight[event.id] = msg
+            await outbound.put(msg)
+        if not wait:
+            fut.add_done_callback(_consume)
+            return event.id
+        try:
+            ack = await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout)
+        except asyncio.TimeoutError:
+            self._pending_acks.pop(event.id, None)
+            fut.add_done_callback(_consume)
+            raise PublishError(4, f"no acknowledgement within {self.ack_timeout:g}s (still queued for resend)", event.id) from None
+        if ack.code != _GRPC_OK:
+            raise PublishError(ack.code, ack.message, event.id)
+        return event.id
+
+    # ----- handlers and capabilities -------------------------------------------------------
+
+    async def _handler_worker(self) -> None:
+        assert self._handler_q is not None
+        while True:
+            msg = await self._handler_q.get()
+            try:
+                await self._dispatch(msg)
+            finally:
+                self._handler_q.task_done()
+
+    async def _dispatch(self, msg: Message) -> None:
+        parent = msg.envelope.parent_context()
+        ev = pb.Event(id=msg.id, type=msg.type)
+        attrs = _event_attrs(self.agent_id, msg.topic, ev, msg.envelope, "process")
+        with lt.get_tracer().start_as_current_span(
+            lt.SPAN_ON_EVENT,
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attrs,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            if self._on_event is None:
+                return
+            try:
+                result = self._on_event(Context(self, msg), msg.topic, msg)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # noqa: BLE001 - a handler error must not kill the agent
+                self.stats.handler_errors += 1
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                log.exception("agent %s: on_event failed for %s on %s", self.agent_id, msg.id, msg.topic)
+        if self._outbound is not None:
+            try:
+                self._outbound.put_nowait(pb.ClientMessage(ack=pb.Ack(event_id=msg.id)))
+            except asyncio.QueueFull:
+                pass
+
+    async def _serve_action(self, call: "pb.ActionCall") -> None:
+        env = Envelope.from_metadata(dict(call.headers))
+        fn = self._capabilities.get(call.capability)
+        req = ActionRequest(call.capability, call.id, bytes(call.args), call.caller, env)
+        result = pb.ActionResult(call_id=call.id)
+        with lt.get_tracer().start_as_current_span(
+            lt.SPAN_CAPABILITY,
+            context=env.parent_context(),
+            kind=SpanKind.SERVER,
+            attributes={lt.ATTR_AGENT_ID: self.agent_id, lt.ATTR_CAPABILITY: call.capability, "loom.call.id": call.id},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            if fn is None:
+                result.status = pb.ACTION_STATUS_UNKNOWN_CAPABILITY
+                result.error = f"agent {self.agent_id} does not serve {call.capability!r}"
+            else:
+                try:
+                    out = fn(Context(self), req)
+                    if inspect.isawaitable(out):
+                        out = await out
+                    result.status = pb.ACTION_STATUS_OK
+                    result.output = encode_payload(out)
+                except Exception as exc:  # noqa: BLE001
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                    log.exception("agent %s: capability %s failed", self.agent_id, call.capability)
+                    result.status = pb.ACTION_STATUS_FAILED
+                    result.error = f"{type(exc).__name__}: {exc}"
+        self.stats.actions_served += 1
+        if self._outbound is not None:
+            await self._outbound.put(pb.ClientMessage(action_result=result))
+
+    async def _forward_action(self, call: "pb.ActionCall", timeout: float) -> bytes:
+        if self._stub is None:
+            raise RuntimeError("agent is not started: call `await agent.start()` first")
+        try:
+            res = await self._stub.ForwardAction(call, timeout=timeout + 2.0)
+        except grpc.aio.AioRpcError as e:
+            raise ActionError(e.code().name, e.details() or "", call.capability) from None
+        if res.status == pb.ACTION_STATUS_OK:
+            return bytes(res.output)
+        name = _STATUS_NAMES.get(res.status, str(res.status))
+        if res.status == pb.ACTION_STATUS_UNKNOWN_CAPABILITY:
+            raise UnknownCapability(name, res.error, call.capability)
+        if res.status == pb.ACTION_STATUS_TIMEOUT:
+            raise ActionTimeout(name, res.error, call.capability)
+        raise ActionError(name, res.error, call.capability)
+
+
+def _consume(fut: asyncio.Future) -> None:
+    """Marks a fire-and-forget future's exception as retrieved (it was already logged)."""
+    if not fut.cancelled():
+        fut.exception()

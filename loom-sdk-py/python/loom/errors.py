@@ -1,0 +1,41 @@
+"""Errors the Loom SDK raises."""
+
+
+class LoomError(Exception):
+    """Base class of every Loom SDK error."""
+
+
+class LoomConnectionError(LoomError):
+    """The bridge could not be reached within the retry budget."""
+
+
+class PublishError(LoomError):
+    """The bridge refused a publish (code is the gRPC status code number)."""
+
+    def __init__(self, code: int, message: str, event_id: str = "") -> None:
+        super().__init__(f"publish {event_id or ''} refused (code {code}): {message}".replace("  ", " "))
+        self.code = code
+        self.message = message
+        self.event_id = event_id
+
+
+class ActionError(LoomError):
+    """An action call failed; ``status`` is the loom.v1.ActionStatus name."""
+
+    def __init__(self, status: str, message: str, capability: str = "") -> None:
+        super().__init__(f"{capability}: {status}: {message}" if capability else f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.capability = capability
+
+
+class UnknownCapability(ActionError):
+    pass
+
+
+class ActionTimeout(ActionError):
+    pass
+
+
+class RequestTimeout(LoomError):
+    """No reply arrived for a request within its timeout."""

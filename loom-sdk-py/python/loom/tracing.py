@@ -1,0 +1,188 @@
+"""Telemetry set-up for Python agents: the official OpenTelemetry SDK exporting OTLP/gRPC.
+
+Environment (shared/design.md §3): ``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_ENDPOINT``,
+``OTEL_TRACES_SAMPLER`` (standard, wins) / ``OTEL_TRACE_SAMPLER`` and their ``_ARG``,
+``LOOM_TELEMETRY_AUTO=0`` to keep agents from installing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from typing import Callable, Dict, Optional
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+
+log = logging.getLogger("loom.tracing")
+
+TRACER_NAME = "loom"
+DEFAULT_ENDPOINT = "http://localhost:4317"
+# The OpenTelemetry SDK's own default. design.md lists `always_on` for agents; with it an agent
+# that receives an event of an unsampled trace would record spans whose parents were never
+# exported (orphans). parentbased_always_on samples every root and follows the parent otherwise.
+DEFAULT_SAMPLER = "parentbased_always_on"
+SAMPLER_NAMES = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+# Span names and attribute keys (design.md §5).
+SPAN_EMIT = "agent.emit"
+SPAN_ON_EVENT = "agent.on_event"
+SPAN_CAPABILITY = "agent.capability"
+SPAN_CALL = "agent.call"
+ATTR_AGENT_ID = "loom.agent.id"
+ATTR_TOPIC = "loom.topic"
+ATTR_EVENT_ID = "loom.event.id"
+ATTR_EVENT_TYPE = "loom.event.type"
+ATTR_THREAD_ID = "loom.thread_id"
+ATTR_CORRELATION_ID = "loom.correlation_id"
+ATTR_CAPABILITY = "loom.capability"
+
+_lock = threading.Lock()
+_provider: Optional[TracerProvider] = None
+
+
+class TelemetryConfigError(ValueError):
+    """A telemetry environment variable has a value that cannot be used."""
+
+
+def sampler_from_env(env: Optional[Dict[str, str]] = None) -> Sampler:
+    """The sampler the environment asks for; ``TelemetryConfigError`` for unknown names."""
+    env = dict(os.environ) if env is None else env
+
+    def get(key: str) -> Optional[str]:
+        v = env.get(key)
+        return v if v and v.strip() else None
+
+    if get("OTEL_TRACES_SAMPLER"):
+        var, name, arg_vars = "OTEL_TRACES_SAMPLER", get("OTEL_TRACES_SAMPLER"), ("OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG")
+    elif get("OTEL_TRACE_SAMPLER"):
+        var, name, arg_vars = "OTEL_TRACE_SAMPLER", get("OTEL_TRACE_SAMPLER"), ("OTEL_TRACE_SAMPLER_ARG", "OTEL_TRACES_SAMPLER_ARG")
+    else:
+        var, name, arg_vars = "OTEL_TRACES_SAMPLER", DEFAULT_SAMPLER, ("OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG")
+    assert name is not None
+
+    def ratio() -> float:
+        for arg_var in arg_vars:
+            raw = get(arg_var)
+            if raw is None:
+                continue
+            try:
+                r = float(raw.strip())
+            except ValueError:
+                r = -1.0
+            if not 0.0 <= r <= 1.0:
+                raise TelemetryConfigError(f"{arg_var}={raw!r} is not a sampling ratio; expected a number from 0.0 to 1.0")
+            return r
+        return 1.0
+
+    key = name.strip().lower()
+    if key == "always_on":
+        return ALWAYS_ON
+    if key == "always_off":
+        return ALWAYS_OFF
+    if key == "traceidratio":
+        return TraceIdRatioBased(ratio())
+    if key == "parentbased_always_on":
+        return ParentBased(ALWAYS_ON)
+    if key == "parentbased_always_off":
+        return ParentBased(ALWAYS_OFF)
+    if key == "parentbased_traceidratio":
+        return ParentBased(TraceIdRatioBased(ratio()))
+    raise TelemetryConfigError(
+        f"{var}={name!r} is not a known sampler; accepted values: {', '.join(SAMPLER_NAMES)}"
+    )
+
+
+def _has_sdk_provider() -> bool:
+    """True when someone already installed a real TracerProvider (not the API's proxy/no-op)."""
+    current = trace.get_tracer_provider()
+    return isinstance(current, TracerProvider) or type(current).__name__ not in (
+        "ProxyTracerProvider",
+        "NoOpTracerProvider",
+    )
+
+
+def init_telemetry(
+    service_name: Optional[str] = None,
+    endpoint: Optional[str] = None,
+    *,
+    agent_id: Optional[str] = None,
+    sampler: Optional[Sampler] = None,
+) -> Optional[TracerProvider]:
+    """Installs a global TracerProvider exporting OTLP/gRPC with a BatchSpanProcessor.
+
+    ``OTEL_SERVICE_NAME`` wins over ``service_name``; ``OTEL_EXPORTER_OTLP_ENDPOINT`` is used when
+    ``endpoint`` is None. An already-configured global provider is respected, never replaced:
+    then nothing is installed and None is returned.
+    """
+    global _provider
+    with _lock:
+        if _provider is not None:
+            return _provider
+        if _has_sdk_provider():
+            log.debug("a TracerProvider is already installed; Loom leaves it in place")
+            return None
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        name = os.environ.get("OTEL_SERVICE_NAME") or service_name or (f"agent-{agent_id}" if agent_id else "loom-agent")
+        attrs = {"service.name": name, "service.instance.id": str(uuid.uuid4())}
+        if agent_id:
+            attrs[ATTR_AGENT_ID] = agent_id
+        endpoint = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
+        insecure = not endpoint.startswith("https://")
+        provider = TracerProvider(
+            resource=Resource.create(attrs),
+            sampler=sampler if sampler is not None else sampler_from_env(),
+        )
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure)))
+        trace.set_tracer_provider(provider)
+        _provider = provider
+        log.debug("telemetry: service.name=%s endpoint=%s", name, endpoint)
+        return provider
+
+
+def auto_init(agent_id: str) -> Optional[TracerProvider]:
+    """What an Agent does on construction: init_telemetry unless ``LOOM_TELEMETRY_AUTO=0``."""
+    if os.environ.get("LOOM_TELEMETRY_AUTO", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    return init_telemetry(agent_id=agent_id)
+
+
+def shutdown_telemetry(timeout_s: float = 10.0) -> None:
+    """Flushes and shuts down the provider Loom installed (no-op otherwise)."""
+    global _provider
+    with _lock:
+        provider, _provider = _provider, None
+    if provider is not None:
+        provider.force_flush(int(timeout_s * 1000))
+        provider.shutdown()
+
+
+def force_flush(timeout_s: float = 10.0) -> None:
+    """Flushes whatever global provider is installed, Loom's or the user's."""
+    provider = trace.get_tracer_provider()
+    flush: Optional[Callable[..., object]] = getattr(provider, "force_flush", None)
+    if flush is not None:
+        flush(int(timeout_s * 1000))
+
+
+def get_tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
