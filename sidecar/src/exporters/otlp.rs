@@ -1,0 +1,293 @@
+//! otlp: OTLP/gRPC exporter (how Jaeger ≥ 1.35 and most backends ingest).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use serde::Deserialize;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use super::{
+    gzip_setting, validate_headers, BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter,
+    ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
+};
+use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::model::Batch;
+use crate::Factory;
+
+pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
+    kind: "otlp",
+    parse,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OtlpConfig {
+    endpoint: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    compression: Option<String>,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default)]
+    tls: TlsConfig,
+    #[serde(default)]
+    sending_queue: QueueConfig,
+    #[serde(default)]
+    retry_on_failure: RetryConfig,
+    /// Largest response accepted from the backend.
+    #[serde(default = "default_max_msg")]
+    max_recv_msg_size_mib: usize,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_msg() -> usize {
+    16
+}
+
+struct Spec {
+    c: OtlpConfig,
+    uri: String,
+    tls: bool,
+    gzip: bool,
+}
+
+fn parse(
+    _id: &ComponentId,
+    v: &serde_yaml::Value,
+    path: &str,
+    _ctx: &ParseCtx<'_>,
+) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+    let c: OtlpConfig = parse_as(v, path)?;
+    let ep = c.endpoint.trim();
+    // Collector semantics: an explicit scheme decides; a bare host:port means TLS unless
+    // tls.insecure is set.
+    let (uri, tls) = if let Some(rest) = ep.strip_prefix("http://") {
+        (format!("http://{rest}"), false)
+    } else if let Some(rest) = ep.strip_prefix("https://") {
+        (format!("https://{rest}"), true)
+    } else if ep.contains("://") {
+        return Err(ConfigError::at(
+            format!("{path}.endpoint"),
+            format!("{ep:?}: only http:// and https:// are supported"),
+        ));
+    } else {
+        let insecure = c.tls.insecure.unwrap_or(false);
+        (
+            format!("{}://{ep}", if insecure { "http" } else { "https" }),
+            !insecure,
+        )
+    };
+    if ep.is_empty()
+        || uri
+            .parse::<http::Uri>()
+            .map(|u| u.host().is_none())
+            .unwrap_or(true)
+    {
+        return Err(ConfigError::at(
+            format!("{path}.endpoint"),
+            format!("{ep:?} is not a valid endpoint (host:port or http(s)://host:port)"),
+        ));
+    }
+    if tls && c.tls.insecure == Some(true) && ep.starts_with("https://") {
+        return Err(ConfigError::at(
+            format!("{path}.tls.insecure"),
+            "true contradicts the https:// endpoint",
+        ));
+    }
+    if c.tls.insecure_skip_verify {
+        return Err(ConfigError::at(
+            format!("{path}.tls.insecure_skip_verify"),
+            "not supported by the gRPC exporter; give the server's CA in tls.ca_file",
+        ));
+    }
+    c.tls.validate(path)?;
+    validate_headers(&c.headers, path)?;
+    for k in c.headers.keys() {
+        if MetadataKey::<tonic::metadata::Ascii>::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .is_err()
+        {
+            return Err(ConfigError::at(
+                format!("{path}.headers.{k}"),
+                "not a valid gRPC metadata key",
+            ));
+        }
+    }
+    let gzip = gzip_setting(&c.compression, path)?;
+    c.sending_queue.validate(path)?;
+    c.retry_on_failure.validate(path)?;
+    if c.timeout.is_zero() {
+        return Err(ConfigError::at(
+            format!("{path}.timeout"),
+            "must be greater than 0",
+        ));
+    }
+    Ok(Box::new(Spec { c, uri, tls, gzip }))
+}
+
+impl ExporterSpec for Spec {
+    fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, String> {
+        let mut ep = Endpoint::from_shared(self.uri.clone())
+            .map_err(|e| format!("endpoint {}: {e}", self.uri))?
+            .timeout(self.c.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        if self.tls {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &self.c.tls.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| format!("tls.ca_file {ca}: {e}"))?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let (Some(cert), Some(key)) = (&self.c.tls.cert_file, &self.c.tls.key_file) {
+                let c = std::fs::read(cert).map_err(|e| format!("tls.cert_file {cert}: {e}"))?;
+                let k = std::fs::read(key).map_err(|e| format!("tls.key_file {key}: {e}"))?;
+                tls = tls.identity(Identity::from_pem(c, k));
+            }
+            if let Some(name) = &self.c.tls.server_name_override {
+                tls = tls.domain_name(name.clone());
+            }
+            ep = ep.tls_config(tls).map_err(|e| format!("tls: {e}"))?;
+        }
+        let channel = ep.connect_lazy();
+        let mut headers = Vec::new();
+        for (k, v) in &self.c.headers {
+            let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                .map_err(|e| format!("header {k}: {e}"))?;
+            let val =
+                MetadataValue::try_from(v.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+            headers.push((key, val));
+        }
+        Ok(Built {
+            exporter: Arc::new(OtlpExporter {
+                channel,
+                headers: Arc::new(headers),
+                gzip: self.gzip,
+                timeout: self.c.timeout,
+                max_recv: self.c.max_recv_msg_size_mib * 1024 * 1024,
+            }),
+            queue: self.c.sending_queue.clone(),
+            retry: self.c.retry_on_failure.clone(),
+        })
+    }
+}
+
+struct OtlpExporter {
+    channel: Channel,
+    headers: Arc<
+        Vec<(
+            MetadataKey<tonic::metadata::Ascii>,
+            MetadataValue<tonic::metadata::Ascii>,
+        )>,
+    >,
+    gzip: bool,
+    timeout: Duration,
+    max_recv: usize,
+}
+
+/// OTLP spec: which gRPC failures may be retried. RESOURCE_EXHAUSTED only with a RetryInfo hint.
+pub fn classify(status: &tonic::Status) -> ExportError {
+    let retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
+    let code = status.code();
+    let reason = format!("grpc_{}", format!("{code:?}").to_ascii_lowercase());
+    let msg = format!("{code:?}: {}", status.message());
+    match code {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => ExportError::retryable(reason, msg, retry_after),
+        Code::ResourceExhausted if retry_after.is_some() => {
+            ExportError::retryable(reason, msg, retry_after)
+        }
+        _ => ExportError::permanent(reason, msg),
+    }
+}
+
+impl Exporter for OtlpExporter {
+    fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
+        let mut client =
+            TraceServiceClient::new(self.channel.clone()).max_decoding_message_size(self.max_recv);
+        if self.gzip {
+            client = client
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+        }
+        let headers = self.headers.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let mut req = tonic::Request::new(ExportTraceServiceRequest {
+                resource_spans: batch.resource_spans.clone(),
+            });
+            req.set_timeout(timeout);
+            for (k, v) in headers.iter() {
+                req.metadata_mut().insert(k.clone(), v.clone());
+            }
+            match client.export(req).await {
+                Ok(resp) => Ok(ExportOk {
+                    rejected_spans: resp
+                        .into_inner()
+                        .partial_success
+                        .map(|p| p.rejected_spans.max(0) as u64)
+                        .unwrap_or(0),
+                }),
+                Err(status) => Err(classify(&status)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    #[test]
+    fn retryable_codes_follow_the_otlp_spec() {
+        for code in [
+            Code::Unavailable,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::DataLoss,
+        ] {
+            assert!(
+                classify(&tonic::Status::new(code, "x")).retryable,
+                "{code:?}"
+            );
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::NotFound,
+            Code::Internal,
+            Code::ResourceExhausted,
+        ] {
+            assert!(
+                !classify(&tonic::Status::new(code, "x")).retryable,
+                "{code:?}"
+            );
+        }
+        let hinted = tonic::Status::with_error_details(
+            Code::ResourceExhausted,
+            "slow down",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(3))),
+        );
+        let e = classify(&hinted);
+        assert!(e.retryable);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+        assert_eq!(e.reason, "grpc_resourceexhausted");
+    }
+}

@@ -1,0 +1,106 @@
+//! health_check: `GET /health` → 200 while pipelines run, 503 while starting or draining.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use super::{ExtensionCtx, ExtensionSpec, Health};
+use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
+use crate::exporters::BoxFuture;
+use crate::receivers::{Listening, Started};
+use crate::Factory;
+
+pub const FACTORY: Factory<dyn ExtensionSpec> = Factory {
+    kind: "health_check",
+    parse,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthConfig {
+    #[serde(default = "default_endpoint")]
+    endpoint: String,
+    #[serde(default = "default_path")]
+    path: String,
+}
+
+fn default_endpoint() -> String {
+    "127.0.0.1:13133".into()
+}
+
+fn default_path() -> String {
+    "/health".into()
+}
+
+struct Spec {
+    addr: SocketAddr,
+    path: String,
+}
+
+fn parse(
+    _id: &ComponentId,
+    v: &serde_yaml::Value,
+    path: &str,
+    _ctx: &ParseCtx<'_>,
+) -> Result<Box<dyn ExtensionSpec>, ConfigError> {
+    let c: HealthConfig = parse_as(v, path)?;
+    let addr =
+        parse_endpoint(&c.endpoint).map_err(|m| ConfigError::at(format!("{path}.endpoint"), m))?;
+    if !c.path.starts_with('/') {
+        return Err(ConfigError::at(format!("{path}.path"), "must start with /"));
+    }
+    Ok(Box::new(Spec { addr, path: c.path }))
+}
+
+async fn health(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    match h.get() {
+        Health::READY => (StatusCode::OK, "{\"status\":\"Server available\"}"),
+        Health::DRAINING => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"status\":\"Server is shutting down\"}",
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"status\":\"Server not available\"}",
+        ),
+    }
+}
+
+impl ExtensionSpec for Spec {
+    fn start(&self, id: &ComponentId, ctx: ExtensionCtx) -> BoxFuture<Result<Started, String>> {
+        let addr = self.addr;
+        let path = self.path.clone();
+        let id = id.to_string();
+        Box::pin(async move {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("extensions.{id}: cannot listen on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            let mut app = Router::new().route(&path, get(health));
+            if path != "/" {
+                app = app.route("/", get(health));
+            }
+            let app = app.with_state(ctx.health.clone());
+            let stop = ctx.shutdown.clone();
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            });
+            Ok(Started {
+                listening: vec![Listening {
+                    component: id,
+                    kind: "http",
+                    addr: local,
+                }],
+                tasks: vec![task],
+            })
+        })
+    }
+}

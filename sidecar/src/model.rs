@@ -1,0 +1,119 @@
+//! The data that flows through a pipeline: OTLP resource spans plus their memory accounting.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+
+use crate::memory::MemoryTicket;
+
+/// Spans on their way to the exporters. Every exporter shares one `Arc<Batch>`; the memory it
+/// was accounted with (shared by all chunks of one flush) is released when the last one is done.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub resource_spans: Vec<ResourceSpans>,
+    pub span_count: usize,
+    pub memory: Arc<Vec<MemoryTicket>>,
+}
+
+impl Batch {
+    pub fn new(resource_spans: Vec<ResourceSpans>, memory: Arc<Vec<MemoryTicket>>) -> Batch {
+        let span_count = span_count(&resource_spans);
+        Batch {
+            resource_spans,
+            span_count,
+            memory,
+        }
+    }
+}
+
+pub fn span_count(rs: &[ResourceSpans]) -> usize {
+    rs.iter()
+        .flat_map(|r| r.scope_spans.iter())
+        .map(|s| s.spans.len())
+        .sum()
+}
+
+/// Splits `rs` into chunks of at most `max` spans, keeping resource and scope of every span.
+pub fn split(rs: Vec<ResourceSpans>, max: usize) -> Vec<Vec<ResourceSpans>> {
+    if max == 0 || span_count(&rs) <= max {
+        return vec![rs];
+    }
+    let mut out: Vec<Vec<ResourceSpans>> = Vec::new();
+    let mut cur: Vec<ResourceSpans> = Vec::new();
+    let mut n = 0usize;
+    for r in rs {
+        let mut r_head = ResourceSpans {
+            resource: r.resource.clone(),
+            scope_spans: Vec::new(),
+            schema_url: r.schema_url.clone(),
+        };
+        for mut s in r.scope_spans {
+            let mut spans = std::mem::take(&mut s.spans);
+            while !spans.is_empty() {
+                let room = max - n;
+                let take = room.min(spans.len());
+                let rest = spans.split_off(take);
+                let mut chunk = s.clone();
+                chunk.spans = spans;
+                r_head.scope_spans.push(chunk);
+                n += take;
+                spans = rest;
+                if n == max {
+                    cur.push(std::mem::replace(
+                        &mut r_head,
+                        ResourceSpans {
+                            resource: r.resource.clone(),
+                            scope_spans: Vec::new(),
+                            schema_url: r.schema_url.clone(),
+                        },
+                    ));
+                    out.push(std::mem::take(&mut cur));
+                    n = 0;
+                }
+            }
+        }
+        if !r_head.scope_spans.is_empty() {
+            cur.push(r_head);
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
+
+    fn rs(scopes: &[usize]) -> ResourceSpans {
+        ResourceSpans {
+            resource: None,
+            scope_spans: scopes
+                .iter()
+                .map(|&n| ScopeSpans {
+                    scope: None,
+                    spans: (0..n)
+                        .map(|i| Span {
+                            name: format!("s{i}"),
+                            ..Span::default()
+                        })
+                        .collect(),
+                    schema_url: String::new(),
+                })
+                .collect(),
+            schema_url: String::new(),
+        }
+    }
+
+    #[test]
+    fn split_respects_max_and_keeps_every_span() {
+        let input = vec![rs(&[3, 4]), rs(&[5])];
+        let chunks = split(input, 4);
+        let sizes: Vec<_> = chunks.iter().map(|c| span_count(c)).collect();
+        assert_eq!(sizes, vec![4, 4, 4]);
+        assert!(split(vec![rs(&[2])], 4).len() == 1);
+        assert_eq!(split(vec![rs(&[9])], 0).len(), 1);
+    }
+}

@@ -1,0 +1,230 @@
+//! Pipelines: the receivers' entry point, the inline processor chain, the batcher task and the
+//! fan-out to every exporter's bounded queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::exporters::ExporterQueue;
+use crate::memory::{MemoryTicket, MemoryTracker};
+use crate::metrics::Metrics;
+use crate::model::{self, Batch};
+use crate::processors::batch::BatchSettings;
+use crate::processors::Processor;
+
+/// Why a request was not accepted. Every variant is retryable for the client and carries a hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    MemoryLimit {
+        retry_after: Duration,
+        detail: String,
+    },
+    QueueFull {
+        retry_after: Duration,
+    },
+    ShuttingDown,
+}
+
+impl Refusal {
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Refusal::MemoryLimit { retry_after, .. } | Refusal::QueueFull { retry_after } => {
+                *retry_after
+            }
+            Refusal::ShuttingDown => Duration::from_secs(5),
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::MemoryLimit { .. } => "memory_limit",
+            Refusal::QueueFull { .. } => "queue_full",
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::MemoryLimit { detail, .. } => detail.clone(),
+            Refusal::QueueFull { .. } => "the sidecar's pipeline queue is full; retry later".into(),
+            Refusal::ShuttingDown => {
+                "the sidecar is shutting down; retry against another instance or later".into()
+            }
+        }
+    }
+}
+
+/// Hands batches to every exporter of a pipeline. A full exporter queue drops the batch for
+/// that exporter only (counted), so one slow backend never holds up the others.
+pub struct Fanout {
+    pub exporters: Vec<Arc<ExporterQueue>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Fanout {
+    pub fn new(exporters: Vec<Arc<ExporterQueue>>, metrics: Arc<Metrics>) -> Fanout {
+        Fanout { exporters, metrics }
+    }
+
+    pub fn dispatch(&self, batch: Batch) {
+        if batch.span_count == 0 {
+            return;
+        }
+        self.metrics.observe_batch(batch.span_count);
+        let batch = Arc::new(batch);
+        for q in &self.exporters {
+            q.offer(batch.clone());
+        }
+    }
+}
+
+struct Pending {
+    spans: Vec<ResourceSpans>,
+    ticket: Option<MemoryTicket>,
+}
+
+enum Sink {
+    Batcher(mpsc::Sender<Pending>),
+    Direct(Arc<Fanout>),
+}
+
+/// One `service.pipelines.traces*` entry, built.
+pub struct Pipeline {
+    pub name: String,
+    stages: Vec<Arc<dyn Processor>>,
+    sink: Mutex<Option<Sink>>,
+    memory: Arc<MemoryTracker>,
+}
+
+impl Pipeline {
+    /// Builds the pipeline; with a batch stage, spawns its batcher task (returned to await on
+    /// shutdown, after [`Pipeline::close`]).
+    pub fn new(
+        name: String,
+        stages: Vec<Arc<dyn Processor>>,
+        batch: Option<BatchSettings>,
+        fanout: Arc<Fanout>,
+        memory: Arc<MemoryTracker>,
+    ) -> (Arc<Pipeline>, Option<tokio::task::JoinHandle<()>>) {
+        let (sink, task) = match batch {
+            Some(settings) => {
+                let (tx, rx) = mpsc::channel(settings.queue_size);
+                let task = tokio::spawn(run_batcher(rx, settings, fanout));
+                (Sink::Batcher(tx), Some(task))
+            }
+            None => (Sink::Direct(fanout), None),
+        };
+        (
+            Arc::new(Pipeline {
+                name,
+                stages,
+                sink: Mutex::new(Some(sink)),
+                memory,
+            }),
+            task,
+        )
+    }
+
+    /// Runs the inline processors and queues what is left. Returns the spans kept.
+    pub fn consume(
+        &self,
+        mut spans: Vec<ResourceSpans>,
+        encoded_len: usize,
+    ) -> Result<usize, Refusal> {
+        for stage in &self.stages {
+            stage.process(&mut spans)?;
+            if spans.is_empty() {
+                return Ok(0);
+            }
+        }
+        let kept = model::span_count(&spans);
+        if kept == 0 {
+            return Ok(0);
+        }
+        let ticket = self.memory.take(encoded_len);
+        let guard = self.sink.lock();
+        match guard.as_ref() {
+            None => Err(Refusal::ShuttingDown),
+            Some(Sink::Direct(f)) => {
+                f.dispatch(Batch::new(spans, Arc::new(vec![ticket])));
+                Ok(kept)
+            }
+            Some(Sink::Batcher(tx)) => match tx.try_send(Pending {
+                spans,
+                ticket: Some(ticket),
+            }) {
+                Ok(()) => Ok(kept),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(Refusal::QueueFull {
+                    retry_after: Duration::from_secs(1),
+                }),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Refusal::ShuttingDown),
+            },
+        }
+    }
+
+    /// Stops accepting; the batcher flushes what it holds and ends.
+    pub fn close(&self) {
+        self.sink.lock().take();
+    }
+}
+
+async fn run_batcher(mut rx: mpsc::Receiver<Pending>, s: BatchSettings, fanout: Arc<Fanout>) {
+    let mut pending: Vec<ResourceSpans> = Vec::new();
+    let mut count = 0usize;
+    let mut tickets: Vec<MemoryTicket> = Vec::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+
+    let flush =
+        |pending: &mut Vec<ResourceSpans>, count: &mut usize, tickets: &mut Vec<MemoryTicket>| {
+            if *count == 0 {
+                return;
+            }
+            let memory = Arc::new(std::mem::take(tickets));
+            let max = if s.send_batch_max_size == 0 {
+                usize::MAX
+            } else {
+                s.send_batch_max_size
+            };
+            for chunk in model::split(std::mem::take(pending), max) {
+                fanout.dispatch(Batch::new(chunk, memory.clone()));
+            }
+            *count = 0;
+        };
+
+    loop {
+        let next = match deadline {
+            Some(d) => tokio::select! {
+                m = rx.recv() => Some(m),
+                _ = tokio::time::sleep_until(d) => None,
+            },
+            None => Some(rx.recv().await),
+        };
+        match next {
+            // Timer: flush whatever is pending.
+            None => {
+                flush(&mut pending, &mut count, &mut tickets);
+                deadline = None;
+            }
+            // Channel closed: the pipeline shut down; flush and end.
+            Some(None) => {
+                flush(&mut pending, &mut count, &mut tickets);
+                return;
+            }
+            Some(Some(p)) => {
+                count += model::span_count(&p.spans);
+                pending.extend(p.spans);
+                tickets.extend(p.ticket);
+                if deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + s.timeout);
+                }
+                if count >= s.send_batch_size {
+                    flush(&mut pending, &mut count, &mut tickets);
+                    deadline = None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! sampler: OpenTelemetry sampler names plus ordered agent/topic rules, decided per trace.
+//!
+//! Ratio decisions are OpenTelemetry consistent probability sampling: the randomness is the
+//! trace id's low 56 bits, kept when `R >= (1 - ratio) * 2^56`. Every sidecar therefore keeps
+//! or drops the same traces, and a trace that crosses nodes stays whole.
+//!
+//! `parentbased_*`: a span with a parent follows the parent's sampled flag (the W3C flags that
+//! OTLP carries in `Span.flags` bits 0–7; an exporter that leaves that byte at 0 says nothing,
+//! and the span counts as sampled since it was exported). When the delegate is a ratio, sampled
+//! children also face the same trace-id ratio as their root, so the root and its children are
+//! always decided alike. Roots use the delegate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use globset::{Glob, GlobMatcher};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
+use serde::Deserialize;
+
+use super::{BuildCtx, Processor, ProcessorSpec, Stage};
+use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::metrics::Metrics;
+use crate::pipeline::Refusal;
+use crate::Factory;
+
+pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
+    kind: "sampler",
+    parse,
+};
+
+pub const SAMPLER_NAMES: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChoiceConfig {
+    sampler: String,
+    #[serde(default)]
+    arg: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchConfig {
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleConfig {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(rename = "match", default)]
+    matcher: MatchConfig,
+    sampler: String,
+    #[serde(default)]
+    arg: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamplerConfig {
+    #[serde(default)]
+    default: Option<ChoiceConfig>,
+    #[serde(default)]
+    rules: Vec<RuleConfig>,
+}
+
+/// A parsed sampler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    AlwaysOn,
+    AlwaysOff,
+    /// Keep when the trace id's low 56 bits are at least this threshold.
+    Ratio(u64),
+    ParentBased(Root),
+}
+
+/// The root-span delegate of a parent-based sampler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Root {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(u64),
+}
+
+const TWO_56: f64 = (1u64 << 56) as f64;
+
+/// Threshold of consistent probability sampling for `ratio` (0 keeps all, 2^56 keeps none).
+pub fn threshold(ratio: f64) -> u64 {
+    let t = ((1.0 - ratio.clamp(0.0, 1.0)) * TWO_56).round();
+    t as u64
+}
+
+/// The randomness of a trace: its id's low 56 bits (the last 7 bytes, big-endian).
+pub fn randomness(trace_id: &[u8]) -> u64 {
+    if trace_id.len() != 16 {
+        return 0;
+    }
+    trace_id[9..16]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+pub fn ratio_keeps(trace_id: &[u8], threshold: u64) -> bool {
+    randomness(trace_id) >= threshold
+}
+
+/// Reads a sampler name + arg; the error is a message for the caller to place at a path.
+pub fn parse_kind(name: &str, arg: Option<f64>) -> Result<Kind, String> {
+    let ratio = || -> Result<u64, String> {
+        let r = arg.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&r) {
+            return Err(format!("arg {r} is not a sampling ratio from 0.0 to 1.0"));
+        }
+        Ok(threshold(r))
+    };
+    Ok(match name.trim().to_ascii_lowercase().as_str() {
+        "always_on" => Kind::AlwaysOn,
+        "always_off" => Kind::AlwaysOff,
+        "traceidratio" => Kind::Ratio(ratio()?),
+        "parentbased_always_on" => Kind::ParentBased(Root::AlwaysOn),
+        "parentbased_always_off" => Kind::ParentBased(Root::AlwaysOff),
+        "parentbased_traceidratio" => Kind::ParentBased(Root::Ratio(ratio()?)),
+        _ => {
+            return Err(format!(
+                "{name:?} is not a known sampler; accepted values: {}",
+                SAMPLER_NAMES.join(", ")
+            ))
+        }
+    })
+}
+
+/// W3C sampled flag of the span's context as OTLP carries it (bits 0–7 of `Span.flags`).
+/// Many exporters (the Python SDK's among them) fill only the is-remote bits 8–9 and leave the
+/// trace-flags byte at 0; a zero byte therefore says nothing, and the span counts as sampled
+/// since it was exported. A populated byte (e.g. the W3C "random" bit) is read as it stands.
+fn flag_sampled(span: &Span) -> Option<bool> {
+    let trace_flags = span.flags & 0xff;
+    if trace_flags == 0 {
+        None
+    } else {
+        Some(trace_flags & 0x1 != 0)
+    }
+}
+
+impl Kind {
+    pub fn keeps(&self, span: &Span) -> bool {
+        match *self {
+            Kind::AlwaysOn => true,
+            Kind::AlwaysOff => false,
+            Kind::Ratio(t) => ratio_keeps(&span.trace_id, t),
+            Kind::ParentBased(root) => {
+                if span.parent_span_id.is_empty() {
+                    match root {
+                        Root::AlwaysOn => true,
+                        Root::AlwaysOff => false,
+                        Root::Ratio(t) => ratio_keeps(&span.trace_id, t),
+                    }
+                } else {
+                    let parent_sampled = flag_sampled(span).unwrap_or(true);
+                    match root {
+                        Root::Ratio(t) => parent_sampled && ratio_keeps(&span.trace_id, t),
+                        _ => parent_sampled,
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Rule {
+    name: String,
+    agent: Option<GlobMatcher>,
+    topic: Option<GlobMatcher>,
+    kind: Kind,
+}
+
+struct Spec {
+    default: Kind,
+    rules: Vec<Rule>,
+}
+
+fn glob(path: &str, pattern: &Option<String>) -> Result<Option<GlobMatcher>, ConfigError> {
+    pattern
+        .as_deref()
+        .map(|p| {
+            Glob::new(p)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| ConfigError::at(path, format!("invalid glob {p:?}: {e}")))
+        })
+        .transpose()
+}
+
+fn parse(
+    _id: &ComponentId,
+    v: &serde_yaml::Value,
+    path: &str,
+    ctx: &ParseCtx<'_>,
+) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+    let c: SamplerConfig = parse_as(v, path)?;
+    let default = match &c.default {
+        Some(d) => {
+            let arg_path = format!("{path}.default.arg");
+            parse_kind(&d.sampler, d.arg).map_err(|m| {
+                let at = if m.starts_with("arg") {
+                    arg_path.clone()
+                } else {
+                    format!("{path}.default.sampler")
+                };
+                let hint = ctx.origin_hint(&at);
+                ConfigError::at(at, format!("{m}{hint}"))
+            })?
+        }
+        None => from_env(ctx).map_err(|m| ConfigError::at(format!("{path}.default"), m))?,
+    };
+    let mut rules = Vec::new();
+    for (i, r) in c.rules.iter().enumerate() {
+        let at = format!("{path}.rules[{i}]");
+        let kind = parse_kind(&r.sampler, r.arg)
+            .map_err(|m| ConfigError::at(format!("{at}.sampler"), m))?;
+        rules.push(Rule {
+            name: r.name.clone().unwrap_or_else(|| format!("rules[{i}]")),
+            agent: glob(&format!("{at}.match.agent"), &r.matcher.agent)?,
+            topic: glob(&format!("{at}.match.topic"), &r.matcher.topic)?,
+            kind,
+        });
+    }
+    Ok(Box::new(Arc::new(Spec { default, rules })))
+}
+
+/// No `default:` in the YAML: the environment decides, as for the SDKs.
+fn from_env(ctx: &ParseCtx<'_>) -> Result<Kind, String> {
+    let get = |k: &str| (ctx.lookup)(k).filter(|v| !v.trim().is_empty());
+    let (var, name, arg_vars) = match (get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACE_SAMPLER")) {
+        (Some(n), _) => (
+            "OTEL_TRACES_SAMPLER",
+            n,
+            ["OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG"],
+        ),
+        (None, Some(n)) => (
+            "OTEL_TRACE_SAMPLER",
+            n,
+            ["OTEL_TRACE_SAMPLER_ARG", "OTEL_TRACES_SAMPLER_ARG"],
+        ),
+        (None, None) => (
+            "OTEL_TRACES_SAMPLER",
+            "parentbased_always_on".to_owned(),
+            ["OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG"],
+        ),
+    };
+    let mut arg = None;
+    for a in arg_vars {
+        if let Some(raw) = get(a) {
+            arg = Some(
+                raw.trim()
+                    .parse::<f64>()
+                    .map_err(|_| format!("{a}={raw:?} is not a sampling ratio from 0.0 to 1.0"))?,
+            );
+            break;
+        }
+    }
+    parse_kind(&name, arg).map_err(|m| format!("{var}: {m}"))
+}
+
+impl ProcessorSpec for Arc<Spec> {
+    fn build(&self, id: &ComponentId, ctx: &BuildCtx) -> Stage {
+        Stage::Inline(Arc::new(Sampler {
+            spec: self.clone(),
+            metrics: ctx.metrics.clone(),
+            id: id.to_string(),
+        }))
+    }
+}
+
+pub struct Sampler {
+    spec: Arc<Spec>,
+    metrics: Arc<Metrics>,
+    id: String,
+}
+
+fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
+            _ => None,
+        }
+    })
+}
+
+/// The agent a span belongs to: its own `loom.agent.id`, else its resource's, else a
+/// `service.name` of the form `agent-{id}`.
+pub fn span_agent<'a>(span: &'a Span, resource: &'a [KeyValue]) -> Option<&'a str> {
+    str_attr(&span.attributes, "loom.agent.id")
+        .or_else(|| str_attr(resource, "loom.agent.id"))
+        .or_else(|| {
+            str_attr(resource, "service.name")
+                .and_then(|s| s.strip_prefix("agent-"))
+                .filter(|s| !s.is_empty())
+        })
+}
+
+/// The topic of a span: `loom.topic`, else the messaging convention's destination name.
+pub fn span_topic(span: &Span) -> Option<&str> {
+    str_attr(&span.attributes, "loom.topic")
+        .or_else(|| str_attr(&span.attributes, "messaging.destination.name"))
+}
+
+impl Sampler {
+    /// Index of the first rule the span matches (None: the default).
+    fn rule_for(&self, span: &Span, resource: &[KeyValue]) -> Option<usize> {
+        self.spec.rules.iter().position(|r| {
+            let agent_ok = r
+                .agent
+                .as_ref()
+                .is_none_or(|g| span_agent(span, resource).is_some_and(|a| g.is_match(a)));
+            let topic_ok = r
+                .topic
+                .as_ref()
+                .is_none_or(|g| span_topic(span).is_some_and(|t| g.is_match(t)));
+            agent_ok && topic_ok
+        })
+    }
+}
+
+impl Processor for Sampler {
+    fn process(&self, spans: &mut Vec<ResourceSpans>) -> Result<(), Refusal> {
+        let spec = &self.spec;
+        if spec.rules.is_empty() && spec.default == Kind::AlwaysOn {
+            return Ok(());
+        }
+        // One decision per trace in this request: the first rule any of its spans matches
+        // (in rule order) applies to all of them, so a request never splits a trace.
+        let mut trace_rule: HashMap<&[u8], Option<usize>> = HashMap::new();
+        if !spec.rules.is_empty() {
+            for rs in spans.iter() {
+                let resource = rs
+                    .resource
+                    .as_ref()
+                    .map(|r| r.attributes.as_slice())
+                    .unwrap_or(&[]);
+                for ss in &rs.scope_spans {
+                    for s in &ss.spans {
+                        let r = self.rule_for(s, resource);
+                        trace_rule
+                            .entry(s.trace_id.as_slice())
+                            .and_modify(|cur| {
+                                if let (Some(new), Some(old)) = (r, *cur) {
+                                    *cur = Some(new.min(old));
+                                } else if cur.is_none() {
+                                    *cur = r;
+                                }
+                            })
+                            .or_insert(r);
+                    }
+                }
+            }
+        }
+        let trace_rule: HashMap<Vec<u8>, Option<usize>> = trace_rule
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v))
+            .collect();
+        let mut dropped: Vec<u64> = vec![0; spec.rules.len() + 1];
+        let mut kept: Vec<u64> = vec![0; spec.rules.len() + 1];
+        for rs in spans.iter_mut() {
+            for ss in rs.scope_spans.iter_mut() {
+                ss.spans.retain(|s| {
+                    let rule = trace_rule.get(&s.trace_id).copied().flatten();
+                    let (kind, slot) = match rule {
+                        Some(i) => (spec.rules[i].kind, i),
+                        None => (spec.default, spec.rules.len()),
+                    };
+                    let keep = kind.keeps(s);
+                    if keep {
+                        kept[slot] += 1;
+                    } else {
+                        dropped[slot] += 1;
+                    }
+                    keep
+                });
+            }
+            rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+        }
+        spans.retain(|rs| !rs.scope_spans.is_empty());
+        for (slot, (d, k)) in dropped.iter().zip(kept.iter()).enumerate() {
+            let rule = spec
+                .rules
+                .get(slot)
+                .map(|r| r.name.as_str())
+                .unwrap_or("default");
+            self.metrics.add(
+                "loom_sidecar_sampler_dropped_spans_total",
+                &[("processor", &self.id), ("rule", rule)],
+                *d,
+            );
+            self.metrics.add(
+                "loom_sidecar_sampler_kept_spans_total",
+                &[("processor", &self.id), ("rule", rule)],
+                *k,
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tid(low: u64) -> Vec<u8> {
+        let mut t = vec![0xAB; 16];
+        t[8..16].copy_from_slice(&low.to_be_bytes());
+        t
+    }
+
+    #[test]
+    fn threshold_and_randomness_follow_the_spec() {
+        assert_eq!(threshold(1.0), 0);
+        assert_eq!(threshold(0.0), 1 << 56);
+        assert_eq!(threshold(0.5), 1 << 55);
+        // The top byte of the low 8 is not part of the randomness.
+        assert_eq!(randomness(&tid(0xFF00_0000_0000_0001)), 1);
+        assert!(ratio_keeps(&tid((1 << 55) + 1), threshold(0.5)));
+        assert!(!ratio_keeps(&tid((1 << 55) - 1), threshold(0.5)));
+        assert!(!ratio_keeps(&tid((1 << 56) - 1), threshold(0.0)));
+    }
+
+    #[test]
+    fn parent_based_follows_the_flag_and_roots_use_the_delegate() {
+        let root = Span {
+            trace_id: tid(1),
+            ..Span::default()
+        };
+        let child = |flags: u32| Span {
+            trace_id: tid(1),
+            parent_span_id: vec![1; 8],
+            flags,
+            ..Span::default()
+        };
+        let pb_on = Kind::ParentBased(Root::AlwaysOn);
+        let pb_off = Kind::ParentBased(Root::AlwaysOff);
+        assert!(pb_on.keeps(&root));
+        assert!(!pb_off.keeps(&root));
+        assert!(pb_off.keeps(&child(0x301)), "sampled parent");
+        assert!(
+            !pb_on.keeps(&child(0x302)),
+            "unsampled parent: flags byte populated, bit 0 clear"
+        );
+        assert!(
+            pb_on.keeps(&child(0x100)),
+            "only is-remote bits set (Python SDK): exported means sampled"
+        );
+        assert!(
+            pb_on.keeps(&child(0)),
+            "flags unset: exported means sampled"
+        );
+        assert!(pb_off.keeps(&child(0x01)));
+    }
+
+    #[test]
+    fn names_parse_and_unknown_names_list_the_choices() {
+        assert_eq!(
+            parse_kind("traceidratio", Some(0.5)),
+            Ok(Kind::Ratio(1 << 55))
+        );
+        assert!(parse_kind("traceidratio", Some(1.5)).is_err());
+        let e = parse_kind("sometimes", None).unwrap_err();
+        for n in SAMPLER_NAMES {
+            assert!(e.contains(n), "{e}");
+        }
+    }
+}

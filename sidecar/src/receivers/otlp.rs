@@ -1,0 +1,525 @@
+//! otlp receiver: OTLP/gRPC (`TraceService/Export`) and OTLP/HTTP (`POST /v1/traces`,
+//! protobuf or JSON, optionally gzip).
+//!
+//! Size limits apply after decompression; a refusal for load is always retryable and carries
+//! a hint (gRPC RetryInfo, HTTP Retry-After).
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message as _;
+use serde::Deserialize;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{Fanin, Listening, ReceiverCtx, ReceiverSpec, Started};
+use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
+use crate::exporters::BoxFuture;
+use crate::metrics::Metrics;
+use crate::model::span_count;
+use crate::pipeline::Refusal;
+use crate::Factory;
+
+pub const FACTORY: Factory<dyn ReceiverSpec> = Factory {
+    kind: "otlp",
+    parse,
+};
+
+/// Default limit on a request after decompression (design.md §8).
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrpcConfig {
+    #[serde(default = "default_grpc")]
+    endpoint: String,
+    #[serde(default = "default_max_mib")]
+    max_recv_msg_size_mib: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpConfig {
+    #[serde(default = "default_http")]
+    endpoint: String,
+    /// Bytes, after decompression.
+    #[serde(default = "default_max_bytes")]
+    max_request_body_size: usize,
+}
+
+fn default_grpc() -> String {
+    "127.0.0.1:4317".into()
+}
+fn default_http() -> String {
+    "127.0.0.1:4318".into()
+}
+fn default_max_mib() -> usize {
+    DEFAULT_MAX_BYTES >> 20
+}
+fn default_max_bytes() -> usize {
+    DEFAULT_MAX_BYTES
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Protocols {
+    #[serde(default, deserialize_with = "present")]
+    grpc: Option<Option<GrpcConfig>>,
+    #[serde(default, deserialize_with = "present")]
+    http: Option<Option<HttpConfig>>,
+}
+
+/// `grpc:` with no body means "on, with defaults", as in the Collector.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OtlpConfig {
+    protocols: Protocols,
+}
+
+struct Spec {
+    grpc: Option<(SocketAddr, usize)>,
+    http: Option<(SocketAddr, usize)>,
+}
+
+fn default_grpc_config() -> GrpcConfig {
+    GrpcConfig {
+        endpoint: default_grpc(),
+        max_recv_msg_size_mib: default_max_mib(),
+    }
+}
+
+fn default_http_config() -> HttpConfig {
+    HttpConfig {
+        endpoint: default_http(),
+        max_request_body_size: default_max_bytes(),
+    }
+}
+
+fn parse(
+    _id: &ComponentId,
+    v: &serde_yaml::Value,
+    path: &str,
+    _ctx: &ParseCtx<'_>,
+) -> Result<Box<dyn ReceiverSpec>, ConfigError> {
+    let c: OtlpConfig = parse_as(v, path)?;
+    let grpc = match c.protocols.grpc {
+        None => None,
+        Some(g) => {
+            let g = g.unwrap_or_else(default_grpc_config);
+            let addr = parse_endpoint(&g.endpoint)
+                .map_err(|m| ConfigError::at(format!("{path}.protocols.grpc.endpoint"), m))?;
+            if g.max_recv_msg_size_mib == 0 {
+                return Err(ConfigError::at(
+                    format!("{path}.protocols.grpc.max_recv_msg_size_mib"),
+                    "must be greater than 0",
+                ));
+            }
+            Some((addr, g.max_recv_msg_size_mib * 1024 * 1024))
+        }
+    };
+    let http = match c.protocols.http {
+        None => None,
+        Some(h) => {
+            let h = h.unwrap_or_else(default_http_config);
+            let addr = parse_endpoint(&h.endpoint)
+                .map_err(|m| ConfigError::at(format!("{path}.protocols.http.endpoint"), m))?;
+            if h.max_request_body_size == 0 {
+                return Err(ConfigError::at(
+                    format!("{path}.protocols.http.max_request_body_size"),
+                    "must be greater than 0",
+                ));
+            }
+            Some((addr, h.max_request_body_size))
+        }
+    };
+    if grpc.is_none() && http.is_none() {
+        return Err(ConfigError::at(
+            format!("{path}.protocols"),
+            "enable grpc, http or both",
+        ));
+    }
+    Ok(Box::new(Spec { grpc, http }))
+}
+
+/// Shared by both transports: counts, consumes, and maps refusals.
+struct Intake {
+    id: String,
+    consumer: Arc<Fanin>,
+    metrics: Arc<Metrics>,
+}
+
+impl Intake {
+    fn take(
+        &self,
+        req: ExportTraceServiceRequest,
+        encoded_len: usize,
+        transport: &'static str,
+    ) -> Result<(), Refusal> {
+        let n = span_count(&req.resource_spans) as u64;
+        match self.consumer.consume(req.resource_spans, encoded_len) {
+            Ok(_) => {
+                self.metrics.add(
+                    "loom_sidecar_receiver_accepted_spans_total",
+                    &[("receiver", &self.id), ("transport", transport)],
+                    n,
+                );
+                Ok(())
+            }
+            Err(r) => {
+                self.metrics.add(
+                    "loom_sidecar_receiver_refused_spans_total",
+                    &[
+                        ("receiver", &self.id),
+                        ("transport", transport),
+                        ("reason", r.reason()),
+                    ],
+                    n,
+                );
+                Err(r)
+            }
+        }
+    }
+
+    fn refused_bad(&self, transport: &'static str, reason: &'static str) {
+        // The span count of an undecodable request is unknown: count the request.
+        self.metrics.add(
+            "loom_sidecar_receiver_refused_spans_total",
+            &[
+                ("receiver", &self.id),
+                ("transport", transport),
+                ("reason", reason),
+            ],
+            1,
+        );
+    }
+}
+
+/// Load refusals as gRPC: RESOURCE_EXHAUSTED (memory) or UNAVAILABLE, always with RetryInfo.
+fn grpc_refusal(r: &Refusal) -> Status {
+    let code = match r {
+        Refusal::MemoryLimit { .. } => Code::ResourceExhausted,
+        Refusal::QueueFull { .. } | Refusal::ShuttingDown => Code::Unavailable,
+    };
+    Status::with_error_details(
+        code,
+        r.message(),
+        ErrorDetails::with_retry_info(Some(r.retry_after())),
+    )
+}
+
+struct GrpcService {
+    intake: Arc<Intake>,
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcService {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
+        let req = request.into_inner();
+        let len = req.encoded_len();
+        match self.intake.take(req, len, "grpc") {
+            Ok(()) => Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            })),
+            Err(r) => Err(grpc_refusal(&r)),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    intake: Arc<Intake>,
+    max: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Proto,
+    Json,
+}
+
+/// OTLP/HTTP error body: a google.rpc.Status in the request's encoding.
+fn http_error(enc: Encoding, status: StatusCode, grpc_code: Code, message: &str) -> Response {
+    let (ctype, body) = match enc {
+        Encoding::Json => (
+            "application/json",
+            serde_json::json!({ "code": grpc_code as i32, "message": message })
+                .to_string()
+                .into_bytes(),
+        ),
+        Encoding::Proto => (
+            "application/x-protobuf",
+            tonic_types::pb::Status {
+                code: grpc_code as i32,
+                message: message.to_owned(),
+                details: Vec::new(),
+            }
+            .encode_to_vec(),
+        ),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))],
+        body,
+    )
+        .into_response()
+}
+
+/// Decompresses with a cap: reads at most `max + 1` bytes, so a gzip bomb costs `max` bytes
+/// of memory before it is refused.
+fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max));
+    let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
+    dec.read_to_end(&mut out).map_err(|_| "invalid gzip body")?;
+    if out.len() > max {
+        return Err("too large");
+    }
+    Ok(out)
+}
+
+async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let enc = match ctype.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Encoding::Proto,
+        "application/json" => Encoding::Json,
+        _ => {
+            st.intake.refused_bad("http", "unsupported_media_type");
+            return http_error(
+                Encoding::Json,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Code::InvalidArgument,
+                &format!("unsupported content type {ctype:?}; use application/x-protobuf or application/json"),
+            );
+        }
+    };
+    let content_encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let raw: Vec<u8> = match content_encoding.as_str() {
+        "" | "identity" => body.to_vec(),
+        "gzip" | "x-gzip" => match gunzip_capped(&body, st.max) {
+            Ok(b) => b,
+            Err("too large") => {
+                st.intake.refused_bad("http", "too_large");
+                return http_error(
+                    enc,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Code::ResourceExhausted,
+                    &format!("request body exceeds {} bytes after decompression", st.max),
+                );
+            }
+            Err(m) => {
+                st.intake.refused_bad("http", "bad_request");
+                return http_error(enc, StatusCode::BAD_REQUEST, Code::InvalidArgument, m);
+            }
+        },
+        other => {
+            st.intake.refused_bad("http", "unsupported_encoding");
+            return http_error(
+                enc,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Code::InvalidArgument,
+                &format!("unsupported Content-Encoding {other:?}; use gzip or none"),
+            );
+        }
+    };
+    if raw.len() > st.max {
+        st.intake.refused_bad("http", "too_large");
+        return http_error(
+            enc,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            &format!("request body exceeds {} bytes", st.max),
+        );
+    }
+    let decoded = match enc {
+        Encoding::Proto => ExportTraceServiceRequest::decode(raw.as_slice())
+            .map_err(|e| format!("invalid protobuf ExportTraceServiceRequest: {e}")),
+        Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
+            .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}")),
+    };
+    let req = match decoded {
+        Ok(r) => r,
+        Err(m) => {
+            st.intake.refused_bad("http", "bad_request");
+            return http_error(enc, StatusCode::BAD_REQUEST, Code::InvalidArgument, &m);
+        }
+    };
+    match st.intake.take(req, raw.len(), "http") {
+        Ok(()) => {
+            let resp = ExportTraceServiceResponse {
+                partial_success: None,
+            };
+            match enc {
+                Encoding::Proto => (
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                    resp.encode_to_vec(),
+                )
+                    .into_response(),
+                Encoding::Json => (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    serde_json::to_vec(&resp).unwrap_or_else(|_| b"{}".to_vec()),
+                )
+                    .into_response(),
+            }
+        }
+        Err(r) => {
+            let status = match r {
+                Refusal::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Refusal::MemoryLimit { .. } | Refusal::ShuttingDown => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            let mut resp = http_error(enc, status, Code::Unavailable, &r.message());
+            let secs = r.retry_after().as_secs().max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        }
+    }
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST")],
+        "only POST is allowed on /v1/traces",
+    )
+        .into_response()
+}
+
+impl ReceiverSpec for Spec {
+    fn start(&self, id: &ComponentId, ctx: ReceiverCtx) -> BoxFuture<Result<Started, String>> {
+        let grpc = self.grpc;
+        let http = self.http;
+        let id = id.to_string();
+        Box::pin(async move {
+            let intake = Arc::new(Intake {
+                id: id.clone(),
+                consumer: ctx.consumer.clone(),
+                metrics: ctx.metrics.clone(),
+            });
+            let mut listening = Vec::new();
+            let mut tasks = Vec::new();
+            if let Some((addr, max)) = grpc {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    format!("receivers.{id}.protocols.grpc: cannot listen on {addr}: {e}")
+                })?;
+                let local = listener.local_addr().map_err(|e| e.to_string())?;
+                let svc = TraceServiceServer::new(GrpcService {
+                    intake: intake.clone(),
+                })
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max);
+                let stop = ctx.shutdown.clone();
+                let name = id.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = tonic::transport::Server::builder()
+                        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(
+                            TcpIncoming::from(listener),
+                            stop.cancelled_owned(),
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        tracing::error!(receiver = %name, "gRPC server failed: {e}");
+                    }
+                }));
+                listening.push(Listening {
+                    component: id.clone(),
+                    kind: "grpc",
+                    addr: local,
+                });
+            }
+            if let Some((addr, max)) = http {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    format!("receivers.{id}.protocols.http: cannot listen on {addr}: {e}")
+                })?;
+                let local = listener.local_addr().map_err(|e| e.to_string())?;
+                let state = HttpState {
+                    intake: intake.clone(),
+                    max,
+                };
+                // The compressed body may not exceed the limit either.
+                let app = Router::new()
+                    .route("/v1/traces", post(http_export).fallback(method_not_allowed))
+                    .layer(DefaultBodyLimit::max(max))
+                    .with_state(state);
+                let stop = ctx.shutdown.clone();
+                let name = id.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                    if let Err(e) = r {
+                        tracing::error!(receiver = %name, "HTTP server failed: {e}");
+                    }
+                }));
+                listening.push(Listening {
+                    component: id.clone(),
+                    kind: "http",
+                    addr: local,
+                });
+            }
+            Ok(Started { listening, tasks })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn gunzip_is_capped() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 1 << 20]).unwrap();
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 10_000);
+        assert_eq!(gunzip_capped(&bomb, 1000), Err("too large"));
+        assert_eq!(gunzip_capped(&bomb, 1 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(gunzip_capped(b"not gzip", 1000), Err("invalid gzip body"));
+    }
+}

@@ -1,0 +1,257 @@
+//! Service lifecycle: build exporters → pipelines → receivers → extensions; report listeners;
+//! on shutdown drain in the reverse direction within the grace period.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{parse_endpoint, ComponentId, Config};
+use crate::exporters::{self, ExporterQueue};
+use crate::extensions::{ExtensionCtx, Health};
+use crate::memory::MemoryTracker;
+use crate::metrics::Metrics;
+use crate::pipeline::{Fanout, Pipeline};
+use crate::processors::{self, Stage};
+use crate::receivers::{Fanin, Listening, ReceiverCtx};
+
+/// rustls needs one process-wide crypto provider for the HTTP exporter's TLS.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A running sidecar.
+pub struct Running {
+    pub listening: Vec<Listening>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    grace: Duration,
+    receivers_stop: CancellationToken,
+    receiver_tasks: Vec<tokio::task::JoinHandle<()>>,
+    pipelines: Vec<Arc<Pipeline>>,
+    batchers: Vec<tokio::task::JoinHandle<()>>,
+    queues: Vec<Arc<ExporterQueue>>,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+    hard_stop: CancellationToken,
+    side_stop: CancellationToken,
+    side_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts everything the config describes. Errors name the component that failed.
+pub async fn start(config: Config) -> Result<Running, String> {
+    install_crypto_provider();
+    let metrics = Metrics::new();
+    let memory = MemoryTracker::new();
+    metrics.attach_memory(memory.clone());
+    let health = Health::new();
+    let hard_stop = CancellationToken::new();
+    let side_stop = CancellationToken::new();
+    let receivers_stop = CancellationToken::new();
+    let mut listening = Vec::new();
+    let mut side_tasks = Vec::new();
+
+    // Extensions first, so health answers 503 while the rest starts.
+    for ext in &config.service.extensions {
+        let id =
+            ComponentId::parse(ext).ok_or_else(|| format!("service.extensions: bad id {ext}"))?;
+        let spec = config
+            .extensions
+            .get(&id)
+            .ok_or_else(|| format!("extension {id} not defined"))?;
+        let started = spec
+            .start(
+                &id,
+                ExtensionCtx {
+                    health: health.clone(),
+                    shutdown: side_stop.clone(),
+                },
+            )
+            .await?;
+        listening.extend(started.listening);
+        side_tasks.extend(started.tasks);
+    }
+
+    // Exporters: one queue per exporter id, shared by every pipeline that lists it.
+    let mut queues: BTreeMap<ComponentId, Arc<ExporterQueue>> = BTreeMap::new();
+    let mut consumers = Vec::new();
+    let used_exporters: std::collections::BTreeSet<ComponentId> = config
+        .service
+        .pipelines
+        .values()
+        .flat_map(|p| p.exporters.iter().filter_map(|e| ComponentId::parse(e)))
+        .collect();
+    for id in used_exporters {
+        let spec = config
+            .exporters
+            .get(&id)
+            .ok_or_else(|| format!("exporter {id} not defined"))?;
+        let built = spec
+            .build(
+                &id,
+                &exporters::BuildCtx {
+                    metrics: metrics.clone(),
+                },
+            )
+            .map_err(|e| format!("exporters.{id}: {e}"))?;
+        let (q, tasks) =
+            exporters::start_queue(id.to_string(), built, metrics.clone(), hard_stop.clone());
+        queues.insert(id, q);
+        consumers.extend(tasks);
+    }
+
+    // Pipelines.
+    let mut pipelines = Vec::new();
+    let mut batchers = Vec::new();
+    let mut fanins: BTreeMap<ComponentId, Vec<Arc<Pipeline>>> = BTreeMap::new();
+    let pctx = processors::BuildCtx {
+        metrics: metrics.clone(),
+        memory: memory.clone(),
+    };
+    for (name, p) in &config.service.pipelines {
+        let mut stages = Vec::new();
+        let mut batch = None;
+        for pid in &p.processors {
+            let id = ComponentId::parse(pid).ok_or_else(|| format!("bad processor id {pid}"))?;
+            let spec = config
+                .processors
+                .get(&id)
+                .ok_or_else(|| format!("processor {id} not defined"))?;
+            match spec.build(&id, &pctx) {
+                Stage::Inline(proc_) => stages.push(proc_),
+                Stage::Batch(s) => batch = Some(s),
+            }
+        }
+        let exps = p
+            .exporters
+            .iter()
+            .filter_map(|e| ComponentId::parse(e).and_then(|id| queues.get(&id).cloned()))
+            .collect();
+        let fanout = Arc::new(Fanout::new(exps, metrics.clone()));
+        let (pipeline, task) = Pipeline::new(name.clone(), stages, batch, fanout, memory.clone());
+        batchers.extend(task);
+        for r in &p.receivers {
+            if let Some(id) = ComponentId::parse(r) {
+                fanins.entry(id).or_default().push(pipeline.clone());
+            }
+        }
+        pipelines.push(pipeline);
+    }
+
+    // Receivers last: data may flow as soon as they listen.
+    let mut receiver_tasks = Vec::new();
+    for (id, pipes) in fanins {
+        let spec = config
+            .receivers
+            .get(&id)
+            .ok_or_else(|| format!("receiver {id} not defined"))?;
+        let started = spec
+            .start(
+                &id,
+                ReceiverCtx {
+                    consumer: Arc::new(Fanin { pipelines: pipes }),
+                    metrics: metrics.clone(),
+                    shutdown: receivers_stop.clone(),
+                },
+            )
+            .await?;
+        listening.extend(started.listening);
+        receiver_tasks.extend(started.tasks);
+    }
+
+    // Own metrics.
+    let maddr = &config.service.telemetry.metrics.address;
+    if !maddr.is_empty() && maddr != "none" {
+        let addr =
+            parse_endpoint(maddr).map_err(|e| format!("service.telemetry.metrics.address: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("service.telemetry.metrics: cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let m = metrics.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        );
+        let stop = side_stop.clone();
+        side_tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        }));
+        listening.push(Listening {
+            component: "metrics".into(),
+            kind: "http",
+            addr: local,
+        });
+    }
+
+    health.set(Health::READY);
+    Ok(Running {
+        listening,
+        metrics,
+        health,
+        grace: config.service.shutdown_grace,
+        receivers_stop,
+        receiver_tasks,
+        pipelines,
+        batchers,
+        queues: queues.into_values().collect(),
+        consumers,
+        hard_stop,
+        side_stop,
+        side_tasks,
+    })
+}
+
+impl Running {
+    /// Drains: stop receiving, flush batches, let exporters finish (up to the grace period),
+    /// then stop. Returns false when the grace period ran out with data still unsent.
+    pub async fn shutdown(self) -> bool {
+        self.health.set(Health::DRAINING);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        self.receivers_stop.cancel();
+        for t in self.receiver_tasks {
+            let _ = tokio::time::timeout_at(deadline, t).await;
+        }
+        for p in &self.pipelines {
+            p.close();
+        }
+        for t in self.batchers {
+            let _ = tokio::time::timeout_at(deadline, t).await;
+        }
+        for q in &self.queues {
+            q.close();
+        }
+        let mut clean = true;
+        for t in self.consumers {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                clean = false;
+            }
+        }
+        if !clean {
+            tracing::warn!("shutdown grace period over with batches unsent");
+            self.hard_stop.cancel();
+        }
+        self.side_stop.cancel();
+        for t in self.side_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        clean
+    }
+}
