@@ -31,6 +31,8 @@ class AgentSpec:
     name: str
     script: Path
     env: Dict[str, str] = field(default_factory=dict)
+    # A regex the agent prints once it is connected; the runner waits for it before the next.
+    wait_for: Optional[str] = None
 
 
 @dataclass
@@ -69,7 +71,9 @@ class Project:
             if not script.is_file():
                 raise RunnerError(f"{manifest}: {where}.script: {script} does not exist")
             env = {str(k): str(v) for k, v in a.get("env", {}).items()}
-            agents.append(AgentSpec(name=str(req(a, "name", where)), script=script, env=env))
+            wait_for = a.get("wait_for")
+            agents.append(AgentSpec(name=str(req(a, "name", where)), script=script, env=env,
+                                    wait_for=str(wait_for) if wait_for else None))
         if not agents:
             raise RunnerError(f"{manifest}: no [[agents]] defined")
         jaeger = sidecar.get("jaeger_config")
@@ -189,12 +193,15 @@ class Runner:
     def __init__(self, project: Project, *, auto_ports: bool = False, env: Optional[Dict[str, str]] = None,
                  agent_env: Optional[Dict[str, Dict[str, str]]] = None, use_sidecar: bool = True,
                  out: Callable[[str], None] = print, python: str = sys.executable,
-                 trace_file: Optional[Path] = None) -> None:
+                 trace_file: Optional[Path] = None, quiet_span_lines: bool = False) -> None:
         self.project = project
-        self.out = out
+        # The runner's own trace trees make the debug exporter's per-span lines redundant.
+        self.out = (lambda line: None if line.startswith("[sidecar] span ") else out(line)) if quiet_span_lines else out
         self.python = python
         self.use_sidecar = use_sidecar
         self.base_env = dict(os.environ)
+        # Spans should reach the sidecar within a second, not the SDKs' default 5 s.
+        self.base_env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
         self.base_env.update(env or {})
         self.agent_env = agent_env or {}
         self.trace_file = Path(trace_file) if trace_file else project.trace_file
@@ -286,6 +293,8 @@ class Runner:
         child = Child(name, [self.python, str(spec.script)], env, self.project.root, self.out)
         child.start()
         self.agents[name] = child
+        if spec.wait_for:
+            child.wait_for(spec.wait_for, timeout=30)
         return child
 
     def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> Optional[int]:

@@ -31,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     trace_file = Path(args.trace_file).resolve() if args.trace_file else project.trace_file
     if not args.keep_traces and trace_file.exists():
         trace_file.unlink()
-    runner = Runner(project, out=out, trace_file=trace_file)
+    runner = Runner(project, out=out, trace_file=trace_file, quiet_span_lines=not args.no_traces and not args.span_lines)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -104,6 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--trace-file", help="where the sidecar's file exporter writes (default from loom.toml)")
     run.add_argument("--keep-traces", action="store_true", help="do not truncate the trace file at start")
     run.add_argument("--no-traces", action="store_true", help="do not print trace trees")
+    run.add_argument("--span-lines", action="store_true", help="also show the sidecar debug exporter's per-span lines")
     run.add_argument("--quiet", type=float, default=1.5, help="seconds without new spans before a trace is printed")
     run.set_defaults(func=_cmd_run)
 
