@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import loom
 from loom.agent import Message
 
-from conftest import BridgeProcess, free_port
+from sdk_harness import BridgeProcess, free_port
 
 pytestmark = pytest.mark.timeout(60)
 FAST = loom.RetryPolicy(initial_s=0.05, max_s=0.3, start_attempts=20)

@@ -11,7 +11,7 @@ from opentelemetry import trace
 import loom
 from loom import _native
 
-from conftest import BIN_DIR
+from sdk_harness import BIN_DIR
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
-from conftest import EXPECTED_CHAIN, chain_problems, settle, wait_until
+from e2e_harness import EXPECTED_CHAIN, chain_problems, settle, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -337,6 +337,12 @@ impl Processor for Sampler {
     fn process(&self, spans: &mut Vec<ResourceSpans>) -> Result<(), Refusal> {
         let spec = &self.spec;
         if spec.rules.is_empty() && spec.default == Kind::AlwaysOn {
+            let n = crate::model::span_count(spans) as u64;
+            self.metrics.add(
+                "loom_sidecar_sampler_kept_spans_total",
+                &[("processor", &self.id), ("rule", "default")],
+                n,
+            );
             return Ok(());
         }
         // One decision per trace in this request: the first rule any of its spans matches

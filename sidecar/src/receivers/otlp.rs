@@ -218,6 +218,27 @@ impl Intake {
     }
 }
 
+/// tonic's codec answers an oversized message with OUT_OF_RANGE and an undecodable one with
+/// INTERNAL. OTLP clients read those as "retry" and "server bug"; design.md §8 wants
+/// RESOURCE_EXHAUSTED for size, and a malformed payload is the client's INVALID_ARGUMENT.
+fn fix_codec_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers_mut();
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .replace("%20", " ");
+    let code = match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
+        Some("11") if message.contains("message length too large") => Some("8"),
+        Some("13") if message.starts_with("failed to decode") => Some("3"),
+        _ => None,
+    };
+    if let Some(c) = code {
+        headers.insert("grpc-status", http::HeaderValue::from_static(c));
+    }
+    resp
+}
+
 /// Load refusals as gRPC: RESOURCE_EXHAUSTED (memory) or UNAVAILABLE, always with RetryInfo.
 fn grpc_refusal(r: &Refusal) -> Status {
     let code = match r {
@@ -456,6 +477,7 @@ impl ReceiverSpec for Spec {
                 tasks.push(tokio::spawn(async move {
                     let r = tonic::transport::Server::builder()
                         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                        .layer(tower::util::MapResponseLayer::new(fix_codec_status))
                         .add_service(svc)
                         .serve_with_incoming_shutdown(
                             TcpIncoming::from(listener),

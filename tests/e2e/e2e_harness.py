@@ -1,0 +1,112 @@
+"""Harness for end-to-end runs of examples/trace-test: the real sidecar, bridge and agents,
+started by the same runner as `loom run`, on free loopback ports."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+import pytest
+
+from loom._runner import Project, Runner
+from loom._traces import Span, group_by_trace, read_spans
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = REPO / "examples" / "trace-test"
+
+# design.md §1: the parent chain of one reading across both hops, with each span's process.
+EXPECTED_CHAIN = [
+    ("sensor.emit_data", "agent-sensor"),
+    ("bridge.publish", "loom-bridge"),
+    ("event_bus.publish", "loom-bridge"),
+    ("bridge.forward", "loom-bridge"),
+    ("agent.on_event", "agent-processor"),
+    ("bridge.publish", "loom-bridge"),
+    ("event_bus.publish", "loom-bridge"),
+    ("bridge.forward", "loom-bridge"),
+    ("agent.on_event", "agent-output"),
+]
+
+
+class Run:
+    """A started project plus what it printed."""
+
+    def __init__(self, runner: Runner, lines: List[str]) -> None:
+        self.runner = runner
+        self.lines = lines
+
+    @property
+    def trace_file(self) -> Path:
+        return self.runner.trace_file
+
+    def traces(self) -> Dict[str, List[Span]]:
+        return group_by_trace(read_spans(str(self.trace_file)))
+
+    def logged(self, agent: str, pattern: str) -> List[re.Match]:
+        rx = re.compile(pattern)
+        prefix = f"[{agent}] "
+        return [m for line in list(self.lines) if line.startswith(prefix) for m in [rx.search(line)] if m]
+
+    def sensor_trace_ids(self) -> List[str]:
+        return [m.group(1) for m in self.logged("sensor", r"reading seq=\d+ .*trace_id=([0-9a-f]{32})")]
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def settle(run: Run, quiet: float = 2.0, timeout: float = 30.0) -> None:
+    """Waits until no new span arrived for `quiet` seconds (exporters flush every ~0.5 s)."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        n = sum(len(v) for v in run.traces().values())
+        if n != last:
+            last, stable_since = n, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet:
+            return
+        time.sleep(0.1)
+    raise AssertionError("spans kept arriving")
+
+
+def chain_problems(spans: List[Span]) -> List[str]:
+    """Everything wrong with one trace compared to EXPECTED_CHAIN (empty list: complete)."""
+    problems: List[str] = []
+    if len({s.trace_id for s in spans}) != 1:
+        problems.append("spans of several traces")
+    ids = {s.span_id for s in spans}
+    orphans = [s.name for s in spans if s.parent_span_id and s.parent_span_id not in ids]
+    if orphans:
+        problems.append(f"orphans (parent missing): {orphans}")
+    for s in spans:
+        for key in ("loom.agent.id", "loom.topic"):
+            if not s.attributes.get(key):
+                problems.append(f"{s.name} ({s.service}) lacks {key}")
+    roots = [s for s in spans if not s.parent_span_id]
+    if len(roots) != 1:
+        return problems + [f"{len(roots)} roots"]
+    children: Dict[str, List[Span]] = {}
+    for s in spans:
+        children.setdefault(s.parent_span_id, []).append(s)
+    node, got = roots[0], []
+    while True:
+        got.append((node.name, node.service))
+        kids = children.get(node.span_id, [])
+        if len(kids) != 1:
+            if kids:
+                problems.append(f"{node.name} has {len(kids)} children")
+            break
+        node = kids[0]
+    if got != EXPECTED_CHAIN:
+        problems.append(f"chain {got}")
+    if len(spans) != len(EXPECTED_CHAIN):
+        problems.append(f"{len(spans)} spans, expected {len(EXPECTED_CHAIN)}")
+    return problems
