@@ -95,3 +95,29 @@ def test_sigterm_flushes_pending_batches_and_exits_zero(sidecars, tmp_path) -> N
     assert not out.exists() or line_sizes(out) == [], "still pending before shutdown"
     assert sc.stop() == 0
     assert line_sizes(out) == [5]
+
+
+def test_an_unreachable_exporter_never_blocks_the_receivers_or_other_exporters(sidecars, tmp_path) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # closed again: nothing listens there
+    out = tmp_path / "out.jsonl"
+    exporters = (f'  otlp/dead: {{ endpoint: "http://127.0.0.1:{dead}", timeout: 1s, '
+                 f'sending_queue: {{ num_consumers: 1, queue_size: 2 }}, '
+                 f'retry_on_failure: {{ initial_interval: 5s, max_interval: 5s, max_elapsed_time: 60s }} }}\n'
+                 f'  file: {{ path: "{out}" }}')
+    cfg = base_config(exporters, "otlp/dead, file").replace(
+        "  batch: { send_batch_size: 512, timeout: 100ms }", "  batch: { send_batch_size: 10, timeout: 50ms }")
+    sc = sidecars(cfg)
+    t0 = time.monotonic()
+    for _ in range(30):
+        send(sc.grpc, [request([span(os.urandom(16)) for _ in range(10)])])
+        time.sleep(0.02)
+    assert time.monotonic() - t0 < 10, "every request answered promptly"
+    wait_for_spans(out, 300)
+    m = sc.metrics()
+    assert 'loom_sidecar_exporter_sent_spans_total{exporter="file"} 300' in m
+    dropped = sum(int(l.rsplit(" ", 1)[1]) for l in m.splitlines()
+                  if l.startswith('loom_sidecar_exporter_send_failed_spans_total{exporter="otlp/dead",reason="queue_full"}'))
+    assert dropped > 0, "the dead exporter's full queue drops (counted) instead of blocking"
