@@ -9,7 +9,9 @@ use loom_bridge::{serve, Bridge, BridgeConfig};
 use loom_core::proto::bridge_client::BridgeClient;
 use loom_core::proto::client_message::Msg as ClientMsg;
 use loom_core::proto::server_message::Msg as ServerMsg;
-use loom_core::proto::{ClientMessage, Event, Hello, Publish, Qos, RegisterAgentRequest, ServerMessage, Subscription};
+use loom_core::proto::{
+    ClientMessage, Event, Hello, Publish, Qos, RegisterAgentRequest, ServerMessage, Subscription,
+};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
@@ -34,13 +36,18 @@ struct Agent {
 }
 
 async fn join(addr: &str, id: &str, topics: &[&str]) -> Agent {
-    let mut c = BridgeClient::connect(format!("http://{addr}")).await.expect("connect");
+    let mut c = BridgeClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
     let session = c
         .register_agent(RegisterAgentRequest {
             agent_id: id.into(),
             subscriptions: topics
                 .iter()
-                .map(|t| Subscription { pattern: (*t).into(), qos: Qos::Reliable as i32 })
+                .map(|t| Subscription {
+                    pattern: (*t).into(),
+                    qos: Qos::Reliable as i32,
+                })
                 .collect(),
             ..Default::default()
         })
@@ -49,10 +56,19 @@ async fn join(addr: &str, id: &str, topics: &[&str]) -> Agent {
         .into_inner()
         .session_id;
     let (tx, rx) = mpsc::channel(1024);
-    tx.send(ClientMessage { msg: Some(ClientMsg::Hello(Hello { agent_id: id.into(), session_id: session })) })
+    tx.send(ClientMessage {
+        msg: Some(ClientMsg::Hello(Hello {
+            agent_id: id.into(),
+            session_id: session,
+        })),
+    })
+    .await
+    .expect("hello");
+    let rx = c
+        .event_stream(ReceiverStream::new(rx))
         .await
-        .expect("hello");
-    let rx = c.event_stream(ReceiverStream::new(rx)).await.expect("stream").into_inner();
+        .expect("stream")
+        .into_inner();
     Agent { tx, rx }
 }
 
@@ -62,7 +78,10 @@ fn publish(seq: u64, sent_at: Duration) -> ClientMessage {
     ClientMessage {
         msg: Some(ClientMsg::Publish(Publish {
             topic: "bench.data".into(),
-            event: Some(Event { payload, ..Event::default() }),
+            event: Some(Event {
+                payload,
+                ..Event::default()
+            }),
         })),
     }
 }
@@ -76,7 +95,10 @@ struct Figures {
 async fn run_case(rt_base: Instant) -> Figures {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let bridge = Bridge::new(BridgeConfig { dashboard_listen: None, ..BridgeConfig::default() });
+    let bridge = Bridge::new(BridgeConfig {
+        dashboard_listen: None,
+        ..BridgeConfig::default()
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(bridge, listener, None, async {
         let _ = stop_rx.await;
@@ -100,7 +122,14 @@ async fn run_case(rt_base: Instant) -> Figures {
     });
     let mut got = 0u64;
     while got < n {
-        match subscriber.rx.message().await.expect("stream").expect("open").msg {
+        match subscriber
+            .rx
+            .message()
+            .await
+            .expect("stream")
+            .expect("open")
+            .msg
+        {
             Some(ServerMsg::Delivery(_)) => got += 1,
             _ => continue,
         }
@@ -110,9 +139,15 @@ async fn run_case(rt_base: Instant) -> Figures {
     // Latency: one event in flight.
     let mut lat = Vec::with_capacity(2000);
     for i in 0..2000u64 {
-        publisher.tx.send(publish(i, rt_base.elapsed())).await.unwrap();
+        publisher
+            .tx
+            .send(publish(i, rt_base.elapsed()))
+            .await
+            .unwrap();
         loop {
-            if let Some(ServerMsg::Delivery(d)) = subscriber.rx.message().await.unwrap().unwrap().msg {
+            if let Some(ServerMsg::Delivery(d)) =
+                subscriber.rx.message().await.unwrap().unwrap().msg
+            {
                 let p = d.event.unwrap().payload;
                 let sent = u64::from_le_bytes(p[8..16].try_into().unwrap());
                 lat.push(rt_base.elapsed().as_nanos() as u64 - sent);
@@ -124,19 +159,30 @@ async fn run_case(rt_base: Instant) -> Figures {
     let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
     let _ = stop_tx.send(());
     let _ = server.await;
-    Figures { events_per_s, p50_us: pct(0.50), p99_us: pct(0.99) }
+    Figures {
+        events_per_s,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
 }
 
 fn measure(sampler: Option<Sampler>) -> Figures {
     // One thread: the bridge, both clients and the (thread-local) tracing subscriber share it.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let base = Instant::now();
     match sampler {
         None => rt.block_on(run_case(base)),
         Some(s) => {
-            let provider = SdkTracerProvider::builder().with_sampler(s).with_batch_exporter(NullExporter).build();
+            let provider = SdkTracerProvider::builder()
+                .with_sampler(s)
+                .with_batch_exporter(NullExporter)
+                .build();
             let subscriber = tracing_subscriber::registry().with(
-                loom_core::telemetry::otel_layer(provider.tracer("bench")).with_filter(loom_core::telemetry::otel_filter()),
+                loom_core::telemetry::otel_layer(provider.tracer("bench"))
+                    .with_filter(loom_core::telemetry::otel_filter()),
             );
             let out = tracing::subscriber::with_default(subscriber, || rt.block_on(run_case(base)));
             let _ = provider.shutdown();
@@ -152,11 +198,16 @@ fn main() {
         ("tracing on, not sampled", Some(Sampler::AlwaysOff)),
         ("tracing on, sampled", Some(Sampler::AlwaysOn)),
     ];
-    println!("loom-bridge publish → delivery over loopback gRPC (bridge and both clients on one thread)");
+    println!(
+        "loom-bridge publish → delivery over loopback gRPC (bridge and both clients on one thread)"
+    );
     println!("| mode | events/s (pipelined) | p50 latency µs | p99 latency µs |");
     println!("|---|---:|---:|---:|");
     for (name, sampler) in cases {
         let f = measure(sampler);
-        println!("| {name} | {:.0} | {:.0} | {:.0} |", f.events_per_s, f.p50_us, f.p99_us);
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} |",
+            f.events_per_s, f.p50_us, f.p99_us
+        );
     }
 }

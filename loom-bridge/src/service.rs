@@ -732,14 +732,7 @@ async fn on_publish(
         if !event.r#type.is_empty() {
             span.record("loom.event.type", event.r#type.as_str());
         }
-        for (field, key) in [
-            ("loom.thread_id", envelope::THREAD_ID),
-            ("loom.correlation_id", envelope::CORRELATION_ID),
-        ] {
-            if let Some(v) = event.metadata.get(key).filter(|v| !v.is_empty()) {
-                span.record(field, v.as_str());
-            }
-        }
+        loom_core::telemetry::record_envelope_fields(&span, &event.metadata, false);
     }
     let bus = shared.bus.clone();
     let result = async move {
@@ -844,12 +837,7 @@ fn forward_message(agent_id: &str, delivery: Delivery) -> (tracing::Span, Server
         if !event.r#type.is_empty() {
             span.record("loom.event.type", event.r#type.as_str());
         }
-        if let Some(t) = &env.thread_id {
-            span.record("loom.thread_id", t.as_str());
-        }
-        if let Some(c) = &env.correlation_id {
-            span.record("loom.correlation_id", c.as_str());
-        }
+        loom_core::telemetry::record_envelope_fields(&span, &event.metadata, false);
         env.set_parent_of(&span);
         let cx = span.context();
         // Without an OpenTelemetry layer the span has no context: keep the event's own.

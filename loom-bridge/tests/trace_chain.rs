@@ -18,17 +18,30 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
         .map(|kv| kv.value.as_str().into_owned())
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn publish_and_delivery_form_one_trace_with_the_exact_parent_chain() {
+/// An in-memory exporter behind Loom's tracing layer, installed for this (current) thread.
+fn capture(
+    sampler: opentelemetry_sdk::trace::Sampler,
+) -> (
+    InMemorySpanExporter,
+    SdkTracerProvider,
+    tracing::subscriber::DefaultGuard,
+) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
         .with_simple_exporter(exporter.clone())
         .build();
     let subscriber = tracing_subscriber::registry().with(
         loom_core::telemetry::otel_layer(provider.tracer("bridge"))
             .with_filter(loom_core::telemetry::otel_filter()),
     );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let guard = tracing::subscriber::set_default(subscriber);
+    (exporter, provider, guard)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn publish_and_delivery_form_one_trace_with_the_exact_parent_chain() {
+    let (exporter, provider, _guard) = capture(opentelemetry_sdk::trace::Sampler::AlwaysOn);
 
     let tb = TestBridge::start(BridgeConfig::default()).await;
     let mut sensor = TestAgent::join(&tb, "sensor", &[], &[]).await;
@@ -128,18 +141,9 @@ async fn publish_and_delivery_form_one_trace_with_the_exact_parent_chain() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn unsampled_parent_keeps_the_chain_unsampled_but_propagated() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-            opentelemetry_sdk::trace::Sampler::AlwaysOn,
-        )))
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry().with(
-        loom_core::telemetry::otel_layer(provider.tracer("bridge"))
-            .with_filter(loom_core::telemetry::otel_filter()),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (exporter, provider, _guard) = capture(opentelemetry_sdk::trace::Sampler::ParentBased(
+        Box::new(opentelemetry_sdk::trace::Sampler::AlwaysOn),
+    ));
 
     let tb = TestBridge::start(BridgeConfig::default()).await;
     let mut a = TestAgent::join(&tb, "a", &[], &[]).await;
@@ -177,15 +181,7 @@ async fn forwarded_action_calls_keep_the_callers_trace() {
     use loom_core::proto::server_message::Msg as ServerMsg;
     use loom_core::proto::{ActionCall, ActionResult, ActionStatus, ClientMessage};
 
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry().with(
-        loom_core::telemetry::otel_layer(provider.tracer("bridge"))
-            .with_filter(loom_core::telemetry::otel_filter()),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (exporter, provider, _guard) = capture(opentelemetry_sdk::trace::Sampler::AlwaysOn);
 
     let tb = TestBridge::start(BridgeConfig::default()).await;
     let mut server = TestAgent::join(&tb, "math", &[], &["double"]).await;

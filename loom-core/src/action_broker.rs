@@ -221,15 +221,7 @@ impl ActionBroker {
             otel.status_description = Empty,
         );
         if !span.is_disabled() {
-            for (field, key) in [
-                ("loom.agent.id", envelope::SENDER),
-                ("loom.thread_id", envelope::THREAD_ID),
-                ("loom.correlation_id", envelope::CORRELATION_ID),
-            ] {
-                if let Some(v) = call.headers.get(key).filter(|v| !v.is_empty()) {
-                    span.record(field, v.as_str());
-                }
-            }
+            crate::telemetry::record_envelope_fields(&span, &call.headers, true);
             if !call.caller.is_empty() && !call.headers.contains_key(envelope::SENDER) {
                 span.record("loom.agent.id", call.caller.as_str());
             }

@@ -582,16 +582,7 @@ fn publish_span(topic: &str, event: &Event) -> tracing::Span {
         if !event.r#type.is_empty() {
             span.record("loom.event.type", event.r#type.as_str());
         }
-        let md = &event.metadata;
-        for (field, key) in [
-            ("loom.agent.id", envelope::SENDER),
-            ("loom.thread_id", envelope::THREAD_ID),
-            ("loom.correlation_id", envelope::CORRELATION_ID),
-        ] {
-            if let Some(v) = md.get(key).filter(|v| !v.is_empty()) {
-                span.record(field, v.as_str());
-            }
-        }
+        crate::telemetry::record_envelope_fields(&span, &event.metadata, true);
     }
     span
 }

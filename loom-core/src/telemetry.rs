@@ -145,6 +145,28 @@ where
         .with_location(false)
 }
 
+/// Records the envelope's conversation keys of `metadata` on `span` as `loom.thread_id` and
+/// `loom.correlation_id` (and `loom.sender` as `loom.agent.id` when `with_sender`). The span
+/// must declare those fields (`Empty` is fine); absent or empty values are not recorded.
+pub fn record_envelope_fields(
+    span: &tracing::Span,
+    metadata: &std::collections::HashMap<String, String>,
+    with_sender: bool,
+) {
+    use crate::envelope::{CORRELATION_ID, SENDER, THREAD_ID};
+    let fields = [
+        ("loom.thread_id", THREAD_ID),
+        ("loom.correlation_id", CORRELATION_ID),
+        ("loom.agent.id", SENDER),
+    ];
+    let n = if with_sender { 3 } else { 2 };
+    for (field, key) in &fields[..n] {
+        if let Some(v) = metadata.get(*key).filter(|v| !v.is_empty()) {
+            span.record(*field, v.as_str());
+        }
+    }
+}
+
 /// Which `tracing` spans become OpenTelemetry spans: INFO and above, never the transport's own
 /// internals (h2/hyper/tower/tonic emit debug and trace spans per frame; `RUST_LOG=debug` for
 /// the logs must not flood the trace backend with them).

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use serde::Deserialize;
 
 use super::{
@@ -110,6 +110,14 @@ fn attrs(kvs: &[KeyValue]) -> String {
         .join(" ")
 }
 
+fn service_name(rs: &ResourceSpans) -> String {
+    rs.resource
+        .as_ref()
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .map(|kv| value(&kv.value))
+        .unwrap_or_default()
+}
+
 const KINDS: [&str; 6] = [
     "UNSPECIFIED",
     "INTERNAL",
@@ -153,16 +161,7 @@ impl Exporter for DebugExporter {
             match verbosity {
                 Verbosity::Basic | Verbosity::Normal => {
                     for rs in &batch.resource_spans {
-                        let res = rs
-                            .resource
-                            .as_ref()
-                            .map(|r| r.attributes.as_slice())
-                            .unwrap_or(&[]);
-                        let service = res
-                            .iter()
-                            .find(|kv| kv.key == "service.name")
-                            .map(|kv| value(&kv.value))
-                            .unwrap_or_default();
+                        let service = service_name(rs);
                         for ss in &rs.scope_spans {
                             for s in &ss.spans {
                                 out.push_str(&line(s, &service));
@@ -178,16 +177,7 @@ impl Exporter for DebugExporter {
                     // Group by trace and print each as a tree of the spans in this batch.
                     let mut traces: HashMap<Vec<u8>, Vec<(&Span, String)>> = HashMap::new();
                     for rs in &batch.resource_spans {
-                        let res = rs
-                            .resource
-                            .as_ref()
-                            .map(|r| r.attributes.as_slice())
-                            .unwrap_or(&[]);
-                        let service = res
-                            .iter()
-                            .find(|kv| kv.key == "service.name")
-                            .map(|kv| value(&kv.value))
-                            .unwrap_or_default();
+                        let service = service_name(rs);
                         for ss in &rs.scope_spans {
                             for s in &ss.spans {
                                 traces
