@@ -66,6 +66,19 @@ class Sidecar:
         with urllib.request.urlopen(f"http://{self.addrs['metrics/http']}/metrics", timeout=5) as r:
             return r.read().decode()
 
+    def metrics_with(self, *lines: str, timeout: float = 10.0) -> str:
+        """The metrics page once it holds every one of `lines` (or as it is at the deadline).
+
+        Exporters count a batch only after the backend answered, which can be just after the
+        test saw the data arrive, so exact counters are polled for, briefly.
+        """
+        deadline = time.monotonic() + timeout
+        text = self.metrics()
+        while any(l not in text for l in lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            text = self.metrics()
+        return text
+
     def stop(self) -> Optional[int]:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()

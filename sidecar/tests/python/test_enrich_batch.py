@@ -116,7 +116,7 @@ def test_an_unreachable_exporter_never_blocks_the_receivers_or_other_exporters(s
         time.sleep(0.02)
     assert time.monotonic() - t0 < 10, "every request answered promptly"
     wait_for_spans(out, 300)
-    m = sc.metrics()
+    m = sc.metrics_with('loom_sidecar_exporter_sent_spans_total{exporter="file"} 300')
     assert 'loom_sidecar_exporter_sent_spans_total{exporter="file"} 300' in m
     dropped = sum(int(l.rsplit(" ", 1)[1]) for l in m.splitlines()
                   if l.startswith('loom_sidecar_exporter_send_failed_spans_total{exporter="otlp/dead",reason="queue_full"}'))
