@@ -45,16 +45,43 @@ impl Mode {
 
 const BATCH: u64 = 10_000;
 
-fn event() -> Event {
-    Event {
-        r#type: "reading".into(),
-        payload: br#"{"value": 21.5}"#.to_vec(),
-        ..Event::default()
+/// What the published events look like.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shape {
+    /// No metadata at all: the bus adds the trace context map from scratch.
+    Bare,
+    /// As an agent's event reaches the bus through the bridge: `loom.sender` and the agent's
+    /// `traceparent` already in the metadata.
+    Agent,
+}
+
+impl Shape {
+    fn label(self) -> &'static str {
+        match self {
+            Shape::Bare => "bare event",
+            Shape::Agent => "agent event (sender + traceparent)",
+        }
     }
 }
 
+fn event(shape: Shape) -> Event {
+    let mut e = Event {
+        r#type: "reading".into(),
+        payload: br#"{"value": 21.5}"#.to_vec(),
+        ..Event::default()
+    };
+    if shape == Shape::Agent {
+        e.metadata.insert("loom.sender".into(), "sensor".into());
+        e.metadata.insert(
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+    }
+    e
+}
+
 /// Publishes `n` events through the bus to one reliable subscriber on a single-threaded runtime.
-fn run_batch(rt: &tokio::runtime::Runtime, bus: &EventBus, n: u64) -> Duration {
+fn run_batch(rt: &tokio::runtime::Runtime, bus: &EventBus, n: u64, shape: Shape) -> Duration {
     rt.block_on(async {
         let mut sub = bus
             .subscribe_with_capacity("sensor.*", QoS::Reliable, 1024)
@@ -71,7 +98,9 @@ fn run_batch(rt: &tokio::runtime::Runtime, bus: &EventBus, n: u64) -> Duration {
         });
         let start = Instant::now();
         for _ in 0..n {
-            bus.publish("sensor.data", event()).await.expect("publish");
+            bus.publish("sensor.data", event(shape))
+                .await
+                .expect("publish");
         }
         let got = consumer.await.expect("consumer");
         let elapsed = start.elapsed();
@@ -120,7 +149,7 @@ fn criterion_benches(c: &mut Criterion) {
                 let bus = EventBus::default();
                 b.iter_custom(|iters| {
                     (0..iters)
-                        .map(|_| run_batch(&rt, &bus, BATCH))
+                        .map(|_| run_batch(&rt, &bus, BATCH, Shape::Bare))
                         .sum::<Duration>()
                 });
             })
@@ -129,20 +158,33 @@ fn criterion_benches(c: &mut Criterion) {
     group.finish();
 }
 
-/// Events per second over about a second of batches.
-fn rate(mode: Mode) -> f64 {
+/// Events per second over about `window` of batches.
+fn rate(mode: Mode, shape: Shape, window: Duration) -> f64 {
     with_mode(mode, || {
         let rt = runtime();
         let bus = EventBus::default();
-        run_batch(&rt, &bus, BATCH); // warm-up
+        run_batch(&rt, &bus, BATCH, shape); // warm-up
         let mut total = Duration::ZERO;
         let mut events = 0u64;
-        while total < Duration::from_secs(1) {
-            total += run_batch(&rt, &bus, BATCH);
+        while total < window {
+            total += run_batch(&rt, &bus, BATCH, shape);
             events += BATCH;
         }
         events as f64 / total.as_secs_f64()
     })
+}
+
+/// The best rate of each case over interleaved rounds: on a shared machine, load from other
+/// processes comes and goes, and interleaving exposes every case to it alike, while the best
+/// round is the one least disturbed.
+fn rates(cases: &[(Shape, Mode)], rounds: usize) -> Vec<f64> {
+    let mut best = vec![0.0f64; cases.len()];
+    for _ in 0..rounds {
+        for (i, (shape, mode)) in cases.iter().enumerate() {
+            best[i] = best[i].max(rate(*mode, *shape, Duration::from_millis(300)));
+        }
+    }
+    best
 }
 
 fn main() {
@@ -153,24 +195,33 @@ fn main() {
     criterion_benches(&mut c);
     c.final_summary();
 
-    let off = rate(Mode::Off);
-    let not_sampled = rate(Mode::NotSampled);
-    let sampled = rate(Mode::Sampled);
+    let modes = [Mode::Off, Mode::NotSampled, Mode::Sampled];
+    let cases: Vec<(Shape, Mode)> = [Shape::Bare, Shape::Agent]
+        .iter()
+        .flat_map(|s| modes.iter().map(move |m| (*s, *m)))
+        .collect();
+    let best = rates(&cases, 7);
     println!();
     println!(
-        "EventBus publish → deliver, one core (current-thread runtime), {BATCH}-event batches"
+        "EventBus publish → deliver, one core (current-thread runtime), {BATCH}-event batches, best of 7 interleaved rounds"
     );
-    println!("| mode | events/s | vs tracing off |");
-    println!("|---|---:|---:|");
-    for (mode, r) in [
-        (Mode::Off, off),
-        (Mode::NotSampled, not_sampled),
-        (Mode::Sampled, sampled),
-    ] {
-        println!("| {} | {:.0} | {:.2} |", mode.label(), r, r / off);
+    println!("| event | mode | events/s | vs tracing off |");
+    println!("|---|---|---:|---:|");
+    for (i, (shape, mode)) in cases.iter().enumerate() {
+        let off = best[i - i % modes.len()];
+        println!(
+            "| {} | {} | {:.0} | {:.2} |",
+            shape.label(),
+            mode.label(),
+            best[i],
+            best[i] / off
+        );
     }
-    println!(
-        "tracing overhead when not sampled: {:.1} % of throughput (target ≤ 10 %)",
-        (1.0 - not_sampled / off) * 100.0
-    );
+    for (shape, at) in [(Shape::Bare, 0), (Shape::Agent, modes.len())] {
+        println!(
+            "{}: tracing overhead when not sampled {:.1} % of throughput (target ≤ 10 %)",
+            shape.label(),
+            (1.0 - best[at + 1] / best[at]) * 100.0
+        );
+    }
 }

@@ -128,13 +128,20 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
 /// Formats a version-00 `traceparent`.
 pub fn format_traceparent(tp: &TraceParent) -> String {
     let mut s = String::with_capacity(55);
-    s.push_str("00-");
-    push_hex(&mut s, &tp.trace_id);
-    s.push('-');
-    push_hex(&mut s, &tp.span_id);
-    s.push('-');
-    push_hex(&mut s, &[tp.flags]);
+    write_traceparent(&mut s, tp);
     s
+}
+
+/// Replaces `out`'s contents with the `traceparent` of `tp`, reusing its buffer.
+pub fn write_traceparent(out: &mut String, tp: &TraceParent) {
+    out.clear();
+    out.reserve(55);
+    out.push_str("00-");
+    push_hex(out, &tp.trace_id);
+    out.push('-');
+    push_hex(out, &tp.span_id);
+    out.push('-');
+    push_hex(out, &[tp.flags]);
 }
 
 /// Parsed view of an event's (or action call's) metadata.

@@ -13,14 +13,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
-use tracing::field::Empty;
-use tracing::Instrument;
 
-use crate::envelope::{self, to_hex};
-use crate::flow::{FlowRecord, FlowTracker};
+use crate::envelope;
+use crate::flow::{FlowEntry, FlowTracker};
 use crate::proto::Event;
 pub use crate::proto::Qos as QoS;
-use crate::trace_util::inject_span;
+use crate::trace_util::inject_span_context;
 
 /// Longest topic or pattern accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
@@ -271,7 +269,8 @@ enum Push {
 
 struct Subscriber {
     id: u64,
-    name: String,
+    // Shared with flow records, which name their receivers on every publish.
+    name: Arc<str>,
     pattern: Pattern,
     qos: QoS,
     queue: Queue,
@@ -477,9 +476,9 @@ impl EventBus {
         let sub = Arc::new(Subscriber {
             id,
             name: if name.is_empty() {
-                format!("sub-{id}")
+                Arc::from(format!("sub-{id}"))
             } else {
-                name.to_owned()
+                Arc::from(name)
             },
             pattern,
             qos: match qos {
@@ -528,16 +527,18 @@ impl EventBus {
                 if event.timestamp_unix_nano == 0 {
                     event.timestamp_unix_nano = now_unix_nanos();
                 }
-                publish_span(&topic, &event)
+                start_publish_span(&topic, &mut event)
             }
-            Err(_) => tracing::Span::none(),
+            Err(_) => None,
         };
         async move {
             prepared?;
-            let trace_id = inject_span(&mut event.metadata, &tracing::Span::current());
-            deliver(&inner, topic, event, trace_id).await
+            let trace_id = span.as_ref().and_then(|s| s.trace_id);
+            let out = deliver(&inner, topic, event, trace_id).await;
+            // Dropping the span ends it, after delivery (or when the publish is abandoned).
+            drop(span);
+            out
         }
-        .instrument(span)
     }
 
     /// Closes the bus: further publishes fail, subscribers drain their queues and then end.
@@ -563,28 +564,57 @@ impl EventBus {
     }
 }
 
-fn publish_span(topic: &str, event: &Event) -> tracing::Span {
-    let span = tracing::info_span!(
-        "event_bus.publish",
-        otel.kind = "producer",
-        loom.topic = topic,
-        loom.event.id = event.id.as_str(),
-        loom.event.type = Empty,
-        loom.agent.id = Empty,
-        loom.thread_id = Empty,
-        loom.correlation_id = Empty,
-        messaging.system = "loom",
-        messaging.destination.name = topic,
-        messaging.message.id = event.id.as_str(),
-        messaging.operation.type = "send",
-    );
-    if !span.is_disabled() {
-        if !event.r#type.is_empty() {
-            span.record("loom.event.type", event.r#type.as_str());
+/// A started `event_bus.publish` span: kept only when sampled (an unsampled one has nothing
+/// to end), boxed so the publish future moves a pointer, not the span's record, across awaits.
+struct PublishSpan {
+    /// Held only to end it on drop, after delivery.
+    _span: Option<Box<opentelemetry_sdk::trace::Span>>,
+    trace_id: Option<[u8; 16]>,
+}
+
+/// Starts the `event_bus.publish` PRODUCER span (child of the current span) on the installed
+/// tracer and writes its context into the event. The sampler decides before any attribute is
+/// built, so an unsampled publish costs an id, a decision and the `traceparent`.
+/// Returns the span (when sampled) and its trace id; `None` when tracing is off (the event's metadata, and so
+/// any context it arrived with, is left as it is).
+fn start_publish_span(topic: &str, event: &mut Event) -> Option<PublishSpan> {
+    use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
+    use opentelemetry::KeyValue;
+    // Outside the tracer lookup: the dispatcher is not re-entrant, so `Span::current()` inside
+    // it would see no span at all.
+    let parent = crate::telemetry::current_parent_context();
+    crate::telemetry::with_current_tracer(|tracer| {
+        let mut span = tracer.build_with_context(
+            tracer
+                .span_builder("event_bus.publish")
+                .with_kind(SpanKind::Producer),
+            &parent,
+        );
+        if span.is_recording() {
+            let topic = topic.to_owned();
+            let mut attrs = vec![
+                KeyValue::new("loom.topic", topic.clone()),
+                KeyValue::new("loom.event.id", event.id.clone()),
+                KeyValue::new("messaging.system", "loom"),
+                KeyValue::new("messaging.destination.name", topic),
+                KeyValue::new("messaging.message.id", event.id.clone()),
+                KeyValue::new("messaging.operation.type", "send"),
+            ];
+            if !event.r#type.is_empty() {
+                attrs.push(KeyValue::new("loom.event.type", event.r#type.clone()));
+            }
+            attrs.extend(
+                crate::telemetry::envelope_span_fields(&event.metadata, true)
+                    .map(|(k, v)| KeyValue::new(k, v.to_owned())),
+            );
+            span.set_attributes(attrs);
         }
-        crate::telemetry::record_envelope_fields(&span, &event.metadata, true);
-    }
-    span
+        let trace_id = inject_span_context(&mut event.metadata, span.span_context());
+        PublishSpan {
+            _span: span.is_recording().then(|| Box::new(span)),
+            trace_id,
+        }
+    })
 }
 
 async fn deliver(
@@ -599,7 +629,7 @@ async fn deliver(
     inner.published.fetch_add(1, Ordering::Relaxed);
 
     if inner.flow.enabled() {
-        inner.flow.record(FlowRecord {
+        inner.flow.push(FlowEntry {
             event_id: event.id.clone(),
             topic: topic.clone(),
             sender: event
@@ -609,9 +639,13 @@ async fn deliver(
                 .cloned(),
             receivers: matching.iter().map(|s| s.name.clone()).collect(),
             published_at: SystemTime::now(),
-            trace_id: trace_id
-                .map(|t| to_hex(&t))
-                .or_else(|| envelope::Envelope::from_event(&event).trace_id),
+            trace_id: trace_id.or_else(|| {
+                event
+                    .metadata
+                    .get(envelope::TRACEPARENT)
+                    .and_then(|tp| envelope::parse_traceparent(tp))
+                    .map(|tp| tp.trace_id)
+            }),
         });
     }
 

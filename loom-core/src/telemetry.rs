@@ -12,7 +12,6 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Tracer};
 use opentelemetry_sdk::Resource;
-use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -127,43 +126,103 @@ pub fn sampler_from_env() -> Result<Sampler, TelemetryError> {
     sampler_spec_from(|k| std::env::var(k).ok()).map(SamplerSpec::to_sampler)
 }
 
-/// The tracing-opentelemetry layer as every Loom process (and test) should build it.
+/// The tracing-opentelemetry layer as every Loom process (and test) should build it, paired with
+/// a [`LoomTracer`] handle so hot paths can reach the same tracer without a `tracing` span.
 ///
 /// Context activation on enter is off: with it on, entering a span starts its OpenTelemetry
 /// span at once, after which a remote parent can no longer be set. Loom extracts the parent
 /// after entering (`Envelope::extract_trace_context`), so the start must wait until the span's
 /// context is first needed (a child span, an injection, or close).
-pub fn otel_layer<S>(tracer: Tracer) -> OpenTelemetryLayer<S, Tracer>
+pub fn otel_layer<S>(tracer: Tracer) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
 {
+    let handle = LoomTracer {
+        tracer: tracer.clone(),
+    };
     tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_context_activation(false)
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
+        .with_target(false)
+        .and_then(handle)
 }
 
-/// Records the envelope's conversation keys of `metadata` on `span` as `loom.thread_id` and
-/// `loom.correlation_id` (and `loom.sender` as `loom.agent.id` when `with_sender`). The span
-/// must declare those fields (`Empty` is fine); absent or empty values are not recorded.
-pub fn record_envelope_fields(
-    span: &tracing::Span,
+/// A do-nothing layer that carries the OpenTelemetry tracer of its `tracing` subscriber.
+///
+/// The EventBus publish path is hot: building a `tracing` span costs more than the whole
+/// publish, mostly for spans that are then not sampled. It asks the current dispatcher for this
+/// handle instead and starts its span straight on the tracer, so the sampler runs first and
+/// attributes are only built for spans that record — yet the span still goes to whatever
+/// provider the process (or a test) installed, with no global state.
+#[derive(Debug, Clone)]
+pub struct LoomTracer {
+    tracer: Tracer,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LoomTracer {}
+
+/// Runs `f` with the tracer of the current `tracing` dispatcher; `None` when no Loom
+/// OpenTelemetry layer is installed (tracing off). `f` runs while the dispatcher is borrowed:
+/// `tracing` calls inside it see no subscriber.
+pub(crate) fn with_current_tracer<R>(f: impl FnOnce(&Tracer) -> R) -> Option<R> {
+    let mut f = Some(f);
+    tracing::dispatcher::get_default(|d| {
+        let handle = d.downcast_ref::<LoomTracer>()?;
+        f.take().map(|f| f(&handle.tracer))
+    })
+}
+
+/// The OpenTelemetry context a new span should take as parent: the current `tracing` span's,
+/// or, outside any `tracing` span, the OpenTelemetry API's current context.
+pub(crate) fn current_parent_context() -> opentelemetry::Context {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    // Peek first: `Span::current()` clones (and later closes) a registry handle, which costs
+    // more than the rest of an unsampled publish when there is no span at all.
+    if tracing::dispatcher::get_default(|d| d.current_span().id().is_none()) {
+        return opentelemetry::Context::current();
+    }
+    let current = tracing::Span::current();
+    if current.is_none() {
+        opentelemetry::Context::current()
+    } else {
+        current.context()
+    }
+}
+
+/// The envelope's conversation keys of `metadata` as span attributes: `loom.thread_id`,
+/// `loom.correlation_id` and (when `with_sender`) `loom.sender` as `loom.agent.id`. Absent or
+/// empty values are skipped.
+pub fn envelope_span_fields(
     metadata: &std::collections::HashMap<String, String>,
     with_sender: bool,
-) {
+) -> impl Iterator<Item = (&'static str, &str)> {
     use crate::envelope::{CORRELATION_ID, SENDER, THREAD_ID};
-    let fields = [
+    const FIELDS: [(&str, &str); 3] = [
         ("loom.thread_id", THREAD_ID),
         ("loom.correlation_id", CORRELATION_ID),
         ("loom.agent.id", SENDER),
     ];
     let n = if with_sender { 3 } else { 2 };
-    for (field, key) in &fields[..n] {
-        if let Some(v) = metadata.get(*key).filter(|v| !v.is_empty()) {
-            span.record(*field, v.as_str());
-        }
+    FIELDS[..n].iter().filter_map(move |(field, key)| {
+        metadata
+            .get(*key)
+            .filter(|v| !v.is_empty())
+            .map(|v| (*field, v.as_str()))
+    })
+}
+
+/// Records [`envelope_span_fields`] on a `tracing` span, which must declare those fields
+/// (`Empty` is fine).
+pub fn record_envelope_fields(
+    span: &tracing::Span,
+    metadata: &std::collections::HashMap<String, String>,
+    with_sender: bool,
+) {
+    for (field, value) in envelope_span_fields(metadata, with_sender) {
+        span.record(field, value);
     }
 }
 

@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::envelope::{
-    format_traceparent, TraceParent, MAX_TRACESTATE_LEN, TRACEPARENT, TRACESTATE,
+    format_traceparent, write_traceparent, TraceParent, MAX_TRACESTATE_LEN, TRACEPARENT, TRACESTATE,
 };
 
 /// Writes `span`'s trace context into `md` as W3C `traceparent`/`tracestate`.
@@ -22,8 +22,15 @@ pub(crate) fn inject_span(
         return None;
     }
     let cx = span.context();
-    let otel_span = cx.span();
-    let sc = otel_span.span_context();
+    inject_span_context(md, cx.span().span_context())
+}
+
+/// Writes `sc` into `md` as W3C `traceparent`/`tracestate`; returns its trace id bytes, or
+/// `None` (and leaves `md` untouched) when `sc` is invalid.
+pub(crate) fn inject_span_context(
+    md: &mut HashMap<String, String>,
+    sc: &SpanContext,
+) -> Option<[u8; 16]> {
     if !sc.is_valid() {
         return None;
     }
@@ -32,7 +39,14 @@ pub(crate) fn inject_span(
         span_id: sc.span_id().to_bytes(),
         flags: sc.trace_flags().to_u8(),
     };
-    md.insert(TRACEPARENT.to_owned(), format_traceparent(&tp));
+    // Events usually arrive with a traceparent already (the agent's): overwrite it in place,
+    // which costs no allocation on the hot path.
+    match md.get_mut(TRACEPARENT) {
+        Some(v) => write_traceparent(v, &tp),
+        None => {
+            md.insert(TRACEPARENT.to_owned(), format_traceparent(&tp));
+        }
+    }
     let state = sc.trace_state().header();
     if !state.is_empty() && state.len() <= MAX_TRACESTATE_LEN {
         md.insert(TRACESTATE.to_owned(), state);
