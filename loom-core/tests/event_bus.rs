@@ -4,7 +4,7 @@ mod common;
 use std::time::Duration;
 
 use common::{attr, Tracing};
-use loom_core::envelope::{Envelope, TRACEPARENT};
+use loom_core::envelope::{parse_traceparent, Envelope, FLAG_SAMPLED, TRACEPARENT, TRACESTATE};
 use loom_core::event_bus::{BusConfig, BusError, EventBus, QoS};
 use loom_core::proto::Event;
 use opentelemetry::trace::SpanKind;
@@ -276,4 +276,45 @@ async fn flow_tracking_can_be_turned_off() {
     let _s = bus.subscribe("t", QoS::Realtime).unwrap();
     bus.publish("t", ev("x")).await.unwrap();
     assert!(bus.flow().is_empty());
+}
+
+#[tokio::test]
+async fn unsampled_publish_propagates_a_not_sampled_context_and_records_nothing() {
+    let t = Tracing::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff);
+    let bus = EventBus::default();
+    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    let upstream = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut e = ev("x");
+    e.metadata.insert(TRACEPARENT.into(), upstream.into());
+    e.metadata
+        .insert(TRACESTATE.into(), "vendor=upstream".into());
+    bus.publish("t", e).await.unwrap();
+    let d = sub.recv().await.unwrap();
+    let tp = &d.event.metadata[TRACEPARENT];
+    let parsed = parse_traceparent(tp).expect("a valid traceparent replaces the old one");
+    assert_ne!(tp, upstream);
+    assert_eq!(parsed.flags & FLAG_SAMPLED, 0, "not sampled: {tp}");
+    assert!(
+        !d.event.metadata.contains_key(TRACESTATE),
+        "the old tracestate belongs to the old context"
+    );
+    assert!(t.spans().is_empty(), "an unsampled span is never exported");
+}
+
+#[tokio::test]
+async fn outside_any_tracing_span_the_opentelemetry_api_context_is_the_parent() {
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
+    let t = Tracing::new();
+    let bus = EventBus::default();
+    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    let api_span = t.provider.tracer("api-user").start("api.parent");
+    let api_sc = api_span.span_context().clone();
+    {
+        let _attached = opentelemetry::Context::current_with_span(api_span).attach();
+        bus.publish("t", ev("x")).await.unwrap();
+    }
+    let _ = sub.recv().await.unwrap();
+    let publish = t.span("event_bus.publish");
+    assert_eq!(publish.span_context.trace_id(), api_sc.trace_id());
+    assert_eq!(publish.parent_span_id, api_sc.span_id());
 }
