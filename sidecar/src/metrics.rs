@@ -56,9 +56,21 @@ fn help(name: &str) -> Help {
             "counter",
             "Export attempts retried after a retryable failure.",
         ),
-        "loom_sidecar_exporter_queue_size" => {
-            ("gauge", "Batches waiting in an exporter's sending queue.")
+        "loom_sidecar_exporter_queue_size" => (
+            "gauge",
+            "Batches (in memory) or records (on disk) waiting in an exporter's sending queue.",
+        ),
+        "loom_sidecar_exporter_queue_bytes" => {
+            ("gauge", "Bytes of an exporter's persistent queue files.")
         }
+        "loom_sidecar_exporter_queue_corrupt_records_total" => (
+            "counter",
+            "Damaged records found in a persistent queue (skipped with the rest of their segment).",
+        ),
+        "loom_sidecar_exporter_queue_replayed_records_total" => (
+            "counter",
+            "Records found in a persistent queue at start, to be sent again.",
+        ),
         "loom_sidecar_batch_size" => ("histogram", "Spans per batch sent to the exporters."),
         "loom_sidecar_memory_in_use_bytes" => ("gauge", "Bytes of span data held by the pipeline."),
         "loom_sidecar_process_rss_bytes" => ("gauge", "Resident set size of the sidecar process."),

@@ -1,13 +1,22 @@
 //! Pipelines: the receivers' entry point, the inline processor chain, the batcher task and the
 //! fan-out to every exporter's bounded queue.
+//!
+//! Exporters with a persistent queue (`sending_queue.storage`) are fed on the receiving task,
+//! before the batcher: the client's request is answered only once every such queue has it in its
+//! log, so an acknowledged span survives a crash. Those queues merge records when they export, so
+//! they need no batcher. In-memory exporters go through the batcher as before.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use parking_lot::Mutex;
+use prost::Message as _;
 use tokio::sync::mpsc;
 
+use crate::exporters::disk_queue::{AppendError, DiskQueue, FULL_RETRY_AFTER};
 use crate::exporters::ExporterQueue;
 use crate::memory::{MemoryTicket, MemoryTracker};
 use crate::metrics::Metrics;
@@ -25,15 +34,22 @@ pub enum Refusal {
     QueueFull {
         retry_after: Duration,
     },
+    /// An exporter's persistent queue reached `storage.max_bytes` (`when_full: refuse`).
+    StorageFull {
+        retry_after: Duration,
+    },
+    /// An exporter's persistent queue could not write (disk full, I/O error).
+    StorageError,
     ShuttingDown,
 }
 
 impl Refusal {
     pub fn retry_after(&self) -> Duration {
         match self {
-            Refusal::MemoryLimit { retry_after, .. } | Refusal::QueueFull { retry_after } => {
-                *retry_after
-            }
+            Refusal::MemoryLimit { retry_after, .. }
+            | Refusal::QueueFull { retry_after }
+            | Refusal::StorageFull { retry_after } => *retry_after,
+            Refusal::StorageError => Duration::from_secs(5),
             Refusal::ShuttingDown => Duration::from_secs(5),
         }
     }
@@ -42,6 +58,8 @@ impl Refusal {
         match self {
             Refusal::MemoryLimit { .. } => "memory_limit",
             Refusal::QueueFull { .. } => "queue_full",
+            Refusal::StorageFull { .. } => "exporter_queue_full",
+            Refusal::StorageError => "storage_error",
             Refusal::ShuttingDown => "shutting_down",
         }
     }
@@ -50,6 +68,13 @@ impl Refusal {
         match self {
             Refusal::MemoryLimit { detail, .. } => detail.clone(),
             Refusal::QueueFull { .. } => "the sidecar's pipeline queue is full; retry later".into(),
+            Refusal::StorageFull { .. } => {
+                "an exporter's persistent queue is full (its backend is behind); retry later".into()
+            }
+            // No detail: paths and OS errors are for the sidecar's log, not for clients.
+            Refusal::StorageError => {
+                "the sidecar cannot persist data right now; retry later".into()
+            }
             Refusal::ShuttingDown => {
                 "the sidecar is shutting down; retry against another instance or later".into()
             }
@@ -91,11 +116,27 @@ enum Sink {
     Direct(Arc<Fanout>),
 }
 
+impl From<AppendError> for Refusal {
+    fn from(e: AppendError) -> Refusal {
+        match e {
+            AppendError::Full => Refusal::StorageFull {
+                retry_after: FULL_RETRY_AFTER,
+            },
+            AppendError::Io(_) => Refusal::StorageError,
+            AppendError::Closed => Refusal::ShuttingDown,
+        }
+    }
+}
+
 /// One `service.pipelines.traces*` entry, built.
 pub struct Pipeline {
     pub name: String,
     stages: Vec<Arc<dyn Processor>>,
     sink: Mutex<Option<Sink>>,
+    /// Whether any in-memory exporter waits behind `sink`.
+    memory_exporters: bool,
+    /// Exporters with a persistent queue, fed before the client is answered.
+    durable: Vec<Arc<DiskQueue>>,
     memory: Arc<MemoryTracker>,
 }
 
@@ -107,8 +148,10 @@ impl Pipeline {
         stages: Vec<Arc<dyn Processor>>,
         batch: Option<BatchSettings>,
         fanout: Arc<Fanout>,
+        durable: Vec<Arc<DiskQueue>>,
         memory: Arc<MemoryTracker>,
     ) -> (Arc<Pipeline>, Option<tokio::task::JoinHandle<()>>) {
+        let memory_exporters = !fanout.exporters.is_empty();
         let (sink, task) = match batch {
             Some(settings) => {
                 let (tx, rx) = mpsc::channel(settings.queue_size);
@@ -122,14 +165,17 @@ impl Pipeline {
                 name,
                 stages,
                 sink: Mutex::new(Some(sink)),
+                memory_exporters,
+                durable,
                 memory,
             }),
             task,
         )
     }
 
-    /// Runs the inline processors and queues what is left. Returns the spans kept.
-    pub fn consume(
+    /// Runs the inline processors and queues what is left. Returns the spans kept. Resolves
+    /// once every persistent queue of the pipeline has the data.
+    pub async fn consume(
         &self,
         mut spans: Vec<ResourceSpans>,
         encoded_len: usize,
@@ -144,7 +190,28 @@ impl Pipeline {
         if kept == 0 {
             return Ok(0);
         }
+        if self.sink.lock().is_none() {
+            return Err(Refusal::ShuttingDown);
+        }
         let ticket = self.memory.take(encoded_len);
+        if !self.durable.is_empty() {
+            // Encoded once, shared by every persistent queue (Bytes is reference-counted).
+            let req = ExportTraceServiceRequest {
+                resource_spans: spans,
+            };
+            let payload = Bytes::from(req.encode_to_vec());
+            spans = req.resource_spans;
+            let appends = self
+                .durable
+                .iter()
+                .map(|q| q.append(payload.clone(), kept as u64));
+            // Queues that took the data keep it even when another refuses: the client retries
+            // the whole request, so those exporters may see it twice (at-least-once).
+            futures::future::try_join_all(appends).await?;
+        }
+        if !self.memory_exporters {
+            return Ok(kept);
+        }
         let guard = self.sink.lock();
         match guard.as_ref() {
             None => Err(Refusal::ShuttingDown),

@@ -9,6 +9,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{parse_endpoint, ComponentId, Config};
+use crate::exporters::disk_queue::{self, DiskQueue};
 use crate::exporters::{self, ExporterQueue};
 use crate::extensions::{ExtensionCtx, Health};
 use crate::memory::MemoryTracker;
@@ -36,6 +37,7 @@ pub struct Running {
     pipelines: Vec<Arc<Pipeline>>,
     batchers: Vec<tokio::task::JoinHandle<()>>,
     queues: Vec<Arc<ExporterQueue>>,
+    disk_queues: Vec<Arc<DiskQueue>>,
     consumers: Vec<tokio::task::JoinHandle<()>>,
     hard_stop: CancellationToken,
     side_stop: CancellationToken,
@@ -78,6 +80,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
 
     // Exporters: one queue per exporter id, shared by every pipeline that lists it.
     let mut queues: BTreeMap<ComponentId, Arc<ExporterQueue>> = BTreeMap::new();
+    let mut disk_queues: BTreeMap<ComponentId, Arc<DiskQueue>> = BTreeMap::new();
     let mut consumers = Vec::new();
     let used_exporters: std::collections::BTreeSet<ComponentId> = config
         .service
@@ -98,6 +101,21 @@ pub async fn start(config: Config) -> Result<Running, String> {
                 },
             )
             .map_err(|e| format!("exporters.{id}: {e}"))?;
+        if let Some(storage) = built.queue.storage.clone() {
+            let when_full = built.queue.when_full();
+            let (q, tasks) = disk_queue::start(
+                id.to_string(),
+                built,
+                &storage,
+                when_full,
+                metrics.clone(),
+                hard_stop.clone(),
+            )
+            .map_err(|e| format!("exporters.{id}.sending_queue.storage: {e}"))?;
+            disk_queues.insert(id, q);
+            consumers.extend(tasks);
+            continue;
+        }
         let (q, tasks) =
             exporters::start_queue(id.to_string(), built, metrics.clone(), hard_stop.clone());
         queues.insert(id, q);
@@ -131,8 +149,14 @@ pub async fn start(config: Config) -> Result<Running, String> {
             .iter()
             .filter_map(|e| ComponentId::parse(e).and_then(|id| queues.get(&id).cloned()))
             .collect();
+        let durable = p
+            .exporters
+            .iter()
+            .filter_map(|e| ComponentId::parse(e).and_then(|id| disk_queues.get(&id).cloned()))
+            .collect();
         let fanout = Arc::new(Fanout::new(exps, metrics.clone()));
-        let (pipeline, task) = Pipeline::new(name.clone(), stages, batch, fanout, memory.clone());
+        let (pipeline, task) =
+            Pipeline::new(name.clone(), stages, batch, fanout, durable, memory.clone());
         batchers.extend(task);
         for r in &p.receivers {
             if let Some(id) = ComponentId::parse(r) {
@@ -212,6 +236,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         pipelines,
         batchers,
         queues: queues.into_values().collect(),
+        disk_queues: disk_queues.into_values().collect(),
         consumers,
         hard_stop,
         side_stop,
@@ -238,6 +263,9 @@ impl Running {
         for q in &self.queues {
             q.close();
         }
+        for q in &self.disk_queues {
+            q.close();
+        }
         let mut clean = true;
         for t in self.consumers {
             if tokio::time::timeout_at(deadline, t).await.is_err() {
@@ -247,6 +275,23 @@ impl Running {
         if !clean {
             tracing::warn!("shutdown grace period over with batches unsent");
             self.hard_stop.cancel();
+        }
+        // The writers' last sync: what is still queued on disk is sent after the next start.
+        for q in self.disk_queues {
+            let id = q.id.clone();
+            let waiting = q.clone();
+            // Bounded: a hung disk must not keep the process from exiting.
+            let join = tokio::task::spawn_blocking(move || waiting.join_writer());
+            if tokio::time::timeout(Duration::from_secs(5), join)
+                .await
+                .is_err()
+            {
+                tracing::warn!(exporter = %id, "queue writer did not finish its last sync in 5 s");
+            }
+            let pending = q.pending();
+            if pending > 0 {
+                tracing::info!(exporter = %id, records = pending, "records kept on disk for the next start");
+            }
         }
         self.side_stop.cancel();
         for t in self.side_tasks {

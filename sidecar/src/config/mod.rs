@@ -661,6 +661,17 @@ service:
             ("service:\n  pipelines:\n    traces: { receivers: [otlp], exporters: [nope] }\n", "service.pipelines.traces.exporters[0]: \"nope\" is not defined"),
             ("bogus: 1\n", "bogus: unknown top-level section"),
             ("service:\n  telemetry:\n    logs: { level: loud }\n", "service.telemetry.logs.level:"),
+            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { storage: { directory: /tmp/q, max_bytes: 10 } } }\n", "exporters.otlp.sending_queue.storage.max_bytes: 10 is below the minimum"),
+            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { storage: { directory: /tmp/q, fsync: sometimes } } }\n", "exporters.otlp.sending_queue.storage.fsync: unknown variant `sometimes`"),
+            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { storage: { directory: /tmp/q, bogus: 1 } } }\n", "exporters.otlp.sending_queue.storage.bogus: unknown field"),
+            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { when_full: drop_oldest } }\n", "exporters.otlp.sending_queue.when_full: only with storage"),
+            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { queue_size: 5, storage: { directory: /tmp/q } } }\n", "exporters.otlp.sending_queue.queue_size: not used with storage"),
+            ("exporters:\n  otlp: { endpoint: 'http://h:1', retry_on_failure: { initial_interval: 0s } }\n", "exporters.otlp.retry_on_failure:"),
+            ("exporters:\n  otlp: { endpoint: 'http://h:1', tls: { insecure: false } }\n", "exporters.otlp.tls.insecure: false contradicts"),
+            ("exporters:\n  otlphttp: { endpoint: 'https://h:1', tls: { insecure: true } }\n", "exporters.otlphttp.tls.insecure: true contradicts"),
+            ("receivers:\n  otlp:\n    auth: { bearer_token: '' }\n    protocols: { grpc: }\n", "receivers.otlp.auth.bearer_token: the token is empty"),
+            ("receivers:\n  otlp:\n    auth: { token: x }\n    protocols: { grpc: }\n", "receivers.otlp.auth.token: unknown field"),
+            ("receivers:\n  otlp:\n    protocols: { grpc: { tls: { cert_file: /nonexistent.pem, key_file: /k } } }\n", "receivers.otlp.protocols.grpc.tls.cert_file: cannot read"),
         ];
         for (yaml, want) in cases {
             let err = load(yaml, &[]).unwrap_err().to_string();

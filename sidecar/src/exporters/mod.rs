@@ -2,6 +2,7 @@
 //! consumer tasks that retry retryable failures with exponential backoff and jitter.
 
 pub mod debug;
+pub mod disk_queue;
 pub mod file;
 pub mod otlp;
 pub mod otlphttp;
@@ -94,6 +95,7 @@ pub struct Built {
     pub retry: RetryConfig,
 }
 
+/// `sending_queue`: in memory (batches), or on disk with `storage` (a write-ahead log).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
@@ -101,9 +103,16 @@ pub struct QueueConfig {
     pub enabled: bool,
     #[serde(default = "default_consumers")]
     pub num_consumers: usize,
-    /// Batches the queue holds before new ones are dropped for this exporter (counted).
-    #[serde(default = "default_queue_size")]
-    pub queue_size: usize,
+    /// In memory: batches the queue holds before new ones are dropped for this exporter
+    /// (counted). Not used with `storage`, whose bound is `storage.max_bytes`.
+    #[serde(default)]
+    pub queue_size: Option<usize>,
+    /// Persist the queue on disk.
+    #[serde(default)]
+    pub storage: Option<disk_queue::StorageConfig>,
+    /// With `storage`: what to do at `max_bytes` (default `refuse`).
+    #[serde(default)]
+    pub when_full: Option<disk_queue::WhenFull>,
 }
 
 fn yes() -> bool {
@@ -121,12 +130,23 @@ impl Default for QueueConfig {
         QueueConfig {
             enabled: true,
             num_consumers: default_consumers(),
-            queue_size: default_queue_size(),
+            queue_size: None,
+            storage: None,
+            when_full: None,
         }
     }
 }
 
 impl QueueConfig {
+    /// Batches an in-memory queue holds.
+    pub fn memory_size(&self) -> usize {
+        self.queue_size.unwrap_or_else(default_queue_size)
+    }
+
+    pub fn when_full(&self) -> disk_queue::WhenFull {
+        self.when_full.unwrap_or(disk_queue::WhenFull::Refuse)
+    }
+
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         if !self.enabled {
             return Err(ConfigError::at(
@@ -134,11 +154,36 @@ impl QueueConfig {
                 "false is not supported: the queue is what keeps a slow backend from blocking the receivers",
             ));
         }
-        if self.num_consumers == 0 || self.queue_size == 0 {
+        if self.num_consumers == 0 {
             return Err(ConfigError::at(
-                format!("{path}.sending_queue"),
-                "num_consumers and queue_size must be greater than 0",
+                format!("{path}.sending_queue.num_consumers"),
+                "must be greater than 0",
             ));
+        }
+        if self.queue_size == Some(0) {
+            return Err(ConfigError::at(
+                format!("{path}.sending_queue.queue_size"),
+                "must be greater than 0",
+            ));
+        }
+        match &self.storage {
+            Some(storage) => {
+                if self.queue_size.is_some() {
+                    return Err(ConfigError::at(
+                        format!("{path}.sending_queue.queue_size"),
+                        "not used with storage: the disk queue is bounded by storage.max_bytes",
+                    ));
+                }
+                storage.validate(path)?;
+            }
+            None => {
+                if self.when_full.is_some() {
+                    return Err(ConfigError::at(
+                        format!("{path}.sending_queue.when_full"),
+                        "only with storage; a full in-memory queue drops the new batch for this exporter (counted)",
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -331,7 +376,7 @@ pub fn start_queue(
     metrics: Arc<Metrics>,
     hard_stop: CancellationToken,
 ) -> (Arc<ExporterQueue>, Vec<tokio::task::JoinHandle<()>>) {
-    let (tx, rx) = mpsc::channel::<Arc<Batch>>(built.queue.queue_size);
+    let (tx, rx) = mpsc::channel::<Arc<Batch>>(built.queue.memory_size());
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let depth = Arc::new(AtomicUsize::new(0));
     let queue = Arc::new(ExporterQueue {
@@ -360,7 +405,18 @@ pub fn start_queue(
                     &[("exporter", &id)],
                     d as i64,
                 );
-                send_with_retry(&id, exporter.as_ref(), batch, &retry, &metrics, &hard_stop).await;
+                let spans = batch.span_count as u64;
+                if send_with_retry(&id, exporter.as_ref(), batch, &retry, &metrics, &hard_stop)
+                    .await
+                    == Outcome::Interrupted
+                {
+                    // Memory holds nothing past the process: count the loss where it happens.
+                    metrics.add(
+                        "loom_sidecar_exporter_send_failed_spans_total",
+                        &[("exporter", &id), ("reason", "shutdown")],
+                        spans,
+                    );
+                }
             }
         }));
     }
@@ -373,21 +429,54 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-async fn send_with_retry(
+/// How one batch ended, for the queue that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend took it (possibly rejecting part of it: counted).
+    Delivered,
+    /// Given up (permanent error or retries exhausted): counted by reason, logged.
+    Dropped,
+    /// The shutdown grace ran out mid-retry: a persistent queue keeps it for the next start.
+    Interrupted,
+}
+
+/// Logs a dropped batch once per reason and exporter at warn level, then at most every 30 s,
+/// so a backend that rejects everything cannot flood the log (the metric counts every span).
+fn log_drop(id: &str, reason: &str, spans: u64, message: &str) {
+    static LAST: Mutex<Option<std::collections::HashMap<(String, String), Instant>>> =
+        Mutex::new(None);
+    let mut guard = LAST.lock();
+    let last = guard.get_or_insert_with(Default::default);
+    let key = (id.to_owned(), reason.to_owned());
+    let due = last
+        .get(&key)
+        .is_none_or(|t| t.elapsed() > Duration::from_secs(30));
+    if due {
+        last.insert(key, Instant::now());
+        tracing::warn!(exporter = %id, spans, reason = %reason, "dropping a batch (further drops for this reason are counted in loom_sidecar_exporter_send_failed_spans_total, logged at most every 30 s): {message}");
+    } else {
+        tracing::debug!(exporter = %id, spans, reason = %reason, "dropping a batch: {message}");
+    }
+}
+
+/// Sends one batch, retrying retryable failures with exponential backoff (±50 % jitter) or the
+/// backend's own hint, until it is delivered, permanently refused, out of retry time, or the
+/// shutdown grace is over.
+pub async fn send_with_retry(
     id: &str,
     exporter: &dyn Exporter,
     batch: Arc<Batch>,
     retry: &RetryConfig,
     metrics: &Metrics,
     hard_stop: &CancellationToken,
-) {
+) -> Outcome {
     let spans = batch.span_count as u64;
     let started = Instant::now();
     let mut backoff = retry.initial_interval;
     loop {
         let outcome = tokio::select! {
             r = exporter.export(batch.clone()) => r,
-            _ = hard_stop.cancelled() => Err(ExportError::permanent("shutdown", "shutdown grace period over")),
+            _ = hard_stop.cancelled() => return Outcome::Interrupted,
         };
         match outcome {
             Ok(ok) => {
@@ -404,9 +493,10 @@ async fn send_with_retry(
                     );
                     tracing::warn!(exporter = %id, rejected = ok.rejected_spans, "backend rejected part of a batch (partial_success)");
                 }
-                return;
+                return Outcome::Delivered;
             }
-            Err(e) if e.retryable && retry.enabled && !hard_stop.is_cancelled() => {
+            Err(e) if e.retryable && retry.enabled => {
+                // The backend's hint wins over our own schedule: it knows when it will recover.
                 let wait = e.retry_after.unwrap_or_else(|| jitter(backoff));
                 let elapsed = started.elapsed();
                 if !retry.max_elapsed_time.is_zero() && elapsed + wait > retry.max_elapsed_time {
@@ -415,8 +505,16 @@ async fn send_with_retry(
                         &[("exporter", id), ("reason", "retries_exhausted")],
                         spans,
                     );
-                    tracing::error!(exporter = %id, spans, reason = %e.reason, "giving up on a batch after {:?} of retries: {}", elapsed, e.message);
-                    return;
+                    log_drop(
+                        id,
+                        "retries_exhausted",
+                        spans,
+                        &format!(
+                            "gave up after {elapsed:?} of retries; last error ({}): {}",
+                            e.reason, e.message
+                        ),
+                    );
+                    return Outcome::Dropped;
                 }
                 metrics.add(
                     "loom_sidecar_exporter_retries_total",
@@ -426,7 +524,7 @@ async fn send_with_retry(
                 tracing::debug!(exporter = %id, wait_ms = wait.as_millis() as u64, reason = %e.reason, "export failed, retrying: {}", e.message);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = hard_stop.cancelled() => {}
+                    _ = hard_stop.cancelled() => return Outcome::Interrupted,
                 }
                 backoff = (backoff * 2).min(retry.max_interval);
             }
@@ -436,8 +534,8 @@ async fn send_with_retry(
                     &[("exporter", id), ("reason", &e.reason)],
                     spans,
                 );
-                tracing::warn!(exporter = %id, spans, reason = %e.reason, "dropping a batch: {}", e.message);
-                return;
+                log_drop(id, &e.reason, spans, &e.message);
+                return Outcome::Dropped;
             }
         }
     }

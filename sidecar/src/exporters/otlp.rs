@@ -105,6 +105,12 @@ fn parse(
             "true contradicts the https:// endpoint",
         ));
     }
+    if c.tls.insecure == Some(false) && ep.starts_with("http://") {
+        return Err(ConfigError::at(
+            format!("{path}.tls.insecure"),
+            "false contradicts the http:// endpoint; use https:// or host:port for TLS",
+        ));
+    }
     if c.tls.insecure_skip_verify {
         return Err(ConfigError::at(
             format!("{path}.tls.insecure_skip_verify"),
@@ -194,11 +200,34 @@ struct OtlpExporter {
     max_recv: usize,
 }
 
+/// The status code as a metric label: `grpc_` + the spec's snake_case name.
+fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "grpc_ok",
+        Code::Cancelled => "grpc_cancelled",
+        Code::Unknown => "grpc_unknown",
+        Code::InvalidArgument => "grpc_invalid_argument",
+        Code::DeadlineExceeded => "grpc_deadline_exceeded",
+        Code::NotFound => "grpc_not_found",
+        Code::AlreadyExists => "grpc_already_exists",
+        Code::PermissionDenied => "grpc_permission_denied",
+        Code::ResourceExhausted => "grpc_resource_exhausted",
+        Code::FailedPrecondition => "grpc_failed_precondition",
+        Code::Aborted => "grpc_aborted",
+        Code::OutOfRange => "grpc_out_of_range",
+        Code::Unimplemented => "grpc_unimplemented",
+        Code::Internal => "grpc_internal",
+        Code::Unavailable => "grpc_unavailable",
+        Code::DataLoss => "grpc_data_loss",
+        Code::Unauthenticated => "grpc_unauthenticated",
+    }
+}
+
 /// OTLP spec: which gRPC failures may be retried. RESOURCE_EXHAUSTED only with a RetryInfo hint.
 pub fn classify(status: &tonic::Status) -> ExportError {
     let retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
     let code = status.code();
-    let reason = format!("grpc_{}", format!("{code:?}").to_ascii_lowercase());
+    let reason = code_label(code);
     let msg = format!("{code:?}: {}", status.message());
     match code {
         Code::Cancelled
@@ -288,6 +317,6 @@ mod tests {
         let e = classify(&hinted);
         assert!(e.retryable);
         assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
-        assert_eq!(e.reason, "grpc_resourceexhausted");
+        assert_eq!(e.reason, "grpc_resource_exhausted");
     }
 }

@@ -87,6 +87,22 @@ fn parse(
                 format!("{raw:?} is not an http(s) URL"),
             )
         })?;
+    // The URL's scheme decides plaintext or TLS; a contradicting `insecure` is a mistake.
+    match (c.tls.insecure, url.scheme()) {
+        (Some(true), "https") => {
+            return Err(ConfigError::at(
+                format!("{path}.tls.insecure"),
+                "true contradicts the https:// endpoint",
+            ))
+        }
+        (Some(false), "http") => {
+            return Err(ConfigError::at(
+                format!("{path}.tls.insecure"),
+                "false contradicts the http:// endpoint; use https:// for TLS",
+            ))
+        }
+        _ => {}
+    }
     c.tls.validate(path)?;
     validate_headers(&c.headers, path)?;
     let gzip = gzip_setting(&c.compression, path)?;
@@ -159,16 +175,61 @@ struct OtlpHttpExporter {
     json: bool,
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from OTLP backends and is ignored).
+/// `Retry-After`: delay-seconds, or an HTTP-date (IMF-fixdate) turned into a delay from now.
 fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    headers
+    let v = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_imf_fixdate(v)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    // A date in the past means "now"; still a hint, so no backoff of our own is added.
+    Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` → seconds since the Unix epoch (RFC 9110 §5.6.7).
+fn parse_imf_fixdate(s: &str) -> Option<u64> {
+    let rest = s.split_once(", ")?.1;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: u64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as u64
+        + 1;
+    let year: i64 = year.parse().ok()?;
+    let hms: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = hms.as_slice() else {
+        return None;
+    };
+    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *sec > 60 || year < 1970 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm), shifted so the year starts in March.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days)
         .ok()
-        .map(Duration::from_secs)
+        .map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
 }
 
 /// OTLP/HTTP spec: 429, 502, 503, 504 are retryable (honouring Retry-After); others permanent.
@@ -269,6 +330,18 @@ mod tests {
                 "{s}"
             );
         }
+        assert_eq!(
+            parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(parse_imf_fixdate("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        let mut past = http::HeaderMap::new();
+        past.insert(
+            http::header::RETRY_AFTER,
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&past), Some(Duration::ZERO));
         for s in [400, 401, 403, 404, 413, 500] {
             assert!(
                 !classify_http(s, &http::HeaderMap::new(), "").retryable,

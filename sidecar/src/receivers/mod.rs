@@ -1,7 +1,9 @@
 //! Receivers: where spans enter. They decode, hand the request to their pipelines, and map
 //! refusals to retryable protocol answers with retry hints.
 
+pub mod auth;
 pub mod otlp;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,13 +52,17 @@ pub struct Fanin {
 
 impl Fanin {
     /// Returns the spans kept by the last pipeline, or the first refusal.
-    pub fn consume(&self, rs: Vec<ResourceSpans>, encoded_len: usize) -> Result<usize, Refusal> {
+    pub async fn consume(
+        &self,
+        rs: Vec<ResourceSpans>,
+        encoded_len: usize,
+    ) -> Result<usize, Refusal> {
         let Some((last, rest)) = self.pipelines.split_last() else {
             return Ok(0);
         };
         for p in rest {
-            p.consume(rs.clone(), encoded_len)?;
+            p.consume(rs.clone(), encoded_len).await?;
         }
-        last.consume(rs, encoded_len)
+        last.consume(rs, encoded_len).await
     }
 }

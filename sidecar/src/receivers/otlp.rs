@@ -28,6 +28,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::auth::{AuthConfig, BearerAuth, UNAUTHENTICATED};
+use super::tls::{ServerTls, ServerTlsConfig};
 use super::{Fanin, Listening, ReceiverCtx, ReceiverSpec, Started};
 use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
 use crate::exporters::BoxFuture;
@@ -51,6 +53,9 @@ struct GrpcConfig {
     endpoint: String,
     #[serde(default = "default_max_mib")]
     max_recv_msg_size_mib: usize,
+    /// TLS (and mTLS with `client_ca_file`); plaintext without it.
+    #[serde(default)]
+    tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +66,9 @@ struct HttpConfig {
     /// Bytes, after decompression.
     #[serde(default = "default_max_bytes")]
     max_request_body_size: usize,
+    /// TLS (and mTLS with `client_ca_file`); plaintext without it.
+    #[serde(default)]
+    tls: Option<ServerTlsConfig>,
 }
 
 fn default_grpc() -> String {
@@ -98,17 +106,25 @@ where
 #[serde(deny_unknown_fields)]
 struct OtlpConfig {
     protocols: Protocols,
+    /// Bearer-token authentication on both protocols.
+    #[serde(default)]
+    auth: Option<AuthConfig>,
 }
 
+/// One protocol's listener: address, size limit after decompression, TLS.
+type Listener = (SocketAddr, usize, Option<ServerTls>);
+
 struct Spec {
-    grpc: Option<(SocketAddr, usize)>,
-    http: Option<(SocketAddr, usize)>,
+    grpc: Option<Listener>,
+    http: Option<Listener>,
+    auth: Option<Arc<BearerAuth>>,
 }
 
 fn default_grpc_config() -> GrpcConfig {
     GrpcConfig {
         endpoint: default_grpc(),
         max_recv_msg_size_mib: default_max_mib(),
+        tls: None,
     }
 }
 
@@ -116,6 +132,7 @@ fn default_http_config() -> HttpConfig {
     HttpConfig {
         endpoint: default_http(),
         max_request_body_size: default_max_bytes(),
+        tls: None,
     }
 }
 
@@ -123,9 +140,13 @@ fn parse(
     _id: &ComponentId,
     v: &serde_yaml::Value,
     path: &str,
-    _ctx: &ParseCtx<'_>,
+    ctx: &ParseCtx<'_>,
 ) -> Result<Box<dyn ReceiverSpec>, ConfigError> {
     let c: OtlpConfig = parse_as(v, path)?;
+    let auth = match &c.auth {
+        Some(a) => Some(Arc::new(a.resolve(path, ctx)?)),
+        None => None,
+    };
     let grpc = match c.protocols.grpc {
         None => None,
         Some(g) => {
@@ -138,7 +159,11 @@ fn parse(
                     "must be greater than 0",
                 ));
             }
-            Some((addr, g.max_recv_msg_size_mib * 1024 * 1024))
+            let tls = match &g.tls {
+                Some(t) => Some(t.load(&format!("{path}.protocols.grpc.tls"))?),
+                None => None,
+            };
+            Some((addr, g.max_recv_msg_size_mib * 1024 * 1024, tls))
         }
     };
     let http = match c.protocols.http {
@@ -153,7 +178,11 @@ fn parse(
                     "must be greater than 0",
                 ));
             }
-            Some((addr, h.max_request_body_size))
+            let tls = match &h.tls {
+                Some(t) => Some(t.load(&format!("{path}.protocols.http.tls"))?),
+                None => None,
+            };
+            Some((addr, h.max_request_body_size, tls))
         }
     };
     if grpc.is_none() && http.is_none() {
@@ -162,7 +191,7 @@ fn parse(
             "enable grpc, http or both",
         ));
     }
-    Ok(Box::new(Spec { grpc, http }))
+    Ok(Box::new(Spec { grpc, http, auth }))
 }
 
 /// Shared by both transports: counts, consumes, and maps refusals.
@@ -173,14 +202,14 @@ struct Intake {
 }
 
 impl Intake {
-    fn take(
+    async fn take(
         &self,
         req: ExportTraceServiceRequest,
         encoded_len: usize,
         transport: &'static str,
     ) -> Result<(), Refusal> {
         let n = span_count(&req.resource_spans) as u64;
-        match self.consumer.consume(req.resource_spans, encoded_len) {
+        match self.consumer.consume(req.resource_spans, encoded_len).await {
             Ok(_) => {
                 self.metrics.add(
                     "loom_sidecar_receiver_accepted_spans_total",
@@ -239,11 +268,14 @@ fn fix_codec_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     resp
 }
 
-/// Load refusals as gRPC: RESOURCE_EXHAUSTED (memory) or UNAVAILABLE, always with RetryInfo.
+/// Load refusals as gRPC: RESOURCE_EXHAUSTED (memory, full persistent queue) or UNAVAILABLE,
+/// always with RetryInfo.
 fn grpc_refusal(r: &Refusal) -> Status {
     let code = match r {
-        Refusal::MemoryLimit { .. } => Code::ResourceExhausted,
-        Refusal::QueueFull { .. } | Refusal::ShuttingDown => Code::Unavailable,
+        Refusal::MemoryLimit { .. } | Refusal::StorageFull { .. } => Code::ResourceExhausted,
+        Refusal::QueueFull { .. } | Refusal::StorageError | Refusal::ShuttingDown => {
+            Code::Unavailable
+        }
     };
     Status::with_error_details(
         code,
@@ -264,7 +296,7 @@ impl TraceService for GrpcService {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
         let req = request.into_inner();
         let len = req.encoded_len();
-        match self.intake.take(req, len, "grpc") {
+        match self.intake.take(req, len, "grpc").await {
             Ok(()) => Ok(tonic::Response::new(ExportTraceServiceResponse {
                 partial_success: None,
             })),
@@ -404,7 +436,7 @@ async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Byte
             return http_error(enc, StatusCode::BAD_REQUEST, Code::InvalidArgument, &m);
         }
     };
-    match st.intake.take(req, raw.len(), "http") {
+    match st.intake.take(req, raw.len(), "http").await {
         Ok(()) => {
             let resp = ExportTraceServiceResponse {
                 partial_success: None,
@@ -424,12 +456,14 @@ async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Byte
         }
         Err(r) => {
             let status = match r {
-                Refusal::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-                Refusal::MemoryLimit { .. } | Refusal::ShuttingDown => {
+                Refusal::QueueFull { .. } | Refusal::StorageFull { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                Refusal::MemoryLimit { .. } | Refusal::StorageError | Refusal::ShuttingDown => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
             };
-            let mut resp = http_error(enc, status, Code::Unavailable, &r.message());
+            let mut resp = http_error(enc, status, grpc_refusal(&r).code(), &r.message());
             let secs = r.retry_after().as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -437,6 +471,45 @@ async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Byte
             resp
         }
     }
+}
+
+#[derive(Clone)]
+struct HttpAuth {
+    auth: Arc<BearerAuth>,
+    intake: Arc<Intake>,
+}
+
+/// Runs before the body is read: an unauthenticated client never gets its payload decoded.
+async fn http_auth(
+    State(a): State<HttpAuth>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if a.auth.check(header) {
+        return next.run(req).await;
+    }
+    a.intake.refused_bad("http", "unauthenticated");
+    let enc = match req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(c) if c.starts_with("application/x-protobuf") => Encoding::Proto,
+        _ => Encoding::Json,
+    };
+    let mut resp = http_error(
+        enc,
+        StatusCode::UNAUTHORIZED,
+        Code::Unauthenticated,
+        UNAUTHENTICATED,
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
 }
 
 async fn method_not_allowed() -> Response {
@@ -450,8 +523,9 @@ async fn method_not_allowed() -> Response {
 
 impl ReceiverSpec for Spec {
     fn start(&self, id: &ComponentId, ctx: ReceiverCtx) -> BoxFuture<Result<Started, String>> {
-        let grpc = self.grpc;
-        let http = self.http;
+        let grpc = self.grpc.clone();
+        let http = self.http.clone();
+        let auth = self.auth.clone();
         let id = id.to_string();
         Box::pin(async move {
             let intake = Arc::new(Intake {
@@ -461,7 +535,7 @@ impl ReceiverSpec for Spec {
             });
             let mut listening = Vec::new();
             let mut tasks = Vec::new();
-            if let Some((addr, max)) = grpc {
+            if let Some((addr, max, tls)) = grpc {
                 let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                     format!("receivers.{id}.protocols.grpc: cannot listen on {addr}: {e}")
                 })?;
@@ -472,15 +546,43 @@ impl ReceiverSpec for Spec {
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max);
+                // Runs on the request's metadata before the message is decoded.
+                let (grpc_auth, counted) = (auth.clone(), intake.clone());
+                let svc = tonic::service::interceptor::InterceptedService::new(
+                    svc,
+                    move |req: Request<()>| -> Result<Request<()>, Status> {
+                        match &grpc_auth {
+                            None => Ok(req),
+                            Some(a) => {
+                                let header =
+                                    req.metadata().get("authorization").map(|v| v.as_bytes());
+                                if a.check(header) {
+                                    Ok(req)
+                                } else {
+                                    counted.refused_bad("grpc", "unauthenticated");
+                                    Err(Status::unauthenticated(UNAUTHENTICATED))
+                                }
+                            }
+                        }
+                    },
+                );
                 let stop = ctx.shutdown.clone();
                 let name = id.clone();
+                let mut server = tonic::transport::Server::builder();
+                if let Some(t) = &tls {
+                    server = server
+                        .tls_config(t.tonic())
+                        .map_err(|e| format!("receivers.{id}.protocols.grpc.tls: {e}"))?;
+                }
                 tasks.push(tokio::spawn(async move {
-                    let r = tonic::transport::Server::builder()
+                    let r = server
                         .http2_keepalive_interval(Some(Duration::from_secs(30)))
                         .layer(tower::util::MapResponseLayer::new(fix_codec_status))
                         .add_service(svc)
+                        // Answers are small frames: with Nagle on, one can wait for the
+                        // client's delayed ACK (~40 ms on Linux) before it leaves.
                         .serve_with_incoming_shutdown(
-                            TcpIncoming::from(listener),
+                            TcpIncoming::from(listener).with_nodelay(Some(true)),
                             stop.cancelled_owned(),
                         )
                         .await;
@@ -494,7 +596,7 @@ impl ReceiverSpec for Spec {
                     addr: local,
                 });
             }
-            if let Some((addr, max)) = http {
+            if let Some((addr, max, tls)) = http {
                 let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                     format!("receivers.{id}.protocols.http: cannot listen on {addr}: {e}")
                 })?;
@@ -504,17 +606,43 @@ impl ReceiverSpec for Spec {
                     max,
                 };
                 // The compressed body may not exceed the limit either.
-                let app = Router::new()
-                    .route("/v1/traces", post(http_export).fallback(method_not_allowed))
-                    .layer(DefaultBodyLimit::max(max))
-                    .with_state(state);
+                let mut app = Router::new()
+                    .route("/v1/traces", post(http_export).fallback(method_not_allowed));
+                if let Some(a) = &auth {
+                    app = app.layer(axum::middleware::from_fn_with_state(
+                        HttpAuth {
+                            auth: a.clone(),
+                            intake: intake.clone(),
+                        },
+                        http_auth,
+                    ));
+                }
+                let app = app.layer(DefaultBodyLimit::max(max)).with_state(state);
                 let stop = ctx.shutdown.clone();
                 let name = id.clone();
+                let serve = match &tls {
+                    Some(t) => {
+                        let l = t.listener(listener).map_err(|e| e.to_string())?;
+                        Box::pin(async move {
+                            axum::serve(l, app)
+                                .with_graceful_shutdown(stop.cancelled_owned())
+                                .await
+                        }) as BoxFuture<std::io::Result<()>>
+                    }
+                    None => Box::pin(async move {
+                        use axum::serve::ListenerExt as _;
+                        let listener = listener.tap_io(|tcp| {
+                            if let Err(e) = tcp.set_nodelay(true) {
+                                tracing::debug!("cannot set TCP_NODELAY: {e}");
+                            }
+                        });
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stop.cancelled_owned())
+                            .await
+                    }),
+                };
                 tasks.push(tokio::spawn(async move {
-                    let r = axum::serve(listener, app)
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .await;
-                    if let Err(e) = r {
+                    if let Err(e) = serve.await {
                         tracing::error!(receiver = %name, "HTTP server failed: {e}");
                     }
                 }));

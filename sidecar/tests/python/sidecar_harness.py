@@ -91,18 +91,50 @@ class Sidecar:
 
 
 class GrpcCapture(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC backend that records every request it receives."""
+    """An OTLP/gRPC backend that records every request it receives.
 
-    def __init__(self) -> None:
+    `port` fixes the port (a backend that comes up later on an address the sidecar already
+    targets); `script` lists answers given before succeeding, in order: `(grpc.StatusCode,
+    retry_delay_seconds_or_None)` fails the call (with a google.rpc.RetryInfo when a delay is
+    given), `("partial", n)` succeeds with `partial_success.rejected_spans = n`.
+    """
+
+    def __init__(self, port: int = 0, script: Optional[list] = None, workers: int = 4) -> None:
         self.requests: "queue.Queue[trace_service_pb2.ExportTraceServiceRequest]" = queue.Queue()
         self.metadata: List[dict] = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.calls: List[float] = []  # time.monotonic() of every Export call, answered or not
+        self.script: list = list(script or [])
+        self.delay = 0.0  # seconds each Export takes: a slow backend
+        self._lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                                  options=[("grpc.so_reuseport", 0)])
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        assert self.port, f"cannot listen on 127.0.0.1:{port}"
         self.server.start()
 
     def Export(self, request, context):  # noqa: N802 - gRPC method name
+        with self._lock:
+            self.calls.append(time.monotonic())
+            step = self.script.pop(0) if self.script else None
         self.metadata.append(dict(context.invocation_metadata()))
+        if self.delay:
+            time.sleep(self.delay)
+        if step is not None and step[0] == "partial":
+            self.requests.put(request)
+            return trace_service_pb2.ExportTraceServiceResponse(
+                partial_success=trace_service_pb2.ExportTracePartialSuccess(rejected_spans=step[1],
+                                                                           error_message="scripted"))
+        if step is not None:
+            code, delay = step
+            if delay is not None:
+                from google.protobuf import any_pb2, duration_pb2
+                from google.rpc import error_details_pb2, status_pb2
+                detail = any_pb2.Any()
+                detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=int(delay))))
+                st = status_pb2.Status(code=code.value[0], message="scripted", details=[detail])
+                context.set_trailing_metadata([("grpc-status-details-bin", st.SerializeToString())])
+            context.abort(code, "scripted")
         self.requests.put(request)
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -127,6 +159,19 @@ class GrpcCapture(trace_service_pb2_grpc.TraceServiceServicer):
         self.server.stop(0)
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (closed again at once): a backend that is down."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(text: str, prefix: str) -> int:
+    """Sum of the samples whose line starts with `prefix` (name plus the first labels)."""
+    return sum(int(float(l.rsplit(" ", 1)[1])) for l in text.splitlines() if l.startswith(prefix))
+
+
 class HttpCapture:
     """An OTLP/HTTP backend (protobuf) that records requests; status can be scripted."""
 
@@ -146,6 +191,7 @@ class HttpCapture:
                     self.send_response(code)
                     for k, v in headers.items():
                         self.send_header(k, v)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 resp = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
