@@ -242,7 +242,10 @@ def read_file_spans(path: Path) -> list:
     out = []
     if not path.exists():
         return out
-    for line in path.read_text().splitlines():
+    text = path.read_text()
+    # The exporter may be mid-write: a last line without its newline is not complete yet.
+    lines = text.split("\n")[:-1]
+    for line in lines:
         if not line.strip():
             continue
         for rs in json.loads(line)["resourceSpans"]:
