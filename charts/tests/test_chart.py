@@ -583,3 +583,194 @@ def test_sidecar_container_template_in_an_agent_chart(helm, render, sidecar_bin,
     assert config_of(docs)["exporters"]["otlp/jaeger"]["endpoint"] == JAEGER
     r = validate(sidecar_bin, tmp_path, cm["data"]["config.yaml"], c)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- persistent sending queue
+
+OTLPHTTP = "http://tempo.observability:4318"
+NETWORK_EXPORTERS = ["otlp/jaeger", "otlphttp"]
+
+
+def queue_values(mode: str, kind: str, **extra) -> dict:
+    """Every kind of exporter the chart renders, plus one from config.exporters."""
+    values = {
+        "mode": mode,
+        "exporters": {"jaeger": {"endpoint": JAEGER}, "otlphttp": {"endpoint": OTLPHTTP},
+                      "debug": {"enabled": True}, "file": {"enabled": True}},
+        "config": {"exporters": {"otlp/tempo": {"endpoint": "tempo.observability:4317",
+                                                "tls": {"insecure": True}}}},
+        "persistence": {"enabled": True, "type": kind, "queue": {"enabled": True}},
+    }
+    values.update(extra)
+    return values
+
+
+@pytest.mark.parametrize("mode,kind,extra", [
+    ("daemonset", "hostPath", {}),
+    ("daemonset", "emptyDir", {}),
+    ("deployment", "emptyDir", {"replicas": 3}),
+    ("deployment", "pvc", {"replicas": 1, "strategy": {"type": "Recreate"}}),
+    ("sidecar", "emptyDir", {}),
+])
+def test_persistent_queue_on_the_network_exporters_only(render, sidecar_bin, tmp_path, mode,
+                                                        kind, extra):
+    docs = render(queue_values(mode, kind, **extra))
+    exporters = config_of(docs)["exporters"]
+    assert sorted(exporters) == ["debug", "file", "otlp/jaeger", "otlp/tempo", "otlphttp"]
+    for exp in NETWORK_EXPORTERS:
+        # One parent folder: the sidecar gives each exporter a sub-folder named after its id.
+        assert exporters[exp]["sending_queue"] == {
+            "storage": {"directory": "/var/lib/loom-sidecar/queue", "max_bytes": 268435456,
+                        "fsync": "batch"},
+            "when_full": "refuse"}, exp
+    for exp in ("debug", "file", "otlp/tempo"):
+        assert "sending_queue" not in exporters[exp], exp
+    assert "queue_size" not in config_text(docs)
+    if mode != "sidecar":
+        pod = workload(docs)["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"] for m in sidecar_container(pod)["volumeMounts"]}
+        assert mounts["loom-sidecar-data"] == "/var/lib/loom-sidecar"
+    assert_valid(sidecar_bin, tmp_path, docs)
+
+
+def test_persistent_queue_settings(render, sidecar_bin, tmp_path):
+    docs = render({"exporters": {"otlphttp": {"endpoint": OTLPHTTP}},
+                   "persistence": {"enabled": True, "type": "hostPath", "mountPath": "/data/loom/",
+                                   "queue": {"enabled": True, "maxBytes": 65536,
+                                             "fsync": "interval", "fsyncInterval": "250ms",
+                                             "whenFull": "drop_oldest"}}})
+    assert config_of(docs)["exporters"]["otlphttp"]["sending_queue"] == {
+        "storage": {"directory": "/data/loom/queue", "max_bytes": 65536, "fsync": "interval",
+                    "fsync_interval": "250ms"},
+        "when_full": "drop_oldest"}
+    assert_valid(sidecar_bin, tmp_path, docs)
+
+
+@pytest.mark.parametrize("persistence", [
+    {"enabled": True}, {"enabled": True, "queue": {"enabled": False}}])
+def test_no_persistent_queue_unless_enabled(render, sidecar_bin, tmp_path, persistence):
+    docs = render({"exporters": {"jaeger": {"endpoint": JAEGER}}, "persistence": persistence})
+    assert "sending_queue" not in config_text(docs)
+    assert_valid(sidecar_bin, tmp_path, docs)
+
+
+def test_config_can_tune_the_persistent_queue(render, sidecar_bin, tmp_path):
+    docs = render(queue_values("daemonset", "emptyDir", config={"exporters": {
+        "otlp/jaeger": {"sending_queue": {"num_consumers": 4}}}}))
+    sq = config_of(docs)["exporters"]["otlp/jaeger"]["sending_queue"]
+    assert sq["num_consumers"] == 4
+    assert sq["storage"]["directory"] == "/var/lib/loom-sidecar/queue"
+    assert_valid(sidecar_bin, tmp_path, docs)
+
+
+def test_the_sidecar_runs_each_exporter_queue_in_its_own_folder(render, sidecar_bin, tmp_path):
+    """Starts the real sidecar on the rendered config, with the volume at a temp folder."""
+    import socket
+    import time
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    data = tmp_path / "data"
+    data.mkdir()
+    docs = render({
+        "exporters": {"jaeger": {"endpoint": "http://127.0.0.1:1"},
+                      "otlphttp": {"endpoint": "http://127.0.0.1:1"}},
+        "ports": {"otlpGrpc": free_port(), "otlpHttp": free_port(), "health": free_port(),
+                  "metrics": free_port()},
+        "persistence": {"enabled": True, "type": "emptyDir", "mountPath": str(data),
+                        "queue": {"enabled": True}}})
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(config_text(docs))
+    env = {"PATH": "/usr/bin:/bin", "K8S_NODE_NAME": "node-1", "K8S_POD_NAME": "pod-1",
+           "K8S_NAMESPACE_NAME": NAMESPACE}
+    proc = subprocess.Popen([str(sidecar_bin), "--config", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        want = {data / "queue" / "otlp_jaeger", data / "queue" / "otlphttp"}
+        deadline = time.monotonic() + 20
+        while not all(d.is_dir() for d in want) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.1)
+        assert sorted(p.name for p in (data / "queue").iterdir()) == ["otlp_jaeger", "otlphttp"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("mode", ["daemonset", "deployment", "sidecar"])
+def test_persistent_queue_needs_persistence(render_error, mode):
+    err = render_error({"mode": mode, "exporters": {"jaeger": {"endpoint": JAEGER}},
+                        "persistence": {"enabled": False, "queue": {"enabled": True}}})
+    assert "persistence.queue.enabled needs persistence.enabled" in err, err
+    assert "read-only" in err, err
+
+
+@pytest.mark.parametrize("extra,message", [
+    # Two sidecars on one queue folder corrupt it.
+    ({"mode": "daemonset", "persistence": {"type": "pvc", "pvc": {"existingClaim": "shared"}}},
+     "persistence.type=pvc in mode daemonset"),
+    ({"mode": "daemonset", "persistence": {"type": "hostPath"},
+      "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}},
+     "updateStrategy.rollingUpdate.maxSurge must be 0"),
+    ({"mode": "deployment", "persistence": {"type": "pvc"}}, "needs one pod at a time"),
+    ({"mode": "deployment", "replicas": 1, "persistence": {"type": "pvc"}},
+     "needs one pod at a time"),
+    ({"mode": "deployment", "replicas": 1, "strategy": {"type": "Recreate"},
+      "autoscaling": {"enabled": True}, "persistence": {"type": "hostPath"}},
+     "needs one pod at a time"),
+    # The queues must fit the volume.
+    ({"persistence": {"type": "emptyDir", "emptyDir": {"sizeLimit": "300Mi"}}},
+     "more than persistence.emptyDir.sizeLimit"),
+    ({"mode": "deployment", "replicas": 1, "strategy": {"type": "Recreate"},
+      "persistence": {"type": "pvc", "pvc": {"size": "256Mi"}}},
+     "more than persistence.pvc.size"),
+    # queue_size and storage are a config error in the sidecar.
+    ({"config": {"exporters": {"otlp/jaeger": {"sending_queue": {"queue_size": 5000}}}}},
+     "queue_size cannot be combined with storage"),
+])
+def test_persistent_queue_rejects_unsafe_values(render_error, extra, message):
+    values = {"exporters": {"jaeger": {"endpoint": JAEGER}, "otlphttp": {"endpoint": OTLPHTTP}},
+              "persistence": {"enabled": True, "queue": {"enabled": True}}}
+    for k, v in extra.items():
+        if k == "persistence":
+            values["persistence"].update(v)
+        else:
+            values[k] = v
+    err = render_error(values)
+    assert message in err, err
+
+
+def test_persistent_queue_fits_a_large_enough_volume(render):
+    docs = render({"exporters": {"jaeger": {"endpoint": JAEGER}, "otlphttp": {"endpoint": OTLPHTTP}},
+                   "persistence": {"enabled": True, "emptyDir": {"sizeLimit": "512Mi"},
+                                   "queue": {"enabled": True}}})
+    assert config_of(docs)["exporters"]["otlphttp"]["sending_queue"]["storage"]
+
+
+@pytest.mark.parametrize("queue,field,hint", [
+    ({"fsync": "always"}, "fsync", "batch"),
+    ({"whenFull": "block"}, "whenFull", "drop_oldest"),
+    ({"maxBytes": 1000}, "maxBytes", "65536|65,536"),
+    ({"maxBytes": "256Mi"}, "maxBytes", "integer"),
+    ({"fsyncInterval": "0s"}, "fsyncInterval", ""),
+    ({"fsyncInterval": "1"}, "fsyncInterval", ""),
+    ({"size": 1}, "size", ""),
+])
+def test_schema_rejects_bad_queue_values(render_error, queue, field, hint):
+    err = render_error({"persistence": {"enabled": True, "queue": {"enabled": True, **queue}}})
+    assert re.search(rf"persistence[./]queue[./]{field}|{field}", err), err
+    assert "queue" in err, err
+    if hint:
+        assert re.search(hint, err), err
+
+
+def test_recreate_strategy_drops_the_rolling_update_settings(render):
+    dep = one(render({"mode": "deployment", "strategy": {"type": "Recreate"}}), "Deployment")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}

@@ -68,15 +68,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/*
-A Kubernetes memory quantity ("512Mi", "1Gi", "1G", "536870912") in whole MiB.
+A Kubernetes quantity ("512Mi", "1Gi", "1G", "536870912") in whole MiB. Takes the quantity, or
+(list "<values key>" quantity) so an unreadable one is reported under its key.
 */}}
 {{- define "loom-sidecar.quantityToMib" -}}
-{{- $q := toString . | trim -}}
+{{- $key := "resources.limits.memory" -}}
+{{- $raw := . -}}
+{{- if kindIs "slice" . -}}
+{{- $key = index . 0 -}}
+{{- $raw = index . 1 -}}
+{{- end -}}
+{{- if or (kindIs "float64" $raw) (kindIs "int" $raw) (kindIs "int64" $raw) -}}
+{{- $raw = int64 $raw -}}
+{{- end -}}
+{{- $q := toString $raw | trim -}}
 {{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
 {{- $suffix := trimPrefix $num $q -}}
 {{- $units := dict "" 1.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "k" 1000.0 "K" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 -}}
 {{- if or (not $num) (not (hasKey $units $suffix)) -}}
-{{- fail (printf "resources.limits.memory: cannot read %q as a memory quantity (use e.g. 512Mi, 1Gi, 600M)" $q) -}}
+{{- fail (printf "%s: cannot read %q as a quantity (use e.g. 512Mi, 1Gi, 600M)" $key $q) -}}
 {{- end -}}
 {{- divf (mulf (float64 $num) (get $units $suffix)) 1048576.0 | floor | int -}}
 {{- end -}}
@@ -147,6 +157,89 @@ headers: {{ . | toJson }}
 {{- end }}
 {{- end -}}
 
+{{/* Parent folder of the exporters' persistent queues (each exporter adds a sub-folder named after its id). */}}
+{{- define "loom-sidecar.queueDirectory" -}}
+{{- printf "%s/queue" (.Values.persistence.mountPath | trimSuffix "/") -}}
+{{- end -}}
+
+{{/*
+Network exporters the chart renders from exporters.* values (they get the persistent queue).
+*/}}
+{{- define "loom-sidecar.queuedExporters" -}}
+{{- $ids := list -}}
+{{- if .Values.exporters.jaeger.endpoint }}{{ $ids = append $ids "otlp/jaeger" }}{{ end -}}
+{{- if .Values.exporters.otlphttp.endpoint }}{{ $ids = append $ids "otlphttp" }}{{ end -}}
+{{- $ids | toJson -}}
+{{- end -}}
+
+{{/*
+Fails on persistence.queue values that cannot work: no volume (the root filesystem is
+read-only), a queue folder that two sidecars would share (they corrupt each other's log), or
+queues that cannot fit in an emptyDir sizeLimit (the kubelet evicts the pod) or the chart's PVC.
+*/}}
+{{- define "loom-sidecar.queueChecks" -}}
+{{- $v := .Values -}}
+{{- $p := $v.persistence -}}
+{{- $q := $p.queue | default dict -}}
+{{- if $q.enabled -}}
+{{- if not $p.enabled -}}
+{{- fail "persistence.queue.enabled needs persistence.enabled: the exporters' write-ahead log lives on the persistence volume (the container's root filesystem is read-only)" -}}
+{{- end -}}
+{{- if eq $v.mode "daemonset" -}}
+{{- if eq $p.type "pvc" -}}
+{{- fail "persistence.queue with persistence.type=pvc in mode daemonset: every node's pod would write the same queue folder on the shared claim, and two sidecars on one queue corrupt it; use hostPath (per node, survives pod restarts) or emptyDir" -}}
+{{- end -}}
+{{- $us := $v.updateStrategy | default dict -}}
+{{- $surge := dig "rollingUpdate" "maxSurge" 0 $us | toString -}}
+{{- if and (eq $p.type "hostPath") (ne ($us.type | default "RollingUpdate") "OnDelete") (not (has $surge (list "0" "0%"))) -}}
+{{- fail (printf "persistence.queue with persistence.type=hostPath: updateStrategy.rollingUpdate.maxSurge must be 0 (is %s): a surge pod would share its node's queue folder with the old pod, and two sidecars on one queue corrupt it" $surge) -}}
+{{- end -}}
+{{- else if and (eq $v.mode "deployment") (has $p.type (list "pvc" "hostPath")) -}}
+{{- $st := $v.strategy | default dict -}}
+{{- $surge := dig "rollingUpdate" "maxSurge" "25%" $st | toString -}}
+{{- $oneAtATime := or (eq ($st.type | default "RollingUpdate") "Recreate") (has $surge (list "0" "0%")) -}}
+{{- if or $v.autoscaling.enabled (ne (int $v.replicas) 1) (not $oneAtATime) -}}
+{{- fail (printf "persistence.queue with persistence.type=%s in mode deployment needs one pod at a time (replicas: 1, autoscaling.enabled: false, strategy.type: Recreate): the pods would share one queue folder, and two sidecars on one queue corrupt it; use persistence.type=emptyDir for a gateway with several replicas" $p.type) -}}
+{{- end -}}
+{{- end -}}
+{{- $n := include "loom-sidecar.queuedExporters" . | fromJsonArray | len -}}
+{{- $needMib := divf (mulf (float64 $q.maxBytes) $n) 1048576.0 | ceil | int -}}
+{{- if and (eq $p.type "emptyDir") $p.emptyDir.sizeLimit -}}
+{{- $cap := include "loom-sidecar.quantityToMib" (list "persistence.emptyDir.sizeLimit" $p.emptyDir.sizeLimit) | int -}}
+{{- if gt $needMib $cap -}}
+{{- fail (printf "persistence.queue.maxBytes (%d bytes) for %d exporters needs %d MiB, more than persistence.emptyDir.sizeLimit (%v): the kubelet evicts a pod whose emptyDir grows past its sizeLimit; raise the sizeLimit or lower maxBytes" (int64 $q.maxBytes) $n $needMib $p.emptyDir.sizeLimit) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $p.type "pvc") (eq $v.mode "deployment") (not $p.pvc.existingClaim) -}}
+{{- $cap := include "loom-sidecar.quantityToMib" (list "persistence.pvc.size" $p.pvc.size) | int -}}
+{{- if gt $needMib $cap -}}
+{{- fail (printf "persistence.queue.maxBytes (%d bytes) for %d exporters needs %d MiB, more than persistence.pvc.size (%v); raise the size or lower maxBytes" (int64 $q.maxBytes) $n $needMib $p.pvc.size) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+sending_queue for a network exporter: a persistent (write-ahead log) queue when
+persistence.queue.enabled, else nothing (the sidecar's in-memory default). Never with
+queue_size, which the sidecar rejects next to storage.
+*/}}
+{{- define "loom-sidecar.sendingQueue" -}}
+{{- $p := .Values.persistence -}}
+{{- $q := $p.queue | default dict -}}
+{{- if and $p.enabled $q.enabled -}}
+sending_queue:
+  storage:
+    directory: {{ include "loom-sidecar.queueDirectory" . | toJson }}
+    max_bytes: {{ int64 $q.maxBytes }}
+    fsync: {{ $q.fsync | toJson }}
+    {{- if eq $q.fsync "interval" }}
+    fsync_interval: {{ $q.fsyncInterval | toJson }}
+    {{- end }}
+  when_full: {{ $q.whenFull | toJson }}
+{{- end -}}
+{{- end -}}
+
 {{- define "loom-sidecar.filePath" -}}
 {{- .Values.exporters.file.path | default (printf "%s/spans.jsonl" (.Values.persistence.mountPath | trimSuffix "/")) -}}
 {{- end -}}
@@ -166,6 +259,8 @@ The chart's default sidecar config, before `config:` is merged over it.
 {{- $v := .Values -}}
 {{- $x := $v.exporters -}}
 {{- $limits := include "loom-sidecar.memoryLimits" . | splitList " " -}}
+{{- include "loom-sidecar.queueChecks" . -}}
+{{- $sendingQueue := include "loom-sidecar.sendingQueue" . -}}
 {{- $pipelineExporters := list -}}
 receivers:
   otlp:
@@ -192,11 +287,17 @@ exporters:
 {{- $pipelineExporters = append $pipelineExporters "otlp/jaeger" }}
   otlp/jaeger:
     {{- include "loom-sidecar.networkExporter" (list "jaeger" $x.jaeger) | nindent 4 }}
+    {{- with $sendingQueue }}
+    {{- . | nindent 4 }}
+    {{- end }}
 {{- end }}
 {{- if $x.otlphttp.endpoint }}
 {{- $pipelineExporters = append $pipelineExporters "otlphttp" }}
   otlphttp:
     {{- include "loom-sidecar.networkExporter" (list "otlphttp" $x.otlphttp) | nindent 4 }}
+    {{- with $sendingQueue }}
+    {{- . | nindent 4 }}
+    {{- end }}
 {{- end }}
 {{- if $x.file.enabled }}
 {{- if and (not $x.file.path) (not $v.persistence.enabled) }}
@@ -275,6 +376,12 @@ key; lists and scalars from `config:` win; a null removes the key (Helm's conven
 {{- fail "no exporter left in the traces pipeline: set exporters.jaeger.endpoint, exporters.otlphttp.endpoint, exporters.debug.enabled or add one under config.exporters" -}}
 {{- end -}}
 {{- $_ := set $traces "exporters" $kept -}}
+{{- end -}}
+{{- range $id, $e := ($merged.exporters | default dict) -}}
+{{- $sq := dig "sending_queue" dict (kindIs "map" $e | ternary $e dict) -}}
+{{- if and (kindIs "map" $sq) (hasKey $sq "storage") (hasKey $sq "queue_size") -}}
+{{- fail (printf "exporters.%s.sending_queue: queue_size cannot be combined with storage (the persistent queue is bounded by max_bytes, persistence.queue.maxBytes); remove config.exporters.%s.sending_queue.queue_size" $id $id) -}}
+{{- end -}}
 {{- end -}}
 {{- toYaml $merged -}}
 {{- end -}}
