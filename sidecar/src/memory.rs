@@ -35,6 +35,11 @@ impl MemoryTracker {
         self.rss.load(Ordering::Relaxed)
     }
 
+    /// Sets the RSS figure directly (tests, and platforms without /proc).
+    pub fn set_rss(&self, bytes: u64) {
+        self.rss.store(bytes, Ordering::Relaxed);
+    }
+
     pub fn sample_rss(&self) {
         if let Some(r) = read_rss() {
             self.rss.store(r, Ordering::Relaxed);

@@ -3,6 +3,11 @@
 //! Two measures: bytes of span data accounted in the pipeline against the soft limit
 //! (`limit_mib - spike_limit_mib`), and the process RSS against `limit_mib`. Refusals carry a
 //! retry hint, so well-behaved clients back off instead of dropping.
+//!
+//! RSS alone never refuses: after a burst the allocator may keep freed pages, so RSS can stay
+//! above the limit with the pipeline empty, and refusing then would refuse for ever (nothing the
+//! pipeline could drain would bring RSS down). RSS over the limit refuses only while the pipeline
+//! holds at least a sixteenth of the limit in span data, i.e. while draining it would help.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +116,9 @@ impl ProcessorSpec for MemoryLimiterConfig {
     }
 }
 
+/// Pipeline data (as a fraction of the hard limit) below which a high RSS does not refuse.
+const RSS_GATE_DIVISOR: u64 = 16;
+
 pub struct MemoryLimiter {
     tracker: Arc<MemoryTracker>,
     soft: u64,
@@ -122,7 +130,7 @@ impl Processor for MemoryLimiter {
     fn process(&self, _spans: &mut Vec<ResourceSpans>) -> Result<(), Refusal> {
         let in_use = self.tracker.in_use() as u64;
         let rss = self.tracker.rss();
-        if in_use > self.soft || rss > self.hard {
+        if in_use > self.soft || (rss > self.hard && in_use > self.hard / RSS_GATE_DIVISOR) {
             return Err(Refusal::MemoryLimit {
                 retry_after: self.retry_after,
                 detail: format!(
@@ -159,6 +167,29 @@ mod tests {
         ));
         drop(ticket);
         assert!(lim.process(&mut Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn high_rss_refuses_only_while_the_pipeline_holds_data() {
+        let tracker = MemoryTracker::new();
+        let lim = MemoryLimiter {
+            tracker: tracker.clone(),
+            soft: u64::MAX,
+            hard: 16_000,
+            retry_after: Duration::from_secs(1),
+        };
+        // After a burst: RSS stays high, the pipeline is empty. Refusing would never end.
+        tracker.set_rss(50_000);
+        assert!(lim.process(&mut Vec::new()).is_ok());
+        let ticket = tracker.take(2_000);
+        assert!(matches!(
+            lim.process(&mut Vec::new()),
+            Err(Refusal::MemoryLimit { .. })
+        ));
+        drop(ticket);
+        tracker.set_rss(10_000);
+        let _ticket = tracker.take(2_000);
+        assert!(lim.process(&mut Vec::new()).is_ok(), "RSS under the limit");
     }
 
     #[test]

@@ -112,6 +112,20 @@ def test_memory_limiter_under_10x_overload(tmp_path) -> None:
         for rs in req.resource_spans:
             for ss in rs.scope_spans:
                 got.update(s.span_id for s in ss.spans)
+    # Once drained, light load is accepted again, even if the allocator still holds the burst's
+    # pages (RSS over the limit with an empty pipeline must not refuse for ever).
+    time.sleep(0.5)
+    rss_after = status_kb(pid, "VmRSS") // 1024
+    light_ok = 0
+    with grpc.insecure_channel(sc.grpc) as ch:
+        stub = trace_service_pb2_grpc.TraceServiceStub(ch)
+        for _ in range(10):
+            try:
+                stub.Export(request([span(os.urandom(16)) for _ in range(10)]), timeout=10)
+                light_ok += 1
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
     m = sc.metrics()
     failed = metric(m, 'loom_sidecar_exporter_send_failed_spans_total{exporter="otlp/backend"')
     sc.stop()
@@ -125,10 +139,12 @@ def test_memory_limiter_under_10x_overload(tmp_path) -> None:
           f"{drain_rate:.0f}/s -> overload x{offer_rate / drain_rate:.1f}\n"
           f"  accepted {len(accepted)} spans; refusals by code {codes} (spans: memory_limit={refused_mem}, "
           f"queue_full={refused_queue}); with RetryInfo {sum(h is not None for h in hints)}/{len(hints)}\n"
-          f"  after the backend caught up: delivered {len(accepted & got)}/{len(accepted)} lost={lost} exporter failed={failed}")
+          f"  after the backend caught up: delivered {len(accepted & got)}/{len(accepted)} lost={lost} exporter failed={failed}\n"
+          f"  then light load (RSS {rss_after} MiB): {light_ok}/10 requests accepted")
     assert offer_rate / drain_rate >= 10, "the load is at least 10x what the backend drains"
     assert hwm <= LIMIT_MIB + MARGIN_MIB, f"peak RSS {hwm} MiB"
     assert codes, "the limiter refused"
     assert set(codes) <= {"RESOURCE_EXHAUSTED", "UNAVAILABLE"}, codes
     assert all(h is not None and h >= 1 for h in hints), "every refusal carries a retry hint"
     assert lost == 0 and failed == 0
+    assert light_ok == 10, "light load after the burst is accepted"
