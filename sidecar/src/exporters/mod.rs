@@ -3,6 +3,7 @@
 
 pub mod debug;
 pub mod disk_queue;
+pub mod encoded;
 pub mod file;
 pub mod otlp;
 pub mod otlphttp;
@@ -463,6 +464,20 @@ fn log_drop(id: &str, reason: &str, spans: u64, message: &str) {
 /// backend's own hint, until it is delivered, permanently refused, out of retry time, or the
 /// shutdown grace is over.
 pub async fn send_with_retry(
+    id: &str,
+    exporter: &dyn Exporter,
+    batch: Arc<Batch>,
+    retry: &RetryConfig,
+    metrics: &Metrics,
+    hard_stop: &CancellationToken,
+) -> Outcome {
+    let outcome = send_batch(id, exporter, batch, retry, metrics, hard_stop).await;
+    // Our hold on the batch is gone: if it was the last, its shared encoding goes too.
+    encoded::forget_dead();
+    outcome
+}
+
+async fn send_batch(
     id: &str,
     exporter: &dyn Exporter,
     batch: Arc<Batch>,

@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde::Deserialize;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataValue};
@@ -13,6 +11,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use super::encoded::{self, ExportCodec};
 use super::{
     gzip_setting, validate_headers, BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter,
     ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
@@ -243,10 +242,13 @@ pub fn classify(status: &tonic::Status) -> ExportError {
     }
 }
 
+/// The gRPC method; the same path and method extension the generated `TraceServiceClient` uses.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 impl Exporter for OtlpExporter {
     fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
         let mut client =
-            TraceServiceClient::new(self.channel.clone()).max_decoding_message_size(self.max_recv);
+            tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(self.max_recv);
         if self.gzip {
             client = client
                 .send_compressed(CompressionEncoding::Gzip)
@@ -255,14 +257,33 @@ impl Exporter for OtlpExporter {
         let headers = self.headers.clone();
         let timeout = self.timeout;
         Box::pin(async move {
-            let mut req = tonic::Request::new(ExportTraceServiceRequest {
-                resource_spans: batch.resource_spans.clone(),
-            });
+            // Encoded once per batch, shared by retries and by other exporters of this batch.
+            let body = encoded::bodies(&batch).proto(&batch);
+            let mut req = tonic::Request::new(body);
             req.set_timeout(timeout);
             for (k, v) in headers.iter() {
                 req.metadata_mut().insert(k.clone(), v.clone());
             }
-            match client.export(req).await {
+            req.extensions_mut().insert(tonic::GrpcMethod::new(
+                "opentelemetry.proto.collector.trace.v1.TraceService",
+                "Export",
+            ));
+            // As the generated client does: a channel that is not ready fails with UNKNOWN.
+            let sent = match client.ready().await {
+                Ok(()) => {
+                    client
+                        .unary(
+                            req,
+                            http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                            ExportCodec,
+                        )
+                        .await
+                }
+                Err(e) => Err(tonic::Status::unknown(format!(
+                    "Service was not ready: {e}"
+                ))),
+            };
+            match sent {
                 Ok(resp) => Ok(ExportOk {
                     rejected_spans: resp
                         .into_inner()

@@ -1,16 +1,14 @@
 //! otlphttp: OTLP/HTTP exporter (protobuf or JSON, gzip, headers), for vendors and gateways.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
 use serde::Deserialize;
 
+use super::encoded;
 use super::{
     gzip_setting, validate_headers, BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter,
     ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
@@ -247,32 +245,15 @@ pub fn classify_http(status: u16, headers: &http::HeaderMap, body: &str) -> Expo
 
 impl Exporter for OtlpHttpExporter {
     fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
-        let req = ExportTraceServiceRequest {
-            resource_spans: batch.resource_spans.clone(),
-        };
         let json = self.json;
         let gzip = self.gzip;
         let client = self.client.clone();
         let url = self.url.clone();
         let headers = self.headers.clone();
         Box::pin(async move {
-            let mut body = if json {
-                serde_json::to_vec(&req)
-                    .map_err(|e| ExportError::permanent("encode", e.to_string()))?
-            } else {
-                req.encode_to_vec()
-            };
-            if gzip {
-                let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(body.len() / 4),
-                    flate2::Compression::fast(),
-                );
-                enc.write_all(&body)
-                    .map_err(|e| ExportError::permanent("encode", e.to_string()))?;
-                body = enc
-                    .finish()
-                    .map_err(|e| ExportError::permanent("encode", e.to_string()))?;
-            }
+            // Encoded (and gzipped) once per batch, shared by retries and by other exporters of
+            // this batch; reqwest sends the shared bytes without copying them.
+            let body = encoded::bodies(&batch).http(&batch, json, gzip)?;
             let mut rb = client.post(url).headers(headers).header(
                 http::header::CONTENT_TYPE,
                 if json {
