@@ -44,21 +44,6 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(&cli);
@@ -112,7 +97,7 @@ fn main() -> ExitCode {
         let _ = out.flush();
         drop(out);
         tracing::info!(config = %path.display(), "loom-sidecar running");
-        wait_for_signal().await;
+        service::wait_for_signal().await;
         tracing::info!("shutting down: draining pipelines");
         if running.shutdown().await {
             tracing::info!("loom-sidecar stopped");

@@ -300,3 +300,20 @@ impl Running {
         clean
     }
 }
+
+/// Resolves on SIGTERM or Ctrl-C (Ctrl-C only where SIGTERM cannot be watched), for the
+/// binaries' graceful shutdown.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

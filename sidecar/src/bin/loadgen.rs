@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use loom_sidecar::exporters::encoded::ExportCodec;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -28,9 +29,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Code;
 use tonic_types::StatusExt as _;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -527,50 +527,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// gRPC without re-encoding: the request body is the pre-encoded template
-
-/// Sends pre-encoded request bytes as they are and decodes the response with prost.
-#[derive(Debug, Clone, Copy, Default)]
-struct PreEncodedCodec;
-
-struct BytesEncoder;
-
-impl Encoder for BytesEncoder {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.len());
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-struct ResponseDecoder;
-
-impl Decoder for ResponseDecoder {
-    type Item = ExportTraceServiceResponse;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        ExportTraceServiceResponse::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("undecodable ExportTraceServiceResponse: {e}")))
-    }
-}
-
-impl Codec for PreEncodedCodec {
-    type Encode = Bytes;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = BytesEncoder;
-    type Decoder = ResponseDecoder;
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
-    }
-    fn decoder(&mut self) -> ResponseDecoder {
-        ResponseDecoder
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // send
 
 enum Client {
@@ -619,7 +575,7 @@ impl Client {
                 }
                 let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
                 match grpc
-                    .unary(tonic::Request::new(body), path, PreEncodedCodec)
+                    .unary(tonic::Request::new(body), path, ExportCodec)
                     .await
                 {
                     Ok(resp) => Outcome::Acked {

@@ -542,21 +542,6 @@ where
 
 // ---------------------------------------------------------------------------------------------
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 async fn run(cli: Cli) -> Result<()> {
     if !cli.listen.ip().is_loopback() {
         bail!(
@@ -626,7 +611,7 @@ async fn run(cli: Cli) -> Result<()> {
         .add_service(service)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            wait_for_signal(),
+            loom_sidecar::service::wait_for_signal(),
         )
         .await
         .context("gRPC server failed")?;
