@@ -1,8 +1,7 @@
 //! The Rust `opentelemetry-otlp` exporter (tonic) drives the real loom-sidecar binary; every
 //! span the Rust SDK recorded comes back through the file exporter with its fields intact.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{
@@ -15,42 +14,8 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SimpleSp
 use opentelemetry_sdk::Resource;
 use serde_json::Value;
 
-struct Sidecar {
-    child: Child,
-    grpc: String,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &str, dir: &std::path::Path) -> Sidecar {
-    let path = dir.join("sidecar.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loom-sidecar"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start loom-sidecar");
-    let mut grpc = String::new();
-    let stdout = child.stdout.take().unwrap();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(addr) = line.strip_prefix("listening otlp grpc ") {
-            grpc = addr.to_owned();
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    assert!(!grpc.is_empty(), "sidecar printed its gRPC address");
-    Sidecar { child, grpc }
-}
+mod common;
+use common::Sidecar;
 
 fn attr_map(v: &Value) -> serde_json::Map<String, Value> {
     v.as_array()
@@ -66,7 +31,7 @@ fn attr_map(v: &Value) -> serde_json::Map<String, Value> {
 async fn rust_sdk_spans_round_trip_through_the_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("spans.jsonl");
-    let sidecar = start(
+    let sidecar = Sidecar::start(
         &format!(
             r#"
 receivers:
@@ -86,12 +51,13 @@ service:
             out.display()
         ),
         dir.path(),
+        Stdio::null(),
     );
 
     let memory = InMemorySpanExporter::default();
     let otlp = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
-        .with_endpoint(format!("http://{}", sidecar.grpc))
+        .with_endpoint(format!("http://{}", sidecar.addr("otlp/grpc")))
         .build()
         .unwrap();
     let provider = SdkTracerProvider::builder()

@@ -3,9 +3,8 @@
 //! The round trip works with the right CA; a client trusting another CA, a client without a
 //! certificate (mTLS), plaintext to a TLS port, and an exporter trusting another CA are refused.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -24,55 +23,8 @@ use rcgen::{
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
-struct Sidecar {
-    child: Child,
-    addrs: Vec<(String, String)>,
-}
-
-impl Sidecar {
-    fn addr(&self, what: &str) -> String {
-        self.addrs
-            .iter()
-            .find(|(k, _)| k == what)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("no {what} listener in {:?}", self.addrs))
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &str, dir: &Path) -> Sidecar {
-    let path = dir.join("sidecar.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loom-sidecar"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start loom-sidecar");
-    let mut addrs = Vec::new();
-    let stdout = child.stdout.take().unwrap();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("listening ") {
-            let mut parts = rest.split(' ');
-            let (c, k, a) = (parts.next(), parts.next(), parts.next());
-            if let (Some(c), Some(k), Some(a)) = (c, k, a) {
-                addrs.push((format!("{c}/{k}"), a.to_owned()));
-            }
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    Sidecar { child, addrs }
-}
+mod common;
+use common::Sidecar;
 
 struct Pki {
     _dir: tempfile::TempDir,
@@ -254,7 +206,7 @@ async fn tls_round_trip_with_mtls_and_every_wrong_party_refused() {
 
     let dir = tempfile::tempdir().unwrap();
     let p = |p: &PathBuf| p.display().to_string();
-    let sidecar = start(
+    let sidecar = Sidecar::start(
         &format!(
             r#"
 receivers:
@@ -287,6 +239,7 @@ service:
             other = p(&pki.other_ca),
         ),
         dir.path(),
+        Stdio::inherit(),
     );
     let grpc = sidecar.addr("otlp/grpc");
     let http = sidecar.addr("otlp/http");

@@ -1,0 +1,59 @@
+//! Starts the real loom-sidecar binary for integration tests and reads back its listeners.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running sidecar, killed when dropped.
+pub struct Sidecar {
+    child: Child,
+    /// `component/kind` → address, from its `listening <component> <kind> <addr>` lines.
+    addrs: Vec<(String, String)>,
+}
+
+impl Sidecar {
+    /// Writes `config` into `dir`, starts the binary on it and waits for its `ready` line.
+    /// The sidecar's stderr goes to `stderr` (its logs).
+    pub fn start(config: &str, dir: &Path, stderr: Stdio) -> Sidecar {
+        let path = dir.join("sidecar.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loom-sidecar"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start loom-sidecar");
+        let mut addrs = Vec::new();
+        let stdout = child.stdout.take().unwrap();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("listening ") {
+                let mut parts = rest.split(' ');
+                if let (Some(c), Some(k), Some(a)) = (parts.next(), parts.next(), parts.next()) {
+                    addrs.push((format!("{c}/{k}"), a.to_owned()));
+                }
+            }
+            if line == "ready" {
+                break;
+            }
+        }
+        Sidecar { child, addrs }
+    }
+
+    /// The address of a listener, e.g. `otlp/grpc` or `metrics/http`.
+    pub fn addr(&self, what: &str) -> String {
+        self.addrs
+            .iter()
+            .find(|(k, _)| k == what)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {what} listener in {:?}", self.addrs))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
