@@ -237,6 +237,27 @@ service:
 """
 
 
+def count_spans(req: trace_service_pb2.ExportTraceServiceRequest, got: dict) -> None:
+    """Adds each span id of `req` to `got` (span id -> times received)."""
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                got[s.span_id] = got.get(s.span_id, 0) + 1
+
+
+def collect(backend: GrpcCapture, want: set, timeout: float) -> dict:
+    """span id -> times received at `backend`, until every id in `want` arrived (or the deadline)."""
+    got: dict = {}
+    deadline = time.monotonic() + timeout
+    while not want <= got.keys() and time.monotonic() < deadline:
+        try:
+            req = backend.requests.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        count_spans(req, got)
+    return got
+
+
 def read_file_spans(path: Path) -> list:
     """(resource_json, scope_json, span_json) triples from a file exporter's output."""
     out = []

@@ -8,7 +8,6 @@ The test prints its figures (run pytest with -s to see them)."""
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 
@@ -17,7 +16,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from sidecar_harness import GrpcCapture, Sidecar, base_config, metric
+from sidecar_harness import GrpcCapture, Sidecar, base_config, collect, metric
 from otlp_gen import request, span
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,16 +101,7 @@ def test_memory_limiter_under_10x_overload(tmp_path) -> None:
     refused_queue = metric(m, 'loom_sidecar_receiver_refused_spans_total{receiver="otlp",transport="grpc",reason="queue_full"}')
 
     backend.delay = 0.0  # the backend catches up: every accepted span must arrive
-    got: set = set()
-    deadline = time.monotonic() + 60
-    while not accepted <= got and time.monotonic() < deadline:
-        try:
-            req = backend.requests.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        for rs in req.resource_spans:
-            for ss in rs.scope_spans:
-                got.update(s.span_id for s in ss.spans)
+    got = set(collect(backend, accepted, timeout=60))
     # Once drained, light load is accepted again, even if the allocator still holds the burst's
     # pages (RSS over the limit with an empty pipeline must not refuse for ever).
     time.sleep(0.5)

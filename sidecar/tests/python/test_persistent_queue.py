@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import queue
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from sidecar_harness import GrpcCapture, Sidecar, base_config, free_port, metric
+from sidecar_harness import GrpcCapture, Sidecar, base_config, collect, free_port, metric
 from otlp_gen import request, span
 
 pytestmark = pytest.mark.timeout(90)
@@ -34,22 +33,6 @@ def kill9(sc: Sidecar) -> None:
     assert sc.proc is not None
     sc.proc.kill()
     sc.proc.wait(10)
-
-
-def collect(backend: GrpcCapture, want: set, timeout: float) -> dict:
-    """span id -> times received, until every id in `want` arrived (or the deadline)."""
-    got: dict = {}
-    deadline = time.monotonic() + timeout
-    while not want <= got.keys() and time.monotonic() < deadline:
-        try:
-            req = backend.requests.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        for rs in req.resource_spans:
-            for ss in rs.scope_spans:
-                for s in ss.spans:
-                    got[s.span_id] = got.get(s.span_id, 0) + 1
-    return got
 
 
 def segments(directory: Path) -> list:

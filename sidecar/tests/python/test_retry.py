@@ -7,13 +7,12 @@ Every test prints its figures (run pytest with -s to see them)."""
 from __future__ import annotations
 
 import os
-import queue
 import time
 
 import grpc
 import pytest
 
-from sidecar_harness import GrpcCapture, base_config, free_port, metric
+from sidecar_harness import GrpcCapture, base_config, collect, count_spans, free_port, metric
 from otlp_gen import request, send, span
 
 pytestmark = pytest.mark.timeout(120)
@@ -140,24 +139,11 @@ def test_backend_down_for_30s_under_load_then_up_loses_no_span(sidecars) -> None
     backend = GrpcCapture(port=port, workers=8)
     up_at = time.monotonic()
     try:
-        got: dict = {}
-        deadline = time.monotonic() + 60
-        while len(got) < len(sent_ids) and time.monotonic() < deadline:
-            try:
-                req = backend.requests.get(timeout=1)
-            except queue.Empty:
-                continue
-            for rs in req.resource_spans:
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        got[s.span_id] = got.get(s.span_id, 0) + 1
+        got = collect(backend, sent_ids, timeout=60)
         drained = time.monotonic() - up_at
         time.sleep(0.5)
         while not backend.requests.empty():  # late duplicates, if any
-            for rs in backend.requests.get().resource_spans:
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        got[s.span_id] = got.get(s.span_id, 0) + 1
+            count_spans(backend.requests.get(), got)
         lost = len(sent_ids - got.keys())
         dups = sum(c - 1 for c in got.values())
         m = sc.metrics()
