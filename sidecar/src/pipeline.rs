@@ -10,8 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -20,7 +18,7 @@ use crate::exporters::disk_queue::{AppendError, DiskQueue, FULL_RETRY_AFTER};
 use crate::exporters::ExporterQueue;
 use crate::memory::{MemoryTicket, MemoryTracker};
 use crate::metrics::Metrics;
-use crate::model::{self, Batch};
+use crate::model::{self, Batch, ResourceSpans, TraceRequest};
 use crate::processors::batch::BatchSettings;
 use crate::processors::Processor;
 
@@ -196,7 +194,7 @@ impl Pipeline {
         let ticket = self.memory.take(encoded_len);
         if !self.durable.is_empty() {
             // Encoded once, shared by every persistent queue (Bytes is reference-counted).
-            let req = ExportTraceServiceRequest {
+            let req = TraceRequest {
                 resource_spans: spans,
             };
             let payload = Bytes::from(req.encode_to_vec());

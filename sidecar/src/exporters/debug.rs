@@ -157,10 +157,17 @@ impl Exporter for DebugExporter {
     fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
         let verbosity = self.verbosity;
         Box::pin(async move {
+            // Printing reads every field: decode the spans (bytes until here).
+            let resource_spans = batch
+                .resource_spans
+                .iter()
+                .map(|rs| rs.to_proto())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ExportError::permanent("decode", e.to_string()))?;
             let mut out = String::new();
             match verbosity {
                 Verbosity::Basic | Verbosity::Normal => {
-                    for rs in &batch.resource_spans {
+                    for rs in &resource_spans {
                         let service = service_name(rs);
                         for ss in &rs.scope_spans {
                             for s in &ss.spans {
@@ -176,7 +183,7 @@ impl Exporter for DebugExporter {
                 Verbosity::Detailed => {
                     // Group by trace and print each as a tree of the spans in this batch.
                     let mut traces: HashMap<Vec<u8>, Vec<(&Span, String)>> = HashMap::new();
-                    for rs in &batch.resource_spans {
+                    for rs in &resource_spans {
                         let service = service_name(rs);
                         for ss in &rs.scope_spans {
                             for s in &ss.spans {

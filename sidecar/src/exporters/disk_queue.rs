@@ -38,7 +38,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -48,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use super::{send_with_retry, Built, Outcome};
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
-use crate::model::{span_count, Batch};
+use crate::model::{span_count, Batch, TraceRequest};
 
 /// Bytes before each payload: length and CRC32, both little-endian u32.
 pub const RECORD_HEADER: u64 = 8;
@@ -217,7 +216,7 @@ pub fn scan(data: &[u8]) -> Scan {
             s.damage = Some("checksum");
             break;
         }
-        match ExportTraceServiceRequest::decode(payload) {
+        match TraceRequest::decode(payload) {
             Ok(req) => s.spans += span_count(&req.resource_spans) as u64,
             Err(_) => {
                 s.damage = Some("decode");
@@ -838,11 +837,7 @@ impl Shared {
         })
     }
 
-    fn read_record(
-        &self,
-        rd: &mut Reader,
-        end: u64,
-    ) -> Result<(ExportTraceServiceRequest, u64), &'static str> {
+    fn read_record(&self, rd: &mut Reader, end: u64) -> Result<(TraceRequest, u64), &'static str> {
         if rd.file.as_ref().is_none_or(|(s, _)| *s != rd.seq) {
             let f = File::open(segment_path(&self.dir, rd.seq)).map_err(|_| "unreadable")?;
             rd.file = Some((rd.seq, f));
@@ -864,7 +859,8 @@ impl Shared {
         if crc32fast::hash(&payload) != crc {
             return Err("checksum");
         }
-        let req = ExportTraceServiceRequest::decode(payload.as_slice()).map_err(|_| "decode")?;
+        // Spans become slices of this buffer, not copies.
+        let req = TraceRequest::decode(Bytes::from(payload)).map_err(|_| "decode")?;
         Ok((req, len))
     }
 
@@ -991,6 +987,7 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::exporters::{BoxFuture, ExportError, ExportOk, Exporter, QueueConfig, RetryConfig};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -1051,6 +1048,7 @@ mod tests {
             if up {
                 let mut names = self.names.lock();
                 for rs in &batch.resource_spans {
+                    let rs = rs.to_proto().expect("the queue hands out valid spans");
                     for ss in &rs.scope_spans {
                         names.extend(ss.spans.iter().map(|s| s.name.clone()));
                     }

@@ -15,15 +15,16 @@ use std::io::Write as _;
 use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::{BufMut as _, Bytes};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use parking_lot::Mutex;
 use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 use super::ExportError;
-use crate::model::Batch;
+use crate::model::{Batch, ResourceSpans};
 
 /// Batches whose encodings are kept at once. More than the exports in flight of a usual
 /// configuration (exporters × `num_consumers`), so the table only evicts when one exporter
@@ -41,15 +42,12 @@ pub fn encode_request(resource_spans: &[ResourceSpans]) -> Bytes {
     Bytes::from(buf)
 }
 
-/// The request as OTLP/JSON, serialized from the batch in place (same fields and names as
-/// `ExportTraceServiceRequest`'s own `Serialize`).
+/// The request as OTLP/JSON: the spans are bytes until here, so JSON goes through the decoded
+/// `ExportTraceServiceRequest` and its own `Serialize`.
 fn encode_json(resource_spans: &[ResourceSpans]) -> Result<Bytes, ExportError> {
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct JsonRequest<'a> {
-        resource_spans: &'a [ResourceSpans],
-    }
-    serde_json::to_vec(&JsonRequest { resource_spans })
+    let req = ExportTraceServiceRequest::decode(encode_request(resource_spans))
+        .map_err(|e| ExportError::permanent("encode", e.to_string()))?;
+    serde_json::to_vec(&req)
         .map(Bytes::from)
         .map_err(|e| ExportError::permanent("encode", e.to_string()))
 }
@@ -201,15 +199,21 @@ impl Codec for ExportCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
+    use opentelemetry_proto::tonic::trace::v1::{self as pb, ScopeSpans, Span};
     use std::io::Read as _;
 
     fn sample() -> Vec<ResourceSpans> {
+        sample_proto()
+            .iter()
+            .map(|r| ResourceSpans::from_proto(r).expect("valid"))
+            .collect()
+    }
+
+    fn sample_proto() -> Vec<pb::ResourceSpans> {
         (0..3)
-            .map(|r| ResourceSpans {
+            .map(|r| pb::ResourceSpans {
                 resource: Some(Resource {
                     attributes: vec![KeyValue {
                         key: "service.name".into(),
@@ -241,7 +245,7 @@ mod tests {
     fn encodes_exactly_like_the_request() {
         let rs = sample();
         let req = ExportTraceServiceRequest {
-            resource_spans: rs.clone(),
+            resource_spans: sample_proto(),
         };
         assert_eq!(encode_request(&rs).as_ref(), req.encode_to_vec().as_slice());
         assert!(encode_request(&[]).is_empty());

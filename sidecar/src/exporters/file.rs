@@ -68,14 +68,15 @@ struct FileExporter {
     out: Arc<Mutex<BufWriter<std::fs::File>>>,
 }
 
-/// Writes `{"resourceSpans":[...]}` without copying the spans into a request struct.
+/// Writes `{"resourceSpans":[...]}`, one resource at a time (spans are bytes until here).
 fn write_line(w: &mut impl Write, batch: &Batch) -> std::io::Result<()> {
     w.write_all(b"{\"resourceSpans\":[")?;
     for (i, rs) in batch.resource_spans.iter().enumerate() {
         if i > 0 {
             w.write_all(b",")?;
         }
-        serde_json::to_writer(&mut *w, rs).map_err(std::io::Error::other)?;
+        let rs = rs.to_proto().map_err(std::io::Error::other)?;
+        serde_json::to_writer(&mut *w, &rs).map_err(std::io::Error::other)?;
     }
     w.write_all(b"]}\n")?;
     w.flush()

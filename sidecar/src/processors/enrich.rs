@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde::Deserialize;
 
-use super::sampler::{span_agent, span_topic};
+use super::sampler::resource_agent;
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::model::ResourceSpans;
 use crate::pipeline::Refusal;
 use crate::Factory;
 
@@ -105,17 +105,25 @@ impl Processor for Enrich {
                     resource.attributes.push(string_kv(k, v));
                 }
             }
-            let resource_attrs = &resource.attributes;
+            let resource_agent = resource_agent(&resource.attributes);
             for ss in rs.scope_spans.iter_mut() {
                 for span in ss.spans.iter_mut() {
-                    if !has(&span.attributes, "loom.agent.id") {
-                        if let Some(agent) = span_agent(span, resource_attrs).map(str::to_owned) {
-                            span.attributes.push(string_kv("loom.agent.id", &agent));
+                    // One walk over the span's attributes for all three keys.
+                    let [agent, topic, destination] = span.find_attrs([
+                        "loom.agent.id",
+                        "loom.topic",
+                        "messaging.destination.name",
+                    ]);
+                    let (add_agent, add_topic) = (agent.is_none(), topic.is_none());
+                    let destination = destination.flatten().map(str::to_owned);
+                    if add_agent {
+                        if let Some(agent) = resource_agent {
+                            span.push_str_attr("loom.agent.id", agent);
                         }
                     }
-                    if !has(&span.attributes, "loom.topic") {
-                        if let Some(topic) = span_topic(span).map(str::to_owned) {
-                            span.attributes.push(string_kv("loom.topic", &topic));
+                    if add_topic {
+                        if let Some(topic) = destination {
+                            span.push_str_attr("loom.topic", &topic);
                         }
                     }
                 }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use crate::model::ResourceSpans;
 use serde::Deserialize;
 
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};

@@ -11,7 +11,7 @@ pub mod sampler;
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use crate::model::ResourceSpans;
 
 use crate::config::ComponentId;
 use crate::memory::MemoryTracker;

@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use globset::{Glob, GlobMatcher};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use serde::Deserialize;
 
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::metrics::Metrics;
+use crate::model::{ResourceSpans, Span};
 use crate::pipeline::Refusal;
 use crate::Factory;
 
@@ -146,7 +146,7 @@ pub fn parse_kind(name: &str, arg: Option<f64>) -> Result<Kind, String> {
 /// trace-flags byte at 0; a zero byte therefore says nothing, and the span counts as sampled
 /// since it was exported. A populated byte (e.g. the W3C "random" bit) is read as it stands.
 fn flag_sampled(span: &Span) -> Option<bool> {
-    let trace_flags = span.flags & 0xff;
+    let trace_flags = span.flags() & 0xff;
     if trace_flags == 0 {
         None
     } else {
@@ -159,18 +159,18 @@ impl Kind {
         match *self {
             Kind::AlwaysOn => true,
             Kind::AlwaysOff => false,
-            Kind::Ratio(t) => ratio_keeps(&span.trace_id, t),
+            Kind::Ratio(t) => ratio_keeps(span.trace_id(), t),
             Kind::ParentBased(root) => {
-                if span.parent_span_id.is_empty() {
+                if !span.has_parent() {
                     match root {
                         Root::AlwaysOn => true,
                         Root::AlwaysOff => false,
-                        Root::Ratio(t) => ratio_keeps(&span.trace_id, t),
+                        Root::Ratio(t) => ratio_keeps(span.trace_id(), t),
                     }
                 } else {
                     let parent_sampled = flag_sampled(span).unwrap_or(true);
                     match root {
-                        Root::Ratio(t) => parent_sampled && ratio_keeps(&span.trace_id, t),
+                        Root::Ratio(t) => parent_sampled && ratio_keeps(span.trace_id(), t),
                         _ => parent_sampled,
                     }
                 }
@@ -301,19 +301,23 @@ fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 /// The agent a span belongs to: its own `loom.agent.id`, else its resource's, else a
 /// `service.name` of the form `agent-{id}`.
 pub fn span_agent<'a>(span: &'a Span, resource: &'a [KeyValue]) -> Option<&'a str> {
-    str_attr(&span.attributes, "loom.agent.id")
-        .or_else(|| str_attr(resource, "loom.agent.id"))
-        .or_else(|| {
-            str_attr(resource, "service.name")
-                .and_then(|s| s.strip_prefix("agent-"))
-                .filter(|s| !s.is_empty())
-        })
+    span.str_attr("loom.agent.id")
+        .or_else(|| resource_agent(resource))
+}
+
+/// The agent a resource names: `loom.agent.id`, else a `service.name` of the form `agent-{id}`.
+pub fn resource_agent(resource: &[KeyValue]) -> Option<&str> {
+    str_attr(resource, "loom.agent.id").or_else(|| {
+        str_attr(resource, "service.name")
+            .and_then(|s| s.strip_prefix("agent-"))
+            .filter(|s| !s.is_empty())
+    })
 }
 
 /// The topic of a span: `loom.topic`, else the messaging convention's destination name.
 pub fn span_topic(span: &Span) -> Option<&str> {
-    str_attr(&span.attributes, "loom.topic")
-        .or_else(|| str_attr(&span.attributes, "messaging.destination.name"))
+    span.str_attr("loom.topic")
+        .or_else(|| span.str_attr("messaging.destination.name"))
 }
 
 impl Sampler {
@@ -359,7 +363,7 @@ impl Processor for Sampler {
                     for s in &ss.spans {
                         let r = self.rule_for(s, resource);
                         trace_rule
-                            .entry(s.trace_id.as_slice())
+                            .entry(s.trace_id())
                             .and_modify(|cur| {
                                 if let (Some(new), Some(old)) = (r, *cur) {
                                     *cur = Some(new.min(old));
@@ -381,7 +385,7 @@ impl Processor for Sampler {
         for rs in spans.iter_mut() {
             for ss in rs.scope_spans.iter_mut() {
                 ss.spans.retain(|s| {
-                    let rule = trace_rule.get(&s.trace_id).copied().flatten();
+                    let rule = trace_rule.get(s.trace_id()).copied().flatten();
                     let (kind, slot) = match rule {
                         Some(i) => (spec.rules[i].kind, i),
                         None => (spec.default, spec.rules.len()),
@@ -422,6 +426,7 @@ impl Processor for Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::trace::v1 as pb;
 
     fn tid(low: u64) -> Vec<u8> {
         let mut t = vec![0xAB; 16];
@@ -443,15 +448,17 @@ mod tests {
 
     #[test]
     fn parent_based_follows_the_flag_and_roots_use_the_delegate() {
-        let root = Span {
+        let root = Span::from_proto(&pb::Span {
             trace_id: tid(1),
-            ..Span::default()
-        };
-        let child = |flags: u32| Span {
-            trace_id: tid(1),
-            parent_span_id: vec![1; 8],
-            flags,
-            ..Span::default()
+            ..pb::Span::default()
+        });
+        let child = |flags: u32| {
+            Span::from_proto(&pb::Span {
+                trace_id: tid(1),
+                parent_span_id: vec![1; 8],
+                flags,
+                ..pb::Span::default()
+            })
         };
         let pb_on = Kind::ParentBased(Root::AlwaysOn);
         let pb_off = Kind::ParentBased(Root::AlwaysOff);

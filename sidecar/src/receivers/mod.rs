@@ -8,7 +8,7 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use crate::model::ResourceSpans;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ComponentId;

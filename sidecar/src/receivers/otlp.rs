@@ -15,9 +15,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -34,7 +31,7 @@ use super::{Fanin, Listening, ReceiverCtx, ReceiverSpec, Started};
 use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
 use crate::exporters::BoxFuture;
 use crate::metrics::Metrics;
-use crate::model::span_count;
+use crate::model::{span_count, TraceRequest};
 use crate::pipeline::Refusal;
 use crate::Factory;
 
@@ -204,7 +201,7 @@ struct Intake {
 impl Intake {
     async fn take(
         &self,
-        req: ExportTraceServiceRequest,
+        req: TraceRequest,
         encoded_len: usize,
         transport: &'static str,
     ) -> Result<(), Refusal> {
@@ -284,24 +281,76 @@ fn grpc_refusal(r: &Refusal) -> Status {
     )
 }
 
-struct GrpcService {
+/// gRPC path of `TraceService/Export`.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// `TraceService` as tonic would generate it, but decoding into [`TraceRequest`], whose spans
+/// stay slices of the received message (see `model::otlp`).
+#[derive(Clone)]
+struct TraceServer {
     intake: Arc<Intake>,
+    max: usize,
 }
 
-#[tonic::async_trait]
-impl TraceService for GrpcService {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
-        let req = request.into_inner();
-        let len = req.encoded_len();
-        match self.intake.take(req, len, "grpc").await {
-            Ok(()) => Ok(tonic::Response::new(ExportTraceServiceResponse {
-                partial_success: None,
-            })),
-            Err(r) => Err(grpc_refusal(&r)),
-        }
+impl tonic::server::NamedService for TraceServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+struct Export(Arc<Intake>);
+
+impl tonic::server::UnaryService<TraceRequest> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Result<tonic::Response<ExportTraceServiceResponse>, Status>>;
+
+    fn call(&mut self, request: Request<TraceRequest>) -> Self::Future {
+        let intake = self.0.clone();
+        Box::pin(async move {
+            let req = request.into_inner();
+            let len = req.encoded_len();
+            match intake.take(req, len, "grpc").await {
+                Ok(()) => Ok(tonic::Response::new(ExportTraceServiceResponse {
+                    partial_success: None,
+                })),
+                Err(r) => Err(grpc_refusal(&r)),
+            }
+        })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for TraceServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let (intake, max) = (self.intake.clone(), self.max);
+        Box::pin(async move {
+            if req.uri().path() != EXPORT_PATH {
+                return Ok(Status::unimplemented(format!(
+                    "unknown method {}; this server implements {EXPORT_PATH}",
+                    req.uri().path()
+                ))
+                .into_http());
+            }
+            let codec =
+                tonic_prost::ProstCodec::<ExportTraceServiceResponse, TraceRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max);
+            Ok(grpc.unary(Export(intake), req).await)
+        })
     }
 }
 
@@ -386,10 +435,11 @@ async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Byte
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let raw: Vec<u8> = match content_encoding.as_str() {
-        "" | "identity" => body.to_vec(),
+    // Bytes all the way: decoded spans are slices of this buffer.
+    let raw: Bytes = match content_encoding.as_str() {
+        "" | "identity" => body,
         "gzip" | "x-gzip" => match gunzip_capped(&body, st.max) {
-            Ok(b) => b,
+            Ok(b) => Bytes::from(b),
             Err("too large") => {
                 st.intake.refused_bad("http", "too_large");
                 return http_error(
@@ -424,10 +474,14 @@ async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Byte
         );
     }
     let decoded = match enc {
-        Encoding::Proto => ExportTraceServiceRequest::decode(raw.as_slice())
+        Encoding::Proto => TraceRequest::decode(raw.clone())
             .map_err(|e| format!("invalid protobuf ExportTraceServiceRequest: {e}")),
         Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
-            .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}")),
+            .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
+            .and_then(|req| {
+                TraceRequest::from_proto(&req)
+                    .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
+            }),
     };
     let req = match decoded {
         Ok(r) => r,
@@ -540,12 +594,10 @@ impl ReceiverSpec for Spec {
                     format!("receivers.{id}.protocols.grpc: cannot listen on {addr}: {e}")
                 })?;
                 let local = listener.local_addr().map_err(|e| e.to_string())?;
-                let svc = TraceServiceServer::new(GrpcService {
+                let svc = TraceServer {
                     intake: intake.clone(),
-                })
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(max);
+                    max,
+                };
                 // Runs on the request's metadata before the message is decoded.
                 let (grpc_auth, counted) = (auth.clone(), intake.clone());
                 let svc = tonic::service::interceptor::InterceptedService::new(

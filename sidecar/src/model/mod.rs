@@ -1,8 +1,10 @@
 //! The data that flows through a pipeline: OTLP resource spans plus their memory accounting.
 
+pub mod otlp;
+
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+pub use otlp::{ResourceSpans, ScopeSpans, Span, TraceRequest};
 
 use crate::memory::MemoryTicket;
 
@@ -85,7 +87,7 @@ pub fn split(rs: Vec<ResourceSpans>, max: usize) -> Vec<Vec<ResourceSpans>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
+    use opentelemetry_proto::tonic::trace::v1 as pb;
 
     fn rs(scopes: &[usize]) -> ResourceSpans {
         ResourceSpans {
@@ -95,9 +97,11 @@ mod tests {
                 .map(|&n| ScopeSpans {
                     scope: None,
                     spans: (0..n)
-                        .map(|i| Span {
-                            name: format!("s{i}"),
-                            ..Span::default()
+                        .map(|i| {
+                            Span::from_proto(&pb::Span {
+                                name: format!("s{i}"),
+                                ..pb::Span::default()
+                            })
                         })
                         .collect(),
                     schema_url: String::new(),
