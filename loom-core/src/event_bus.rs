@@ -520,7 +520,7 @@ impl EventBus {
         });
         let inner = self.inner.clone();
         let topic = topic.to_owned();
-        let span = match &prepared {
+        let (span, sender) = match &prepared {
             Ok(()) => {
                 if event.id.is_empty() {
                     event.id = uuid::Uuid::new_v4().to_string();
@@ -529,14 +529,23 @@ impl EventBus {
                 if event.timestamp_unix_nano == 0 {
                     event.timestamp_unix_nano = now_unix_nanos();
                 }
-                start_publish_span(&topic, &mut event)
+                // Read before the trace context goes in: a bare event's map is still empty
+                // then, and a lookup in an empty map hashes nothing.
+                let sender = inner
+                    .flow
+                    .enabled()
+                    .then(|| event.metadata.get(envelope::SENDER))
+                    .flatten()
+                    .filter(|s| !s.is_empty())
+                    .cloned();
+                (start_publish_span(&topic, &mut event), sender)
             }
-            Err(_) => None,
+            Err(_) => (None, None),
         };
         async move {
             prepared?;
             let trace_id = span.as_ref().and_then(|s| s.trace_id);
-            let out = deliver(&inner, topic, event, trace_id).await;
+            let out = deliver(&inner, topic, event, sender, trace_id).await;
             // Dropping the span ends it, after delivery (or when the publish is abandoned).
             drop(span);
             out
@@ -582,15 +591,12 @@ struct PublishSpan {
 fn start_publish_span(topic: &str, event: &mut Event) -> Option<PublishSpan> {
     use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
     use opentelemetry::KeyValue;
-    // Outside the tracer lookup: the dispatcher is not re-entrant, so `Span::current()` inside
-    // it would see no span at all.
-    let parent = crate::telemetry::current_parent_context();
-    crate::telemetry::with_current_tracer(|tracer| {
+    crate::telemetry::with_tracer_and_parent(|tracer, parent| {
         let mut span = tracer.build_with_context(
             tracer
                 .span_builder("event_bus.publish")
                 .with_kind(SpanKind::Producer),
-            &parent,
+            parent,
         );
         if span.is_recording() {
             let topic = topic.to_owned();
@@ -623,6 +629,7 @@ async fn deliver(
     inner: &Arc<Inner>,
     topic: String,
     event: Event,
+    sender: Option<String>,
     trace_id: Option<[u8; 16]>,
 ) -> Result<usize, BusError> {
     let subs = inner.subscribers.read().clone();
@@ -634,11 +641,7 @@ async fn deliver(
         inner.flow.push(FlowEntry {
             event_id: event.id.clone(),
             topic: topic.clone(),
-            sender: event
-                .metadata
-                .get(envelope::SENDER)
-                .filter(|s| !s.is_empty())
-                .cloned(),
+            sender,
             receivers: matching.iter().map(|s| s.name.clone()).collect(),
             published_at: SystemTime::now(),
             trace_id: trace_id.or_else(|| {

@@ -164,31 +164,54 @@ pub struct LoomTracer {
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LoomTracer {}
 
-/// Runs `f` with the tracer of the current `tracing` dispatcher; `None` when no Loom
-/// OpenTelemetry layer is installed (tracing off). `f` runs while the dispatcher is borrowed:
-/// `tracing` calls inside it see no subscriber.
-pub(crate) fn with_current_tracer<R>(f: impl FnOnce(&Tracer) -> R) -> Option<R> {
-    let mut f = Some(f);
-    tracing::dispatcher::get_default(|d| {
-        let handle = d.downcast_ref::<LoomTracer>()?;
-        f.take().map(|f| f(&handle.tracer))
-    })
-}
-
-/// The OpenTelemetry context a new span should take as parent: the current `tracing` span's,
-/// or, outside any `tracing` span, the OpenTelemetry API's current context.
-pub(crate) fn current_parent_context() -> opentelemetry::Context {
+/// Runs `f` with the tracer of the current `tracing` dispatcher and the OpenTelemetry context a
+/// new span should take as parent: the current `tracing` span's or, outside any `tracing` span,
+/// the OpenTelemetry API's current context. `None` when no Loom OpenTelemetry layer is installed
+/// (tracing off).
+///
+/// Outside any `tracing` span (a publish from plain code) the dispatcher is borrowed once: each
+/// borrow showed up in profiles of unsampled publishes. Inside one, the span's context is read
+/// between two borrows, because the dispatcher is not re-entrant and `Span::current()` within a
+/// borrow would see no span. `f` runs while the dispatcher is borrowed: `tracing` calls inside
+/// it see no subscriber.
+pub(crate) fn with_tracer_and_parent<R>(
+    f: impl FnOnce(&Tracer, &opentelemetry::Context) -> R,
+) -> Option<R> {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    // Peek first: `Span::current()` clones (and later closes) a registry handle, which costs
-    // more than the rest of an unsampled publish when there is no span at all.
-    if tracing::dispatcher::get_default(|d| d.current_span().id().is_none()) {
-        return opentelemetry::Context::current();
+    enum Step<R> {
+        Off,
+        Done(R),
+        InSpan,
     }
-    let current = tracing::Span::current();
-    if current.is_none() {
-        opentelemetry::Context::current()
-    } else {
-        current.context()
+    let mut f = Some(f);
+    let step = tracing::dispatcher::get_default(|d| {
+        let Some(handle) = d.downcast_ref::<LoomTracer>() else {
+            return Step::Off;
+        };
+        // Peek, not `Span::current()`: that clones (and later closes) a registry handle.
+        if d.current_span().id().is_some() {
+            return Step::InSpan;
+        }
+        match f.take() {
+            Some(f) => Step::Done(f(&handle.tracer, &opentelemetry::Context::current())),
+            None => Step::Off,
+        }
+    });
+    match step {
+        Step::Off => None,
+        Step::Done(out) => Some(out),
+        Step::InSpan => {
+            let current = tracing::Span::current();
+            let parent = if current.is_none() {
+                opentelemetry::Context::current()
+            } else {
+                current.context()
+            };
+            tracing::dispatcher::get_default(|d| {
+                let handle = d.downcast_ref::<LoomTracer>()?;
+                f.take().map(|f| f(&handle.tracer, &parent))
+            })
+        }
     }
 }
 

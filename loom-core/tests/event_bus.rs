@@ -302,6 +302,38 @@ async fn unsampled_publish_propagates_a_not_sampled_context_and_records_nothing(
 }
 
 #[tokio::test]
+async fn unsampled_publish_of_a_bare_event_starts_a_fresh_not_sampled_trace() {
+    let _t = Tracing::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff);
+    let bus = EventBus::default();
+    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    let mut trace_ids = Vec::new();
+    for _ in 0..2 {
+        let e = ev("x");
+        assert!(
+            e.metadata.is_empty(),
+            "the case under test: no metadata map yet"
+        );
+        bus.publish("t", e).await.unwrap();
+        let d = sub.recv().await.unwrap();
+        let tp = &d.event.metadata[TRACEPARENT];
+        let parsed = parse_traceparent(tp).expect("a valid traceparent on a bare event");
+        assert_eq!(parsed.flags & FLAG_SAMPLED, 0, "not sampled: {tp}");
+        assert!(!d.event.metadata.contains_key(TRACESTATE));
+        let flow = bus.flow().by_trace(&tp[3..35]);
+        assert_eq!(
+            flow.len(),
+            1,
+            "the flow record carries the propagated trace id"
+        );
+        trace_ids.push(parsed.trace_id);
+    }
+    assert_ne!(
+        trace_ids[0], trace_ids[1],
+        "each root publish starts its own trace"
+    );
+}
+
+#[tokio::test]
 async fn outside_any_tracing_span_the_opentelemetry_api_context_is_the_parent() {
     use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
     let t = Tracing::new();
