@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, Bytes};
 use clap::Parser;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use parking_lot::Mutex;
 use prost::Message as _;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder};
 use tonic::codegen::{http, BoxFuture, Context, Poll, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::transport::server::TcpIncoming;
@@ -453,31 +453,13 @@ impl Decoder for RawDecoder {
     }
 }
 
-struct ResponseEncoder;
-
-impl Encoder for ResponseEncoder {
-    type Item = ExportTraceServiceResponse;
-    type Error = Status;
-    fn encode(
-        &mut self,
-        item: ExportTraceServiceResponse,
-        dst: &mut EncodeBuf<'_>,
-    ) -> Result<(), Status> {
-        let mut v = Vec::with_capacity(item.encoded_len());
-        item.encode(&mut v)
-            .map_err(|e| Status::internal(format!("encoding the response: {e}")))?;
-        dst.put_slice(&v);
-        Ok(())
-    }
-}
-
 impl Codec for RawRequestCodec {
     type Encode = ExportTraceServiceResponse;
     type Decode = Bytes;
-    type Encoder = ResponseEncoder;
+    type Encoder = tonic_prost::ProstEncoder<ExportTraceServiceResponse>;
     type Decoder = RawDecoder;
-    fn encoder(&mut self) -> ResponseEncoder {
-        ResponseEncoder
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
     }
     fn decoder(&mut self) -> RawDecoder {
         RawDecoder

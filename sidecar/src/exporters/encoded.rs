@@ -42,10 +42,10 @@ pub fn encode_request(resource_spans: &[ResourceSpans]) -> Bytes {
     Bytes::from(buf)
 }
 
-/// The request as OTLP/JSON: the spans are bytes until here, so JSON goes through the decoded
-/// `ExportTraceServiceRequest` and its own `Serialize`.
-fn encode_json(resource_spans: &[ResourceSpans]) -> Result<Bytes, ExportError> {
-    let req = ExportTraceServiceRequest::decode(encode_request(resource_spans))
+/// The request as OTLP/JSON from its protobuf encoding: the spans are bytes until here, so JSON
+/// goes through the decoded `ExportTraceServiceRequest` and its own `Serialize`.
+fn encode_json(proto: Bytes) -> Result<Bytes, ExportError> {
+    let req = ExportTraceServiceRequest::decode(proto)
         .map_err(|e| ExportError::permanent("encode", e.to_string()))?;
     serde_json::to_vec(&req)
         .map(Bytes::from)
@@ -93,20 +93,24 @@ impl Bodies {
             .clone()
     }
 
+    /// The protobuf request when another exporter already made it, else a fresh one that is not
+    /// kept (only what is sent is kept: it is what retries send).
+    fn proto_unkept(&self, batch: &Batch) -> Bytes {
+        match self.proto.get() {
+            Some(p) => p.clone(),
+            None => encode_request(&batch.resource_spans),
+        }
+    }
+
     /// The OTLP/HTTP request body: protobuf or JSON, gzipped or not.
     pub fn http(&self, batch: &Batch, json: bool, gzipped: bool) -> Result<Bytes, ExportError> {
         match (json, gzipped) {
             (false, false) => Ok(self.proto(batch)),
-            // Only the compressed body is kept (unless the plain one is already there for
-            // another exporter): it is what retries send.
-            (false, true) => get_or_try(&self.proto_gzip, || match self.proto.get() {
-                Some(p) => gzip(p),
-                None => gzip(&encode_request(&batch.resource_spans)),
-            }),
-            (true, false) => get_or_try(&self.json, || encode_json(&batch.resource_spans)),
+            (false, true) => get_or_try(&self.proto_gzip, || gzip(&self.proto_unkept(batch))),
+            (true, false) => get_or_try(&self.json, || encode_json(self.proto_unkept(batch))),
             (true, true) => get_or_try(&self.json_gzip, || match self.json.get() {
                 Some(j) => gzip(j),
-                None => gzip(&encode_json(&batch.resource_spans)?),
+                None => gzip(&encode_json(self.proto_unkept(batch))?),
             }),
         }
     }

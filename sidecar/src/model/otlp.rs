@@ -322,19 +322,20 @@ fn valid(m: Msg, mut b: &[u8], depth: u32) -> bool {
         let Some(kind) = field(m, f.tag) else {
             continue;
         };
-        if kind.wire_type() != f.wire_type {
-            return false;
-        }
-        let ok = match kind {
-            Field::Str => std::str::from_utf8(f.payload).is_ok(),
-            Field::Sub(sub) => valid(sub, f.payload, depth - 1),
-            _ => true,
-        };
-        if !ok {
+        if kind.wire_type() != f.wire_type || !payload_ok(kind, f.payload, depth - 1) {
             return false;
         }
     }
     true
+}
+
+/// Whether a known field's payload is valid: UTF-8 for strings, `valid` for messages.
+fn payload_ok(kind: Field, payload: &[u8], depth: u32) -> bool {
+    match kind {
+        Field::Str => std::str::from_utf8(payload).is_ok(),
+        Field::Sub(m) => valid(m, payload, depth),
+        _ => true,
+    }
 }
 
 /// The string value of an `AnyValue`, if that is what it holds (the last oneof field wins).
@@ -398,43 +399,24 @@ impl Span {
                 ok = false;
                 break;
             }
-            match (f.tag, kind) {
-                (1, _) => {
+            match f.tag {
+                1 => {
                     let start = f.payload.as_ptr() as usize - base;
                     span.trace_id = (start as u32, f.payload.len() as u32);
                 }
-                (4, _) => span.has_parent = !f.payload.is_empty(),
-                (16, _) => span.flags = f.number as u32,
-                (_, Field::Str) => ok &= std::str::from_utf8(f.payload).is_ok(),
-                (_, Field::Sub(m)) => ok &= valid(m, f.payload, MAX_DEPTH),
-                _ => {}
+                4 => span.has_parent = !f.payload.is_empty(),
+                16 => span.flags = f.number as u32,
+                _ => ok &= payload_ok(kind, f.payload, MAX_DEPTH),
             }
         }
         if !ok {
-            // prost has the last word: its error when the span is bad, else (nesting beyond
-            // MAX_DEPTH that prost allows) the span as it is, with the fields read by prost.
-            let full = pb::Span::decode(span.raw.clone())?;
-            span.has_parent = !full.parent_span_id.is_empty();
-            span.flags = full.flags;
-            span.trace_id = span.last_trace_id_field();
+            // prost has the last word. The walk stopped early only where prost refuses too (a
+            // field it cannot read, a known field of the wrong wire type), so when prost takes
+            // the span, the fields above were all read: what failed was nesting beyond
+            // MAX_DEPTH, which prost allows.
+            pb::Span::decode(span.raw.clone())?;
         }
         Ok(span)
-    }
-
-    /// The span's trace id field, found again without the validating walk's help.
-    fn last_trace_id_field(&self) -> (u32, u32) {
-        let base = self.raw.as_ptr() as usize;
-        let mut b: &[u8] = &self.raw;
-        let mut found = (0, 0);
-        while let Some(f) = next_field(&mut b) {
-            if f.tag == 1 && f.wire_type == WireType::LengthDelimited {
-                found = (
-                    (f.payload.as_ptr() as usize - base) as u32,
-                    f.payload.len() as u32,
-                );
-            }
-        }
-        found
     }
 
     /// From the decoded form (tests, and spans built by the sidecar itself).
@@ -475,16 +457,14 @@ impl Span {
     }
 
     /// Every attribute as `(key, string value)`; the value is None unless it is a string.
-    pub fn attributes(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+    fn attributes(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
         attributes(&self.raw).chain(attributes(&self.extra))
     }
 
     /// The first attribute named `key`, when it is a non-empty string.
     pub fn str_attr(&self, key: &str) -> Option<&str> {
-        self.attributes()
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, v)| v)
-            .filter(|v| !v.is_empty())
+        let [value] = self.find_attrs([key]);
+        value.flatten()
     }
 
     /// One pass for several keys: for each, None when absent, else the first occurrence's
@@ -507,10 +487,6 @@ impl Span {
             }
         }
         found
-    }
-
-    pub fn has_attr(&self, key: &str) -> bool {
-        self.attributes().any(|(k, _)| k == key)
     }
 
     /// Appends a string attribute.
@@ -640,7 +616,7 @@ mod tests {
             assert_eq!(sp.flags(), 0x101);
             assert_eq!(sp.str_attr("loom.topic"), Some("sensor.temp"));
             assert_eq!(sp.str_attr("n"), None, "an int is not a string");
-            assert!(sp.has_attr("n"));
+            assert_eq!(sp.find_attrs(["n"]), [Some(None)], "present, not a string");
             assert_eq!(
                 sp.str_attr("inner"),
                 None,
@@ -652,7 +628,7 @@ mod tests {
     #[test]
     fn appended_attributes_are_read_back_and_decoded_by_prost() {
         let mut sp = Span::from_proto(&rich_span(1));
-        assert!(!sp.has_attr("loom.agent.id"));
+        assert_eq!(sp.find_attrs(["loom.agent.id"]), [None]);
         sp.push_str_attr("loom.agent.id", "planner");
         assert_eq!(sp.str_attr("loom.agent.id"), Some("planner"));
         let back = sp.to_proto().expect("decodes");
@@ -682,7 +658,7 @@ mod tests {
         let sp = Span::from_proto(&p);
         assert_eq!(sp.str_attr("k"), None);
         assert_eq!(sp.str_attr("e"), None);
-        assert!(sp.has_attr("e"));
+        assert_eq!(sp.find_attrs(["e", "k"]), [Some(None), Some(None)]);
     }
 
     /// Every malformation prost refuses is refused here too, with prost's error, and

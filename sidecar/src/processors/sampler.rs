@@ -316,8 +316,8 @@ pub fn resource_agent(resource: &[KeyValue]) -> Option<&str> {
 
 /// The topic of a span: `loom.topic`, else the messaging convention's destination name.
 pub fn span_topic(span: &Span) -> Option<&str> {
-    span.str_attr("loom.topic")
-        .or_else(|| span.str_attr("messaging.destination.name"))
+    let [topic, destination] = span.find_attrs(["loom.topic", "messaging.destination.name"]);
+    topic.flatten().or(destination.flatten())
 }
 
 impl Sampler {
