@@ -12,9 +12,10 @@ use loom_core::proto::server_message::Msg as ServerMsg;
 use loom_core::proto::{
     ClientMessage, Event, Hello, Publish, Qos, RegisterAgentRequest, ServerMessage, Subscription,
 };
+use loom_core::telemetry::SamplerSpec;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -166,7 +167,7 @@ async fn run_case(rt_base: Instant) -> Figures {
     }
 }
 
-fn measure(sampler: Option<Sampler>) -> Figures {
+fn measure(sampler: Option<SamplerSpec>) -> Figures {
     // One thread: the bridge, both clients and the (thread-local) tracing subscriber share it.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -176,12 +177,11 @@ fn measure(sampler: Option<Sampler>) -> Figures {
     match sampler {
         None => rt.block_on(run_case(base)),
         Some(s) => {
-            let provider = SdkTracerProvider::builder()
-                .with_sampler(s)
+            let provider = loom_core::telemetry::provider_builder(s)
                 .with_batch_exporter(NullExporter)
                 .build();
             let subscriber = tracing_subscriber::registry().with(
-                loom_core::telemetry::otel_layer(provider.tracer("bench"))
+                loom_core::telemetry::otel_layer_for(provider.tracer("bench"), s)
                     .with_filter(loom_core::telemetry::otel_filter()),
             );
             let out = tracing::subscriber::with_default(subscriber, || rt.block_on(run_case(base)));
@@ -195,8 +195,8 @@ fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let cases = [
         ("tracing off", None),
-        ("tracing on, not sampled", Some(Sampler::AlwaysOff)),
-        ("tracing on, sampled", Some(Sampler::AlwaysOn)),
+        ("tracing on, not sampled", Some(SamplerSpec::AlwaysOff)),
+        ("tracing on, sampled", Some(SamplerSpec::AlwaysOn)),
     ];
     println!(
         "loom-bridge publish → delivery over loopback gRPC (bridge and both clients on one thread)"

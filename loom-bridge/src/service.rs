@@ -816,36 +816,46 @@ async fn forward_loop(
 /// Wraps a delivery for the agent: opens `bridge.forward` under the event's context and writes
 /// that span's own context into the outgoing event, so the agent's span hangs below it. The
 /// span is returned so it can cover the hand-off to the agent's outbound queue.
-fn forward_message(agent_id: &str, delivery: Delivery) -> (tracing::Span, ServerMessage) {
-    let Delivery { topic, mut event } = delivery;
+fn forward_message(agent_id: &str, mut delivery: Delivery) -> (tracing::Span, ServerMessage) {
     let span = tracing::info_span!(
         "bridge.forward",
         otel.kind = "client",
         loom.agent.id = agent_id,
-        loom.topic = topic.as_str(),
-        loom.event.id = event.id.as_str(),
+        loom.topic = delivery.topic.as_str(),
+        loom.event.id = delivery.event.id.as_str(),
         loom.event.type = Empty,
         loom.thread_id = Empty,
         loom.correlation_id = Empty,
         messaging.system = "loom",
-        messaging.destination.name = topic.as_str(),
-        messaging.message.id = event.id.as_str(),
+        messaging.destination.name = delivery.topic.as_str(),
+        messaging.message.id = delivery.event.id.as_str(),
         messaging.operation.type = "receive",
     );
+    let mut forwarded = None;
     if !span.is_disabled() {
-        let mut env = Envelope::from_event(&event);
+        let event = &delivery.event;
         if !event.r#type.is_empty() {
             span.record("loom.event.type", event.r#type.as_str());
         }
         loom_core::telemetry::record_envelope_fields(&span, &event.metadata, false);
+        let mut env = delivery.envelope();
         env.set_parent_of(&span);
         let cx = span.context();
-        // Without an OpenTelemetry layer the span has no context: keep the event's own.
+        // Without an OpenTelemetry layer the span has no context: the event keeps the bus's.
         if cx.span().span_context().is_valid() {
             env.inject_context(&cx);
-            env.attach_to_event(&mut event);
+            forwarded = Some(env);
         }
     }
+    let topic = std::mem::take(&mut delivery.topic);
+    let event = match forwarded {
+        Some(env) => {
+            let mut event = delivery.event;
+            env.attach_to_event(&mut event);
+            event
+        }
+        None => delivery.into_event(),
+    };
     let msg = ServerMessage {
         msg: Some(ServerMsg::Delivery(loom_core::proto::Delivery {
             topic,

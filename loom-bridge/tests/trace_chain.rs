@@ -6,6 +6,7 @@ mod common;
 use common::{event, TestAgent, TestBridge};
 use loom_bridge::BridgeConfig;
 use loom_core::envelope::{parse_traceparent, to_hex, Envelope, TRACEPARENT};
+use loom_core::telemetry::SamplerSpec;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
@@ -20,19 +21,18 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
 
 /// An in-memory exporter behind Loom's tracing layer, installed for this (current) thread.
 fn capture(
-    sampler: opentelemetry_sdk::trace::Sampler,
+    spec: SamplerSpec,
 ) -> (
     InMemorySpanExporter,
     SdkTracerProvider,
     tracing::subscriber::DefaultGuard,
 ) {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_sampler(sampler)
+    let provider = loom_core::telemetry::provider_builder(spec)
         .with_simple_exporter(exporter.clone())
         .build();
     let subscriber = tracing_subscriber::registry().with(
-        loom_core::telemetry::otel_layer(provider.tracer("bridge"))
+        loom_core::telemetry::otel_layer_for(provider.tracer("bridge"), spec)
             .with_filter(loom_core::telemetry::otel_filter()),
     );
     let guard = tracing::subscriber::set_default(subscriber);
@@ -41,7 +41,7 @@ fn capture(
 
 #[tokio::test(flavor = "current_thread")]
 async fn publish_and_delivery_form_one_trace_with_the_exact_parent_chain() {
-    let (exporter, provider, _guard) = capture(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+    let (exporter, provider, _guard) = capture(SamplerSpec::AlwaysOn);
 
     let tb = TestBridge::start(BridgeConfig::default()).await;
     let mut sensor = TestAgent::join(&tb, "sensor", &[], &[]).await;
@@ -141,9 +141,7 @@ async fn publish_and_delivery_form_one_trace_with_the_exact_parent_chain() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn unsampled_parent_keeps_the_chain_unsampled_but_propagated() {
-    let (exporter, provider, _guard) = capture(opentelemetry_sdk::trace::Sampler::ParentBased(
-        Box::new(opentelemetry_sdk::trace::Sampler::AlwaysOn),
-    ));
+    let (exporter, provider, _guard) = capture(SamplerSpec::ParentBasedAlwaysOn);
 
     let tb = TestBridge::start(BridgeConfig::default()).await;
     let mut a = TestAgent::join(&tb, "a", &[], &[]).await;
@@ -181,7 +179,7 @@ async fn forwarded_action_calls_keep_the_callers_trace() {
     use loom_core::proto::server_message::Msg as ServerMsg;
     use loom_core::proto::{ActionCall, ActionResult, ActionStatus, ClientMessage};
 
-    let (exporter, provider, _guard) = capture(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+    let (exporter, provider, _guard) = capture(SamplerSpec::AlwaysOn);
 
     let tb = TestBridge::start(BridgeConfig::default()).await;
     let mut server = TestAgent::join(&tb, "math", &[], &["double"]).await;
@@ -236,6 +234,80 @@ async fn forwarded_action_calls_keep_the_callers_trace() {
     assert_eq!(
         headers.span_id,
         Some(invoke.span_context.span_id().to_string())
+    );
+    tb.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_bare_event_published_in_process_reaches_the_agent_with_wire_trace_context() {
+    // The bus keeps a delivery's context typed; the bridge writes it as `traceparent` when the
+    // event leaves the process, naming bridge.forward, the child of event_bus.publish.
+    let (exporter, provider, _guard) = capture(SamplerSpec::AlwaysOn);
+    let tb = TestBridge::start(BridgeConfig::default()).await;
+    let mut proc = TestAgent::join(&tb, "processor", &["sensor.*"], &[]).await;
+    let mut e = event("7");
+    e.id = "bare-1".into();
+    assert!(e.metadata.is_empty(), "the case under test");
+    tb.bridge.bus().publish("sensor.data", e).await.unwrap();
+    let delivered = proc.next_delivery().await.event.expect("event");
+    let _ = provider.force_flush();
+    let spans = exporter.get_finished_spans().unwrap();
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} span"))
+    };
+    let bus = find("event_bus.publish");
+    let forward = find("bridge.forward");
+    assert_eq!(forward.parent_span_id, bus.span_context.span_id());
+    let tp = parse_traceparent(&delivered.metadata[TRACEPARENT]).expect("valid traceparent");
+    assert_eq!(tp.trace_id, bus.span_context.trace_id().to_bytes());
+    assert_eq!(
+        to_hex(&tp.span_id),
+        forward.span_context.span_id().to_string()
+    );
+    tb.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_bridge_forward_filtered_out_the_agent_still_gets_the_bus_context() {
+    // An OpenTelemetry layer that records only event_bus.publish (built on the tracer, not as a
+    // `tracing` span): bridge.forward is disabled, so the delivery's own context goes out.
+    let exporter = InMemorySpanExporter::default();
+    let spec = SamplerSpec::AlwaysOn;
+    let provider = loom_core::telemetry::provider_builder(spec)
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(
+        loom_core::telemetry::otel_layer_for(provider.tracer("bridge"), spec).with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_default(tracing_subscriber::filter::LevelFilter::OFF),
+        ),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let tb = TestBridge::start(BridgeConfig::default()).await;
+    let mut proc = TestAgent::join(&tb, "processor", &["sensor.*"], &[]).await;
+    tb.bridge
+        .bus()
+        .publish("sensor.data", event("7"))
+        .await
+        .unwrap();
+    let delivered = proc.next_delivery().await.event.expect("event");
+    let _ = provider.force_flush();
+    let spans = exporter.get_finished_spans().unwrap();
+    let bus: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "event_bus.publish")
+        .collect();
+    assert_eq!(bus.len(), 1);
+    assert!(spans.iter().all(|s| s.name != "bridge.forward"));
+    let tp = parse_traceparent(&delivered.metadata[TRACEPARENT]).expect("valid traceparent");
+    assert_eq!(tp.trace_id, bus[0].span_context.trace_id().to_bytes());
+    assert_eq!(
+        to_hex(&tp.span_id),
+        bus[0].span_context.span_id().to_string()
     );
     tb.stop().await;
 }

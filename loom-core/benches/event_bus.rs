@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use loom_core::event_bus::{EventBus, QoS};
 use loom_core::proto::Event;
+use loom_core::telemetry::SamplerSpec;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Discards spans: the bench measures span creation and context propagation, not an exporter.
@@ -113,17 +114,18 @@ fn with_mode<T>(mode: Mode, f: impl FnOnce() -> T) -> T {
     match mode {
         Mode::Off => f(),
         Mode::NotSampled | Mode::Sampled => {
-            let sampler = if mode == Mode::Sampled {
-                Sampler::AlwaysOn
+            let spec = if mode == Mode::Sampled {
+                SamplerSpec::AlwaysOn
             } else {
-                Sampler::AlwaysOff
+                SamplerSpec::AlwaysOff
             };
-            let provider = SdkTracerProvider::builder()
-                .with_sampler(sampler)
+            // As `init_telemetry` sets a process up.
+            let provider = loom_core::telemetry::provider_builder(spec)
                 .with_batch_exporter(NullExporter)
                 .build();
-            let subscriber = tracing_subscriber::registry()
-                .with(loom_core::telemetry::otel_layer(provider.tracer("bench")));
+            let subscriber = tracing_subscriber::registry().with(
+                loom_core::telemetry::otel_layer_for(provider.tracer("bench"), spec),
+            );
             let out = tracing::subscriber::with_default(subscriber, f);
             let _ = provider.shutdown();
             out

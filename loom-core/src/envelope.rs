@@ -304,8 +304,11 @@ mod otel {
 
         /// Takes the trace context of `cx`'s span; clears it when that span context is invalid.
         pub fn inject_context(&mut self, cx: &Context) {
-            let span = cx.span();
-            let sc = span.span_context();
+            self.set_span_context(cx.span().span_context());
+        }
+
+        /// Takes the trace context `sc`; clears it when `sc` is invalid.
+        pub fn set_span_context(&mut self, sc: &SpanContext) {
             if !sc.is_valid() {
                 self.clear_trace_context();
                 return;

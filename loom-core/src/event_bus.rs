@@ -1,7 +1,9 @@
 //! EventBus: async in-process pub/sub with wildcard topics, bounded per-subscriber queues and QoS.
 //!
-//! Every publish runs in an `event_bus.publish` PRODUCER span and stamps that span's context on
-//! the event, so subscribers (the bridge's `bridge.forward`, local handlers) continue the trace.
+//! Every publish runs in an `event_bus.publish` PRODUCER span whose context travels with each
+//! delivery, so subscribers (the bridge's `bridge.forward`, local handlers) continue the trace.
+//! In the process the context stays typed (`Delivery::trace`); it becomes W3C `traceparent`
+//! metadata where the event leaves the process (`Delivery::into_event`).
 //! Memory is bounded everywhere: a realtime subscriber that falls behind loses its oldest events
 //! (counted), a reliable one makes publishers wait for room (backpressure).
 
@@ -18,7 +20,8 @@ use crate::envelope;
 use crate::flow::{FlowEntry, FlowTracker};
 use crate::proto::Event;
 pub use crate::proto::Qos as QoS;
-use crate::trace_util::inject_span_context;
+use crate::trace_util::{inject_span_context, refresh_span_context};
+use opentelemetry::trace::SpanContext;
 
 /// Longest topic or pattern accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
@@ -54,10 +57,41 @@ pub enum BusError {
 }
 
 /// One event as a subscriber receives it.
+///
+/// The trace context of the publish rides beside the event, typed, rather than as a
+/// `traceparent` entry added to its metadata: for an event published without metadata that entry
+/// costs a map, two strings and a hash, more than the rest of an unsampled publish. A
+/// `traceparent` the event already carries is kept current (rewritten in place), so the metadata
+/// never names a stale parent; it just may not name one. Read the context with
+/// [`Delivery::envelope`], or take the event as it goes on the wire with [`Delivery::into_event`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     pub topic: String,
     pub event: Event,
+    /// Context of the `event_bus.publish` span (sampled or not); `None` when tracing is off, and
+    /// then the event's metadata carries whatever context it was published with.
+    pub trace: Option<SpanContext>,
+}
+
+impl Delivery {
+    /// The event's envelope, with the trace context of this delivery.
+    pub fn envelope(&self) -> envelope::Envelope {
+        let mut env = envelope::Envelope::from_event(&self.event);
+        if let Some(sc) = &self.trace {
+            env.set_span_context(sc);
+        }
+        env
+    }
+
+    /// The event with this delivery's trace context written into its metadata as W3C
+    /// `traceparent`/`tracestate`: the form it takes on the wire.
+    pub fn into_event(self) -> Event {
+        let mut event = self.event;
+        if let Some(sc) = &self.trace {
+            inject_span_context(&mut event.metadata, sc);
+        }
+        event
+    }
 }
 
 /// Counters of the bus as a whole and per topic.
@@ -544,8 +578,8 @@ impl EventBus {
         };
         async move {
             prepared?;
-            let trace_id = span.as_ref().and_then(|s| s.trace_id);
-            let out = deliver(&inner, topic, event, sender, trace_id).await;
+            let trace = span.as_ref().map(|s| s.context.clone());
+            let out = deliver(&inner, topic, event, sender, trace).await;
             // Dropping the span ends it, after delivery (or when the publish is abandoned).
             drop(span);
             out
@@ -580,49 +614,54 @@ impl EventBus {
 struct PublishSpan {
     /// Held only to end it on drop, after delivery.
     _span: Option<Box<opentelemetry_sdk::trace::Span>>,
-    trace_id: Option<[u8; 16]>,
+    context: SpanContext,
 }
 
 /// Starts the `event_bus.publish` PRODUCER span (child of the current span) on the installed
-/// tracer and writes its context into the event. The sampler decides before any attribute is
-/// built, so an unsampled publish costs an id, a decision and the `traceparent`.
-/// Returns the span (when sampled) and its trace id; `None` when tracing is off (the event's metadata, and so
-/// any context it arrived with, is left as it is).
+/// tracer and refreshes a `traceparent` the event carries. The sampler decides before any
+/// attribute is built, so an unsampled publish costs ids and a decision.
+/// Returns the span (when sampled) and its context; `None` when tracing is off or the context is
+/// invalid (the event's metadata, and so any context it arrived with, is left as it is).
 fn start_publish_span(topic: &str, event: &mut Event) -> Option<PublishSpan> {
-    use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
+    use crate::telemetry::Started;
+    use opentelemetry::trace::{Span as _, SpanKind};
     use opentelemetry::KeyValue;
     crate::telemetry::with_tracer_and_parent(|tracer, parent| {
-        let mut span = tracer.build_with_context(
-            tracer
-                .span_builder("event_bus.publish")
-                .with_kind(SpanKind::Producer),
-            parent,
-        );
-        if span.is_recording() {
-            let topic = topic.to_owned();
-            let mut attrs = vec![
-                KeyValue::new("loom.topic", topic.clone()),
-                KeyValue::new("loom.event.id", event.id.clone()),
-                KeyValue::new("messaging.system", "loom"),
-                KeyValue::new("messaging.destination.name", topic),
-                KeyValue::new("messaging.message.id", event.id.clone()),
-                KeyValue::new("messaging.operation.type", "send"),
-            ];
-            if !event.r#type.is_empty() {
-                attrs.push(KeyValue::new("loom.event.type", event.r#type.clone()));
+        let started = tracer.start("event_bus.publish", SpanKind::Producer, parent);
+        let context = started.span_context().clone();
+        if !context.is_valid() {
+            return None;
+        }
+        refresh_span_context(&mut event.metadata, &context);
+        let span = match started {
+            Started::Recording(mut span) => {
+                let topic = topic.to_owned();
+                let mut attrs = vec![
+                    KeyValue::new("loom.topic", topic.clone()),
+                    KeyValue::new("loom.event.id", event.id.clone()),
+                    KeyValue::new("messaging.system", "loom"),
+                    KeyValue::new("messaging.destination.name", topic),
+                    KeyValue::new("messaging.message.id", event.id.clone()),
+                    KeyValue::new("messaging.operation.type", "send"),
+                ];
+                if !event.r#type.is_empty() {
+                    attrs.push(KeyValue::new("loom.event.type", event.r#type.clone()));
+                }
+                attrs.extend(
+                    crate::telemetry::envelope_span_fields(&event.metadata, true)
+                        .map(|(k, v)| KeyValue::new(k, v.to_owned())),
+                );
+                span.set_attributes(attrs);
+                Some(span)
             }
-            attrs.extend(
-                crate::telemetry::envelope_span_fields(&event.metadata, true)
-                    .map(|(k, v)| KeyValue::new(k, v.to_owned())),
-            );
-            span.set_attributes(attrs);
-        }
-        let trace_id = inject_span_context(&mut event.metadata, span.span_context());
-        PublishSpan {
-            _span: span.is_recording().then(|| Box::new(span)),
-            trace_id,
-        }
+            Started::Dropped(_) => None,
+        };
+        Some(PublishSpan {
+            _span: span,
+            context,
+        })
     })
+    .flatten()
 }
 
 async fn deliver(
@@ -630,7 +669,7 @@ async fn deliver(
     topic: String,
     event: Event,
     sender: Option<String>,
-    trace_id: Option<[u8; 16]>,
+    mut trace: Option<SpanContext>,
 ) -> Result<usize, BusError> {
     let subs = inner.subscribers.read().clone();
     let matching: Vec<&Arc<Subscriber>> =
@@ -644,13 +683,16 @@ async fn deliver(
             sender,
             receivers: matching.iter().map(|s| s.name.clone()).collect(),
             published_at: SystemTime::now(),
-            trace_id: trace_id.or_else(|| {
-                event
-                    .metadata
-                    .get(envelope::TRACEPARENT)
-                    .and_then(|tp| envelope::parse_traceparent(tp))
-                    .map(|tp| tp.trace_id)
-            }),
+            trace_id: trace
+                .as_ref()
+                .map(|sc| sc.trace_id().to_bytes())
+                .or_else(|| {
+                    event
+                        .metadata
+                        .get(envelope::TRACEPARENT)
+                        .and_then(|tp| envelope::parse_traceparent(tp))
+                        .map(|tp| tp.trace_id)
+                }),
         });
     }
 
@@ -660,18 +702,25 @@ async fn deliver(
     let mut event = Some(event);
     for (i, sub) in matching.iter().enumerate() {
         // The last subscriber takes the event itself: one clone fewer on the common 1:1 path.
-        let ev = if i == last {
-            event
-                .take()
-                .expect("event moved only at the last subscriber")
+        let (ev, trace) = if i == last {
+            (
+                event
+                    .take()
+                    .expect("event moved only at the last subscriber"),
+                trace.take(),
+            )
         } else {
-            event
-                .clone()
-                .expect("event present before the last subscriber")
+            (
+                event
+                    .clone()
+                    .expect("event present before the last subscriber"),
+                trace.clone(),
+            )
         };
         let d = Delivery {
             topic: topic.clone(),
             event: ev,
+            trace,
         };
         let outcome = match sub.qos {
             QoS::Reliable => sub.queue.push_waiting(d).await,

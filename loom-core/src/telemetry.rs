@@ -7,10 +7,14 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Tracer};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider, ShouldSample, Tracer,
+    TracerProviderBuilder,
+};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -133,13 +137,45 @@ pub fn sampler_from_env() -> Result<Sampler, TelemetryError> {
 /// span at once, after which a remote parent can no longer be set. Loom extracts the parent
 /// after entering (`Envelope::extract_trace_context`), so the start must wait until the span's
 /// context is first needed (a child span, an injection, or close).
+///
+/// The sampler of `tracer`'s provider is unknown here, so hot paths start every span on the SDK;
+/// prefer [`otel_layer_for`] with a provider from [`provider_builder`].
 pub fn otel_layer<S>(tracer: Tracer) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
 {
-    let handle = LoomTracer {
-        tracer: tracer.clone(),
-    };
+    layer_with(LoomTracer {
+        tracer,
+        sample_ahead: None,
+    })
+}
+
+/// [`otel_layer`] for a tracer whose provider came from [`provider_builder`]`(spec)`: hot paths
+/// run the same sampler ahead of the SDK and build no SDK span for what it drops.
+pub fn otel_layer_for<S>(tracer: Tracer, spec: SamplerSpec) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    layer_with(LoomTracer {
+        tracer,
+        sample_ahead: Some(spec.to_sampler()),
+    })
+}
+
+/// A tracer provider builder with `spec`'s sampler and the id generator that lets a hot path's
+/// early sampling decision hold (see [`LoomIdGenerator`]). Add the exporter and resource, build,
+/// and install its tracer with [`otel_layer_for`] and the same `spec`.
+pub fn provider_builder(spec: SamplerSpec) -> TracerProviderBuilder {
+    SdkTracerProvider::builder()
+        .with_sampler(spec.to_sampler())
+        .with_id_generator(LoomIdGenerator::default())
+}
+
+fn layer_with<S>(handle: LoomTracer) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    let tracer = handle.tracer.clone();
     tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_context_activation(false)
@@ -160,9 +196,114 @@ where
 #[derive(Debug, Clone)]
 pub struct LoomTracer {
     tracer: Tracer,
+    /// The provider's own sampler, when known ([`otel_layer_for`]). The SDK decides only after
+    /// it has cloned its tracer into a span and drawn ids; most spans of a busy bus are dropped,
+    /// and deciding first skips all of that for them.
+    sample_ahead: Option<Sampler>,
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LoomTracer {}
+
+/// A started span: recorded on the SDK, or only a context because the sampler dropped it.
+pub(crate) enum Started {
+    Recording(Box<opentelemetry_sdk::trace::Span>),
+    /// Not recorded; the context (valid unless telemetry is suppressed) still propagates.
+    Dropped(SpanContext),
+}
+
+impl Started {
+    pub(crate) fn span_context(&self) -> &SpanContext {
+        use opentelemetry::trace::Span as _;
+        match self {
+            Started::Recording(span) => span.span_context(),
+            Started::Dropped(sc) => sc,
+        }
+    }
+}
+
+impl LoomTracer {
+    /// Starts `name` (of `kind`, no attributes yet) as a child of `parent`.
+    ///
+    /// With the provider's sampler at hand, it decides first, exactly as the SDK would: same
+    /// parent, name, kind and (empty) attributes, and the trace id the span will have: the
+    /// parent's, or for a root one drawn here and handed to the SDK through [`LoomIdGenerator`].
+    pub(crate) fn start(
+        &self,
+        name: &'static str,
+        kind: opentelemetry::trace::SpanKind,
+        parent: &opentelemetry::Context,
+    ) -> Started {
+        use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+        use opentelemetry_sdk::trace::SamplingDecision;
+        let sdk_start = || {
+            let span = self.tracer.build_with_context(
+                self.tracer.span_builder(name).with_kind(kind.clone()),
+                parent,
+            );
+            if span.is_recording() {
+                Started::Recording(Box::new(span))
+            } else {
+                Started::Dropped(span.span_context().clone())
+            }
+        };
+        let Some(sampler) = &self.sample_ahead else {
+            return sdk_start();
+        };
+        if parent.is_telemetry_suppressed() {
+            return Started::Dropped(SpanContext::empty_context());
+        }
+        let parent_span = parent.span();
+        let parent_sc = parent_span.span_context();
+        let root = !parent_sc.is_valid();
+        let trace_id = if root {
+            RandomIdGenerator::default().new_trace_id()
+        } else {
+            parent_sc.trace_id()
+        };
+        let result = sampler.should_sample(Some(parent), trace_id, name, &kind, &[], &[]);
+        if result.decision == SamplingDecision::Drop {
+            return Started::Dropped(SpanContext::new(
+                trace_id,
+                RandomIdGenerator::default().new_span_id(),
+                TraceFlags::default(),
+                false,
+                result.trace_state,
+            ));
+        }
+        if root {
+            NEXT_TRACE_ID.set(Some(trace_id));
+        }
+        let started = sdk_start();
+        // Never left for a later root span, even if the provider did not draw it.
+        NEXT_TRACE_ID.set(None);
+        started
+    }
+}
+
+thread_local! {
+    /// The trace id a root span decided ahead of the SDK must get; taken by [`LoomIdGenerator`].
+    static NEXT_TRACE_ID: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
+}
+
+/// The SDK's random ids, except that a root span sampled ahead (by [`LoomTracer`]) keeps the
+/// trace id its decision was made on: a ratio sampler decides by trace id, and a second draw
+/// would make the SDK decide again (sampling ratio² of roots instead of ratio).
+#[derive(Debug, Default)]
+pub struct LoomIdGenerator {
+    random: RandomIdGenerator,
+}
+
+impl IdGenerator for LoomIdGenerator {
+    fn new_trace_id(&self) -> TraceId {
+        NEXT_TRACE_ID
+            .take()
+            .unwrap_or_else(|| self.random.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.random.new_span_id()
+    }
+}
 
 /// Runs `f` with the tracer of the current `tracing` dispatcher and the OpenTelemetry context a
 /// new span should take as parent: the current `tracing` span's or, outside any `tracing` span,
@@ -175,7 +316,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LoomTracer {}
 /// borrow would see no span. `f` runs while the dispatcher is borrowed: `tracing` calls inside
 /// it see no subscriber.
 pub(crate) fn with_tracer_and_parent<R>(
-    f: impl FnOnce(&Tracer, &opentelemetry::Context) -> R,
+    f: impl FnOnce(&LoomTracer, &opentelemetry::Context) -> R,
 ) -> Option<R> {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     enum Step<R> {
@@ -193,7 +334,7 @@ pub(crate) fn with_tracer_and_parent<R>(
             return Step::InSpan;
         }
         match f.take() {
-            Some(f) => Step::Done(f(&handle.tracer, &opentelemetry::Context::current())),
+            Some(f) => Step::Done(opentelemetry::Context::map_current(|cx| f(handle, cx))),
             None => Step::Off,
         }
     });
@@ -209,7 +350,7 @@ pub(crate) fn with_tracer_and_parent<R>(
             };
             tracing::dispatcher::get_default(|d| {
                 let handle = d.downcast_ref::<LoomTracer>()?;
-                f.take().map(|f| f(&handle.tracer, &parent))
+                f.take().map(|f| f(handle, &parent))
             })
         }
     }
@@ -295,7 +436,7 @@ fn env_non_empty(k: &str) -> Option<String> {
 /// returns the guard that flushes on drop. Call it inside a Tokio runtime (the tonic exporter
 /// needs one).
 pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let sampler = sampler_from_env()?;
+    let spec = sampler_spec_from(|k| std::env::var(k).ok())?;
     let service: Cow<'_, str> = match env_non_empty("OTEL_SERVICE_NAME") {
         Some(s) => Cow::Owned(s),
         None => Cow::Borrowed(service_name),
@@ -319,8 +460,7 @@ pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryErr
             uuid::Uuid::new_v4().to_string(),
         ))
         .build();
-    let provider = SdkTracerProvider::builder()
-        .with_sampler(sampler)
+    let provider = provider_builder(spec)
         .with_resource(resource)
         .with_batch_exporter(exporter)
         .build();
@@ -335,7 +475,7 @@ pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryErr
                 .with_writer(std::io::stderr)
                 .with_filter(log_filter),
         )
-        .with(otel_layer(tracer).with_filter(otel_filter()))
+        .with(otel_layer_for(tracer, spec).with_filter(otel_filter()))
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     Ok(TelemetryGuard { provider })
@@ -352,6 +492,30 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         sampler_spec_from(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn a_trace_id_decided_ahead_never_reaches_a_later_root_span() {
+        use opentelemetry::trace::SpanKind;
+        // A provider without `LoomIdGenerator` never takes the id: `start` must drop it itself.
+        let provider = SdkTracerProvider::builder().build();
+        let handle = LoomTracer {
+            tracer: provider.tracer("t"),
+            sample_ahead: Some(Sampler::AlwaysOn),
+        };
+        let started = handle.start("x", SpanKind::Internal, &opentelemetry::Context::new());
+        assert!(matches!(started, Started::Recording(_)));
+        assert!(NEXT_TRACE_ID.get().is_none());
+
+        // `LoomIdGenerator` hands a stashed id out once, then draws again. (That the SDK draws
+        // a root's trace id through it, so a ratio decision ahead holds, is checked end to end
+        // in tests/event_bus.rs: the share of sampled root publishes.)
+        let ids = LoomIdGenerator::default();
+        let decided = TraceId::from(0x1234_u128);
+        NEXT_TRACE_ID.set(Some(decided));
+        assert_eq!(ids.new_trace_id(), decided);
+        assert_ne!(ids.new_trace_id(), decided);
+        assert!(NEXT_TRACE_ID.get().is_none());
     }
 
     #[test]

@@ -31,6 +31,21 @@ pub(crate) fn inject_span_context(
     md: &mut HashMap<String, String>,
     sc: &SpanContext,
 ) -> Option<[u8; 16]> {
+    write_span_context(md, sc, true)
+}
+
+/// Rewrites the `traceparent` that `md` already carries with `sc` (in place: no allocation) and
+/// never adds one. The bus hands a delivery's context over typed; an event that arrived without
+/// trace context gets its map entries only when it leaves the process (`Delivery::into_event`).
+pub(crate) fn refresh_span_context(md: &mut HashMap<String, String>, sc: &SpanContext) {
+    write_span_context(md, sc, false);
+}
+
+fn write_span_context(
+    md: &mut HashMap<String, String>,
+    sc: &SpanContext,
+    insert: bool,
+) -> Option<[u8; 16]> {
     if !sc.is_valid() {
         return None;
     }
@@ -46,9 +61,10 @@ pub(crate) fn inject_span_context(
     // which costs no allocation on the hot path.
     match md.get_mut(TRACEPARENT) {
         Some(v) => write_traceparent(v, &tp),
-        None => {
+        None if insert => {
             md.insert(TRACEPARENT.to_owned(), format_traceparent(&tp));
         }
+        None => return Some(tp.trace_id),
     }
     let state = sc.trace_state().header();
     if !state.is_empty() && state.len() <= MAX_TRACESTATE_LEN {

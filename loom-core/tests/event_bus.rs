@@ -7,6 +7,7 @@ use common::{attr, Tracing};
 use loom_core::envelope::{parse_traceparent, Envelope, FLAG_SAMPLED, TRACEPARENT, TRACESTATE};
 use loom_core::event_bus::{BusConfig, BusError, EventBus, QoS};
 use loom_core::proto::Event;
+use loom_core::telemetry::SamplerSpec;
 use opentelemetry::trace::SpanKind;
 
 fn ev(payload: &str) -> Event {
@@ -233,8 +234,12 @@ async fn subscriber_span_is_a_child_of_the_publish_span_which_is_a_child_of_the_
     {
         let consumer = tracing::info_span!("consumer", otel.kind = "consumer");
         let _g = consumer.enter();
-        assert!(Envelope::from_event(&d.event).extract_trace_context());
+        assert!(d.envelope().extract_trace_context());
     }
+    // In the process the context rides typed; it becomes metadata only where the event leaves.
+    assert!(!d.event.metadata.contains_key(TRACEPARENT));
+    let wire = d.clone().into_event();
+    let tp = parse_traceparent(&wire.metadata[TRACEPARENT]).expect("traceparent on the wire");
     let caller = t.span("caller");
     let publish = t.span("event_bus.publish");
     let consumer = t.span("consumer");
@@ -243,6 +248,9 @@ async fn subscriber_span_is_a_child_of_the_publish_span_which_is_a_child_of_the_
     assert_eq!(consumer.span_context.trace_id(), trace);
     assert_eq!(publish.parent_span_id, caller.span_context.span_id());
     assert_eq!(consumer.parent_span_id, publish.span_context.span_id());
+    assert_eq!(tp.trace_id, trace.to_bytes());
+    assert_eq!(tp.span_id, publish.span_context.span_id().to_bytes());
+    assert_eq!(tp.flags & FLAG_SAMPLED, FLAG_SAMPLED);
     assert_eq!(publish.span_kind, SpanKind::Producer);
     for (k, v) in [
         ("loom.topic", "sensor.data"),
@@ -278,58 +286,166 @@ async fn flow_tracking_can_be_turned_off() {
     assert!(bus.flow().is_empty());
 }
 
+/// Both ways a process can install tracing: the production one (sampler run ahead of the SDK)
+/// and a plain `otel_layer` over an SDK provider.
+/// Each is installed only while its test round runs.
+fn always_off() -> [fn() -> Tracing; 2] {
+    [
+        || Tracing::with_spec(SamplerSpec::AlwaysOff),
+        || Tracing::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff),
+    ]
+}
+
 #[tokio::test]
 async fn unsampled_publish_propagates_a_not_sampled_context_and_records_nothing() {
-    let t = Tracing::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff);
-    let bus = EventBus::default();
-    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
-    let upstream = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let mut e = ev("x");
-    e.metadata.insert(TRACEPARENT.into(), upstream.into());
-    e.metadata
-        .insert(TRACESTATE.into(), "vendor=upstream".into());
-    bus.publish("t", e).await.unwrap();
-    let d = sub.recv().await.unwrap();
-    let tp = &d.event.metadata[TRACEPARENT];
-    let parsed = parse_traceparent(tp).expect("a valid traceparent replaces the old one");
-    assert_ne!(tp, upstream);
-    assert_eq!(parsed.flags & FLAG_SAMPLED, 0, "not sampled: {tp}");
-    assert!(
-        !d.event.metadata.contains_key(TRACESTATE),
-        "the old tracestate belongs to the old context"
-    );
-    assert!(t.spans().is_empty(), "an unsampled span is never exported");
+    for tracing in always_off() {
+        let t = tracing();
+        let bus = EventBus::default();
+        let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+        let upstream = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut e = ev("x");
+        e.metadata.insert(TRACEPARENT.into(), upstream.into());
+        e.metadata
+            .insert(TRACESTATE.into(), "vendor=upstream".into());
+        bus.publish("t", e).await.unwrap();
+        let d = sub.recv().await.unwrap();
+        // A traceparent the event carries is rewritten in place to the publish's context.
+        let tp = &d.event.metadata[TRACEPARENT];
+        let parsed = parse_traceparent(tp).expect("a valid traceparent replaces the old one");
+        assert_ne!(tp, upstream);
+        assert_eq!(parsed.flags & FLAG_SAMPLED, 0, "not sampled: {tp}");
+        let sc = d.trace.as_ref().expect("typed context");
+        assert_eq!(sc.span_id().to_bytes(), parsed.span_id);
+        assert!(
+            !d.event.metadata.contains_key(TRACESTATE),
+            "the old tracestate belongs to the old context"
+        );
+        assert!(t.spans().is_empty(), "an unsampled span is never exported");
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    loom_core::envelope::to_hex(b)
 }
 
 #[tokio::test]
 async fn unsampled_publish_of_a_bare_event_starts_a_fresh_not_sampled_trace() {
-    let _t = Tracing::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff);
+    for tracing in always_off() {
+        let t = tracing();
+        let bus = EventBus::default();
+        let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+        let mut trace_ids = Vec::new();
+        for _ in 0..2 {
+            let e = ev("x");
+            assert!(
+                e.metadata.is_empty(),
+                "the case under test: no metadata map yet"
+            );
+            bus.publish("t", e).await.unwrap();
+            let d = sub.recv().await.unwrap();
+            assert!(d.event.metadata.is_empty(), "nothing added in the process");
+            let sc = d.trace.clone().expect("a context even when not sampled");
+            assert!(sc.is_valid() && !sc.is_sampled());
+            let env = d.envelope();
+            assert_eq!(env.trace_flags, Some(0));
+            let wire = d.into_event();
+            let tp = &wire.metadata[TRACEPARENT];
+            let parsed = parse_traceparent(tp).expect("a valid traceparent on the wire");
+            assert_eq!(parsed.flags & FLAG_SAMPLED, 0, "not sampled: {tp}");
+            assert_eq!(parsed.trace_id, sc.trace_id().to_bytes());
+            assert_eq!(env.trace_id.as_deref(), Some(&tp[3..35]));
+            assert!(!wire.metadata.contains_key(TRACESTATE));
+            let flow = bus.flow().by_trace(&tp[3..35]);
+            assert_eq!(
+                flow.len(),
+                1,
+                "the flow record carries the propagated trace id"
+            );
+            trace_ids.push(parsed.trace_id);
+        }
+        assert_ne!(
+            trace_ids[0], trace_ids[1],
+            "each root publish starts its own trace"
+        );
+        assert!(t.spans().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn sampling_ahead_of_the_sdk_keeps_the_ratio_of_root_publishes() {
+    // A ratio sampler decides by trace id. Deciding ahead on one id and letting the SDK draw
+    // another would sample ratio² of the roots (a quarter here), not the ratio.
+    let t = Tracing::with_spec(SamplerSpec::ParentBasedTraceIdRatio(0.5));
+    let bus = EventBus::default();
+    let mut sub = bus
+        .subscribe_with_capacity("t", QoS::Reliable, 1024)
+        .unwrap();
+    const N: usize = 400;
+    let mut sampled = std::collections::HashSet::new();
+    let mut all = std::collections::HashSet::new();
+    for _ in 0..N {
+        bus.publish("t", ev("x")).await.unwrap();
+        let d = sub.recv().await.unwrap();
+        let sc = d.trace.expect("context");
+        assert!(sc.is_valid());
+        all.insert(sc.trace_id());
+        if sc.is_sampled() {
+            sampled.insert((sc.trace_id(), sc.span_id()));
+        }
+    }
+    assert_eq!(all.len(), N, "every root publish has its own trace");
+    // Binomial(400, 0.5): sd 10, so 140..260 is six sd either side.
+    assert!(
+        (140..=260).contains(&sampled.len()),
+        "{} of {N} sampled",
+        sampled.len()
+    );
+    let exported: std::collections::HashSet<_> = t
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "event_bus.publish")
+        .map(|s| (s.span_context.trace_id(), s.span_context.span_id()))
+        .collect();
+    assert_eq!(
+        exported, sampled,
+        "exactly the deliveries marked sampled were recorded, with their ids"
+    );
+}
+
+#[tokio::test]
+async fn sampling_ahead_follows_the_parent_decision() {
+    let t = Tracing::with_spec(SamplerSpec::ParentBasedTraceIdRatio(0.0));
     let bus = EventBus::default();
     let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
-    let mut trace_ids = Vec::new();
-    for _ in 0..2 {
-        let e = ev("x");
-        assert!(
-            e.metadata.is_empty(),
-            "the case under test: no metadata map yet"
+    for (flags, want_sampled) in [("01", true), ("00", false)] {
+        let mut e = ev("x");
+        e.metadata.insert(
+            TRACEPARENT.into(),
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"),
         );
-        bus.publish("t", e).await.unwrap();
+        {
+            let consumer = tracing::info_span!("handler");
+            let _g = consumer.enter();
+            assert!(Envelope::from_event(&e).extract_trace_context());
+            bus.publish("t", e).await.unwrap();
+        }
         let d = sub.recv().await.unwrap();
-        let tp = &d.event.metadata[TRACEPARENT];
-        let parsed = parse_traceparent(tp).expect("a valid traceparent on a bare event");
-        assert_eq!(parsed.flags & FLAG_SAMPLED, 0, "not sampled: {tp}");
-        assert!(!d.event.metadata.contains_key(TRACESTATE));
-        let flow = bus.flow().by_trace(&tp[3..35]);
+        let sc = d.trace.expect("context");
+        assert_eq!(sc.is_sampled(), want_sampled, "parent flags {flags}");
         assert_eq!(
-            flow.len(),
-            1,
-            "the flow record carries the propagated trace id"
+            hex(&sc.trace_id().to_bytes()),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        trace_ids.push(parsed.trace_id);
     }
-    assert_ne!(
-        trace_ids[0], trace_ids[1],
-        "each root publish starts its own trace"
+    let publishes: Vec<_> = t
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "event_bus.publish")
+        .collect();
+    assert_eq!(
+        publishes.len(),
+        1,
+        "only the sampled parent's publish is recorded"
     );
 }
 

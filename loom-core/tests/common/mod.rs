@@ -1,6 +1,7 @@
 //! Test harness: a local tracer provider with an in-memory exporter, installed per test.
 #![allow(dead_code)]
 
+use loom_core::telemetry::SamplerSpec;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
@@ -12,14 +13,34 @@ pub struct Tracing {
 }
 
 impl Tracing {
+    /// The production set-up: a provider from `provider_builder(spec)` and `otel_layer_for`, so
+    /// hot paths sample ahead of the SDK.
+    pub fn with_spec(spec: SamplerSpec) -> Tracing {
+        let exporter = InMemorySpanExporter::default();
+        let provider = loom_core::telemetry::provider_builder(spec)
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let layer = loom_core::telemetry::otel_layer_for(provider.tracer("test"), spec);
+        Tracing::install(exporter, provider, layer)
+    }
+
+    /// Any SDK sampler behind the plain `otel_layer`: every span starts on the SDK.
     pub fn with_sampler(sampler: Sampler) -> Tracing {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_sampler(sampler)
             .with_simple_exporter(exporter.clone())
             .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(loom_core::telemetry::otel_layer(provider.tracer("test")));
+        let layer = loom_core::telemetry::otel_layer(provider.tracer("test"));
+        Tracing::install(exporter, provider, layer)
+    }
+
+    fn install(
+        exporter: InMemorySpanExporter,
+        provider: SdkTracerProvider,
+        layer: impl tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync,
+    ) -> Tracing {
+        let subscriber = tracing_subscriber::registry().with(layer);
         let guard = tracing::subscriber::set_default(subscriber);
         Tracing {
             exporter,
@@ -29,7 +50,7 @@ impl Tracing {
     }
 
     pub fn new() -> Tracing {
-        Tracing::with_sampler(Sampler::AlwaysOn)
+        Tracing::with_spec(SamplerSpec::AlwaysOn)
     }
 
     pub fn spans(&self) -> Vec<SpanData> {
