@@ -3,7 +3,9 @@
 //! Trace context crosses the process boundary here. An inbound publish runs in `bridge.publish`
 //! (SERVER, parent = the agent's span from `traceparent`), the EventBus nests
 //! `event_bus.publish` under it, and each delivery to an agent runs in `bridge.forward` (CLIENT,
-//! parent = the event's context) whose own context is re-injected into the outgoing event.
+//! parent = the delivery's context) whose own context goes into the outgoing event's metadata.
+//! Both are started straight on the tracer (`telemetry::start_span`), sampled before anything
+//! else is built.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -22,7 +24,8 @@ use loom_core::proto::{
     ActionCall, ActionResult, ActionStatus, ClientMessage, HeartbeatRequest, HeartbeatResponse,
     Publish, PublishAck, RegisterAgentRequest, RegisterAgentResponse, ServerMessage,
 };
-use opentelemetry::trace::TraceContextExt;
+use loom_core::telemetry::LoomSpan;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::field::Empty;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::BridgeConfig;
 use crate::registry::{AgentCounters, AgentEntry, AgentInfo, Registry, StreamHandle};
@@ -714,35 +716,32 @@ async fn on_publish(
         .metadata
         .insert(envelope::SENDER.to_owned(), agent_id.to_owned());
 
-    let span = tracing::info_span!(
+    // Started on the tracer, not as a `tracing` span: tracing-opentelemetry builds every field
+    // of a span before its sampler runs, which cost more than the rest of the publish.
+    let mut span = loom_core::telemetry::start_span(
         "bridge.publish",
-        otel.kind = "server",
-        loom.agent.id = agent_id,
-        loom.topic = topic.as_str(),
-        loom.event.id = id.as_str(),
-        loom.event.type = Empty,
-        loom.thread_id = Empty,
-        loom.correlation_id = Empty,
-        messaging.system = "loom",
-        messaging.destination.name = topic.as_str(),
-        messaging.message.id = id.as_str(),
-        messaging.operation.type = "send",
+        SpanKind::Server,
+        Envelope::remote_parent(&event.metadata).as_ref(),
     );
-    if !span.is_disabled() {
-        if !event.r#type.is_empty() {
-            span.record("loom.event.type", event.r#type.as_str());
+    if let Some(span) = span.as_mut().filter(|s| s.is_recording()) {
+        span.set_attributes(loom_core::telemetry::event_span_attributes(
+            &topic,
+            &event,
+            Some(agent_id),
+            "send",
+        ));
+    }
+    let result = match &span {
+        Some(span) => {
+            shared
+                .bus
+                .publish_with_parent(&span.as_parent(), &topic, event)
+                .await
         }
-        loom_core::telemetry::record_envelope_fields(&span, &event.metadata, false);
-    }
-    let bus = shared.bus.clone();
-    let result = async move {
-        // Entered first, then the remote parent is set: the span starts only when
-        // event_bus.publish asks for its context, so the parent still applies.
-        Envelope::from_event(&event).extract_trace_context();
-        bus.publish(&topic, event).await
-    }
-    .instrument(span)
-    .await;
+        None => shared.bus.publish(&topic, event).await,
+    };
+    // Ends with the publish (queued for every subscriber), as the span covers.
+    drop(span);
     match result {
         Ok(_) => {
             counters.published.fetch_add(1, Ordering::Relaxed);
@@ -803,8 +802,10 @@ async fn forward_loop(
         let (span, msg) = forward_message(&agent_id, delivery);
         let sent = tokio::select! {
             _ = handle.cancel.cancelled() => break,
-            r = handle.outbound.send(Ok(msg)).instrument(span) => r,
+            r = handle.outbound.send(Ok(msg)) => r,
         };
+        // bridge.forward covers the hand-off to the agent's outbound queue.
+        drop(span);
         if sent.is_err() {
             break;
         }
@@ -813,53 +814,37 @@ async fn forward_loop(
     }
 }
 
-/// Wraps a delivery for the agent: opens `bridge.forward` under the event's context and writes
-/// that span's own context into the outgoing event, so the agent's span hangs below it. The
-/// span is returned so it can cover the hand-off to the agent's outbound queue.
-fn forward_message(agent_id: &str, mut delivery: Delivery) -> (tracing::Span, ServerMessage) {
-    let span = tracing::info_span!(
-        "bridge.forward",
-        otel.kind = "client",
-        loom.agent.id = agent_id,
-        loom.topic = delivery.topic.as_str(),
-        loom.event.id = delivery.event.id.as_str(),
-        loom.event.type = Empty,
-        loom.thread_id = Empty,
-        loom.correlation_id = Empty,
-        messaging.system = "loom",
-        messaging.destination.name = delivery.topic.as_str(),
-        messaging.message.id = delivery.event.id.as_str(),
-        messaging.operation.type = "receive",
-    );
-    let mut forwarded = None;
-    if !span.is_disabled() {
-        let event = &delivery.event;
-        if !event.r#type.is_empty() {
-            span.record("loom.event.type", event.r#type.as_str());
+/// Wraps a delivery for the agent: starts `bridge.forward` under the delivery's context and
+/// writes that span's own context into the outgoing event, so the agent's span hangs below it.
+/// The span is returned so it can cover the hand-off to the agent's outbound queue.
+fn forward_message(agent_id: &str, mut delivery: Delivery) -> (Option<LoomSpan>, ServerMessage) {
+    // The bus hands its context over typed; an event published with tracing off in the bus
+    // (none here) can still carry its publisher's.
+    let parent = match &delivery.trace {
+        Some(sc) => Some(opentelemetry::Context::new().with_remote_span_context(sc.clone())),
+        None => Envelope::remote_parent(&delivery.event.metadata),
+    };
+    let mut span =
+        loom_core::telemetry::start_span("bridge.forward", SpanKind::Client, parent.as_ref());
+    if let Some(span) = span.as_mut() {
+        if span.is_recording() {
+            span.set_attributes(loom_core::telemetry::event_span_attributes(
+                &delivery.topic,
+                &delivery.event,
+                Some(agent_id),
+                "receive",
+            ));
         }
-        loom_core::telemetry::record_envelope_fields(&span, &event.metadata, false);
-        let mut env = delivery.envelope();
-        env.set_parent_of(&span);
-        let cx = span.context();
-        // Without an OpenTelemetry layer the span has no context: the event keeps the bus's.
-        if cx.span().span_context().is_valid() {
-            env.inject_context(&cx);
-            forwarded = Some(env);
+        if span.span_context().is_valid() {
+            delivery.trace = Some(span.span_context().clone());
         }
     }
     let topic = std::mem::take(&mut delivery.topic);
-    let event = match forwarded {
-        Some(env) => {
-            let mut event = delivery.event;
-            env.attach_to_event(&mut event);
-            event
-        }
-        None => delivery.into_event(),
-    };
     let msg = ServerMessage {
         msg: Some(ServerMsg::Delivery(loom_core::proto::Delivery {
             topic,
-            event: Some(event),
+            // With tracing off everywhere the event's metadata goes out as it came.
+            event: Some(delivery.into_event()),
         })),
     };
     (span, msg)

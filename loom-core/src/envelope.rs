@@ -294,7 +294,9 @@ mod otel {
     use opentelemetry::Context;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    use super::{to_hex, Envelope, MAX_TRACESTATE_LEN};
+    use std::collections::HashMap;
+
+    use super::{parse_traceparent, to_hex, Envelope, MAX_TRACESTATE_LEN, TRACEPARENT, TRACESTATE};
 
     impl Envelope {
         /// Takes the trace context of the current `tracing` span (via tracing-opentelemetry).
@@ -336,6 +338,26 @@ mod otel {
                 true,
                 state,
             ))
+        }
+
+        /// The remote parent that `md`'s `traceparent`/`tracestate` name, read straight from the
+        /// map (no `Envelope` built): for hot paths that only need the parent.
+        pub fn remote_parent(md: &HashMap<String, String>) -> Option<Context> {
+            let tp = md.get(TRACEPARENT).and_then(|v| parse_traceparent(v))?;
+            let state = md
+                .get(TRACESTATE)
+                .map(|s| s.trim_matches([' ', '\t']))
+                .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE_LEN)
+                .and_then(|s| s.parse::<TraceState>().ok())
+                .unwrap_or_default();
+            let sc = SpanContext::new(
+                TraceId::from_bytes(tp.trace_id),
+                SpanId::from_bytes(tp.span_id),
+                TraceFlags::new(tp.flags),
+                true,
+                state,
+            );
+            Some(Context::new().with_remote_span_context(sc))
         }
 
         /// An OpenTelemetry context whose (remote) span is this envelope's parent span.

@@ -537,13 +537,34 @@ impl EventBus {
     }
 
     /// Publishes `event` to `topic` inside an `event_bus.publish` PRODUCER span (a child of the
-    /// current span). Stamps the event's topic, id (a UUID when empty) and timestamp, writes the
-    /// span's trace context into its metadata, and queues it for every matching subscriber.
-    /// Returns how many subscribers it was queued for.
+    /// current span). Stamps the event's topic, id (a UUID when empty) and timestamp, hands the
+    /// span's trace context to every delivery (and rewrites a `traceparent` the event carries),
+    /// and queues it for every matching subscriber. Returns how many subscribers it was queued
+    /// for.
     pub fn publish(
         &self,
         topic: &str,
+        event: Event,
+    ) -> impl Future<Output = Result<usize, BusError>> + Send + 'static {
+        self.publish_under(topic, event, None)
+    }
+
+    /// [`publish`](Self::publish) with the span's parent given, for callers whose own span is
+    /// not a `tracing` span (the bridge starts `bridge.publish` straight on the tracer).
+    pub fn publish_with_parent(
+        &self,
+        parent: &opentelemetry::Context,
+        topic: &str,
+        event: Event,
+    ) -> impl Future<Output = Result<usize, BusError>> + Send + 'static {
+        self.publish_under(topic, event, Some(parent))
+    }
+
+    fn publish_under(
+        &self,
+        topic: &str,
         mut event: Event,
+        parent: Option<&opentelemetry::Context>,
     ) -> impl Future<Output = Result<usize, BusError>> + Send + 'static {
         let prepared = validate_topic(topic).and_then(|()| {
             if self.inner.closed.load(Ordering::Acquire) {
@@ -572,7 +593,7 @@ impl EventBus {
                     .flatten()
                     .filter(|s| !s.is_empty())
                     .cloned();
-                (start_publish_span(&topic, &mut event), sender)
+                (start_publish_span(&topic, &mut event, parent), sender)
             }
             Err(_) => (None, None),
         };
@@ -610,58 +631,43 @@ impl EventBus {
 }
 
 /// A started `event_bus.publish` span: kept only when sampled (an unsampled one has nothing
-/// to end), boxed so the publish future moves a pointer, not the span's record, across awaits.
+/// to end; a sampled one is boxed, so the publish future moves a pointer across awaits).
 struct PublishSpan {
     /// Held only to end it on drop, after delivery.
-    _span: Option<Box<opentelemetry_sdk::trace::Span>>,
+    _span: Option<crate::telemetry::LoomSpan>,
     context: SpanContext,
 }
 
-/// Starts the `event_bus.publish` PRODUCER span (child of the current span) on the installed
+/// Starts the `event_bus.publish` PRODUCER span (child of `parent`, else of the current span) on the installed
 /// tracer and refreshes a `traceparent` the event carries. The sampler decides before any
 /// attribute is built, so an unsampled publish costs ids and a decision.
 /// Returns the span (when sampled) and its context; `None` when tracing is off or the context is
 /// invalid (the event's metadata, and so any context it arrived with, is left as it is).
-fn start_publish_span(topic: &str, event: &mut Event) -> Option<PublishSpan> {
-    use crate::telemetry::Started;
-    use opentelemetry::trace::{Span as _, SpanKind};
-    use opentelemetry::KeyValue;
-    crate::telemetry::with_tracer_and_parent(|tracer, parent| {
-        let started = tracer.start("event_bus.publish", SpanKind::Producer, parent);
-        let context = started.span_context().clone();
-        if !context.is_valid() {
-            return None;
-        }
-        refresh_span_context(&mut event.metadata, &context);
-        let span = match started {
-            Started::Recording(mut span) => {
-                let topic = topic.to_owned();
-                let mut attrs = vec![
-                    KeyValue::new("loom.topic", topic.clone()),
-                    KeyValue::new("loom.event.id", event.id.clone()),
-                    KeyValue::new("messaging.system", "loom"),
-                    KeyValue::new("messaging.destination.name", topic),
-                    KeyValue::new("messaging.message.id", event.id.clone()),
-                    KeyValue::new("messaging.operation.type", "send"),
-                ];
-                if !event.r#type.is_empty() {
-                    attrs.push(KeyValue::new("loom.event.type", event.r#type.clone()));
-                }
-                attrs.extend(
-                    crate::telemetry::envelope_span_fields(&event.metadata, true)
-                        .map(|(k, v)| KeyValue::new(k, v.to_owned())),
-                );
-                span.set_attributes(attrs);
-                Some(span)
-            }
-            Started::Dropped(_) => None,
-        };
-        Some(PublishSpan {
-            _span: span,
+fn start_publish_span(
+    topic: &str,
+    event: &mut Event,
+    parent: Option<&opentelemetry::Context>,
+) -> Option<PublishSpan> {
+    use opentelemetry::trace::SpanKind;
+    let mut span = crate::telemetry::start_span("event_bus.publish", SpanKind::Producer, parent)?;
+    let context = span.span_context().clone();
+    if !context.is_valid() {
+        return None;
+    }
+    refresh_span_context(&mut event.metadata, &context);
+    if !span.is_recording() {
+        return Some(PublishSpan {
+            _span: None,
             context,
-        })
+        });
+    }
+    span.set_attributes(crate::telemetry::event_span_attributes(
+        topic, event, None, "send",
+    ));
+    Some(PublishSpan {
+        _span: Some(span),
+        context,
     })
-    .flatten()
 }
 
 async fn deliver(

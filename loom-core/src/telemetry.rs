@@ -280,6 +280,63 @@ impl LoomTracer {
     }
 }
 
+/// A span started straight on the Loom tracer ([`start_span`]), for hot paths where a `tracing`
+/// span would cost more than the work it covers. Unsampled, it is only a context: no attribute
+/// is built and nothing is recorded. It ends when dropped.
+pub struct LoomSpan(Started);
+
+impl LoomSpan {
+    /// The span's context, to propagate (valid unless telemetry is suppressed).
+    pub fn span_context(&self) -> &SpanContext {
+        self.0.span_context()
+    }
+
+    /// Whether attributes set now will be recorded; build them only then.
+    pub fn is_recording(&self) -> bool {
+        matches!(self.0, Started::Recording(_))
+    }
+
+    pub fn set_attributes(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
+        use opentelemetry::trace::Span as _;
+        if let Started::Recording(span) = &mut self.0 {
+            span.set_attributes(attributes);
+        }
+    }
+
+    /// A context whose span is this one, as the parent of spans started under it. (The API
+    /// calls any bare span context "remote"; the flag the child records is the context's own,
+    /// false for a span of this process.)
+    pub fn as_parent(&self) -> opentelemetry::Context {
+        use opentelemetry::trace::TraceContextExt as _;
+        opentelemetry::Context::new().with_remote_span_context(self.span_context().clone())
+    }
+}
+
+/// Starts `name` (of `kind`) on the Loom tracer of the current `tracing` dispatcher, sampling
+/// ahead of the SDK as `event_bus.publish` does. Its parent is `parent` or, when `None`, the
+/// current span (as [`with_tracer_and_parent`] finds it). `None` when tracing is off.
+pub fn start_span(
+    name: &'static str,
+    kind: opentelemetry::trace::SpanKind,
+    parent: Option<&opentelemetry::Context>,
+) -> Option<LoomSpan> {
+    match parent {
+        Some(parent) => with_tracer(|t| t.start(name, kind, parent)),
+        None => with_tracer_and_parent(|t, parent| t.start(name, kind, parent)),
+    }
+    .map(LoomSpan)
+}
+
+/// Runs `f` with the tracer of the current `tracing` dispatcher; `None` when no Loom
+/// OpenTelemetry layer is installed.
+pub(crate) fn with_tracer<R>(f: impl FnOnce(&LoomTracer) -> R) -> Option<R> {
+    let mut f = Some(f);
+    tracing::dispatcher::get_default(|d| {
+        let tracer = d.downcast_ref::<LoomTracer>()?;
+        f.take().map(|f| f(tracer))
+    })
+}
+
 thread_local! {
     /// The trace id a root span decided ahead of the SDK must get; taken by [`LoomIdGenerator`].
     static NEXT_TRACE_ID: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
@@ -376,6 +433,38 @@ pub fn envelope_span_fields(
             .filter(|v| !v.is_empty())
             .map(|v| (*field, v.as_str()))
     })
+}
+
+/// The attributes design.md §5 puts on a span about one event: `loom.topic`, `loom.event.id`,
+/// `loom.event.type` (when set), the envelope's conversation keys, the messaging conventions with
+/// `operation` as `messaging.operation.type`, and `loom.agent.id`: `agent` when given (the
+/// bridge knows whose stream it serves), else the event's `loom.sender`.
+pub fn event_span_attributes(
+    topic: &str,
+    event: &crate::proto::Event,
+    agent: Option<&str>,
+    operation: &'static str,
+) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(11);
+    if let Some(agent) = agent {
+        attrs.push(KeyValue::new("loom.agent.id", agent.to_owned()));
+    }
+    attrs.extend([
+        KeyValue::new("loom.topic", topic.to_owned()),
+        KeyValue::new("loom.event.id", event.id.clone()),
+        KeyValue::new("messaging.system", "loom"),
+        KeyValue::new("messaging.destination.name", topic.to_owned()),
+        KeyValue::new("messaging.message.id", event.id.clone()),
+        KeyValue::new("messaging.operation.type", operation),
+    ]);
+    if !event.r#type.is_empty() {
+        attrs.push(KeyValue::new("loom.event.type", event.r#type.clone()));
+    }
+    attrs.extend(
+        envelope_span_fields(&event.metadata, agent.is_none())
+            .map(|(k, v)| KeyValue::new(k, v.to_owned())),
+    );
+    attrs
 }
 
 /// Records [`envelope_span_fields`] on a `tracing` span, which must declare those fields
