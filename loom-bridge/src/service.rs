@@ -25,7 +25,7 @@ use loom_core::proto::{
     Publish, PublishAck, RegisterAgentRequest, RegisterAgentResponse, ServerMessage,
 };
 use loom_core::telemetry::LoomSpan;
-use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::trace::SpanKind;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -731,15 +731,9 @@ async fn on_publish(
             "send",
         ));
     }
-    let result = match &span {
-        Some(span) => {
-            shared
-                .bus
-                .publish_with_parent(&span.as_parent(), &topic, event)
-                .await
-        }
-        None => shared.bus.publish(&topic, event).await,
-    };
+    // No span means tracing is off, for the bus too: the empty parent is then never read.
+    let parent = span.as_ref().map(LoomSpan::as_parent).unwrap_or_default();
+    let result = shared.bus.publish_with_parent(&parent, &topic, event).await;
     // Ends with the publish (queued for every subscriber), as the span covers.
     drop(span);
     match result {
@@ -818,14 +812,11 @@ async fn forward_loop(
 /// writes that span's own context into the outgoing event, so the agent's span hangs below it.
 /// The span is returned so it can cover the hand-off to the agent's outbound queue.
 fn forward_message(agent_id: &str, mut delivery: Delivery) -> (Option<LoomSpan>, ServerMessage) {
-    // The bus hands its context over typed; an event published with tracing off in the bus
-    // (none here) can still carry its publisher's.
-    let parent = match &delivery.trace {
-        Some(sc) => Some(opentelemetry::Context::new().with_remote_span_context(sc.clone())),
-        None => Envelope::remote_parent(&delivery.event.metadata),
-    };
-    let mut span =
-        loom_core::telemetry::start_span("bridge.forward", SpanKind::Client, parent.as_ref());
+    let mut span = loom_core::telemetry::start_span(
+        "bridge.forward",
+        SpanKind::Client,
+        delivery.parent_context().as_ref(),
+    );
     if let Some(span) = span.as_mut() {
         if span.is_recording() {
             span.set_attributes(loom_core::telemetry::event_span_attributes(

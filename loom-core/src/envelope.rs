@@ -62,7 +62,8 @@ fn hex_val(c: u8) -> Option<u8> {
     }
 }
 
-fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+/// Exactly `2 * N` lowercase hex digits as bytes.
+pub(crate) fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     if s.len() != N * 2 {
         return None;
     }
@@ -184,6 +185,13 @@ fn number(md: &HashMap<String, String>, key: &str) -> Option<u32> {
     md.get(key).and_then(|v| v.trim().parse::<u32>().ok())
 }
 
+/// `md`'s `tracestate`, trimmed; absent when empty or longer than the spec's limit.
+fn tracestate_of(md: &HashMap<String, String>) -> Option<&str> {
+    md.get(TRACESTATE)
+        .map(|s| s.trim_matches([' ', '\t']))
+        .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE_LEN)
+}
+
 impl Envelope {
     /// Reads the envelope keys of `md`; unknown keys are ignored, invalid values read as absent.
     pub fn from_metadata(md: &HashMap<String, String>) -> Envelope {
@@ -199,11 +207,7 @@ impl Envelope {
         if let Some(tp) = md.get(TRACEPARENT).and_then(|v| parse_traceparent(v)) {
             env.set_traceparent(&tp);
             // tracestate without a valid traceparent is meaningless (W3C: discard it).
-            env.tracestate = md
-                .get(TRACESTATE)
-                .map(|s| s.trim_matches([' ', '\t']))
-                .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE_LEN)
-                .map(str::to_owned);
+            env.tracestate = tracestate_of(md).map(str::to_owned);
         }
         env
     }
@@ -296,7 +300,23 @@ mod otel {
 
     use std::collections::HashMap;
 
-    use super::{parse_traceparent, to_hex, Envelope, MAX_TRACESTATE_LEN, TRACEPARENT, TRACESTATE};
+    use super::{
+        parse_traceparent, to_hex, tracestate_of, Envelope, TraceParent, MAX_TRACESTATE_LEN,
+        TRACEPARENT,
+    };
+
+    /// `tp` with `state` (unparsable: none) as a remote span context.
+    fn remote_span_context(tp: &TraceParent, state: Option<&str>) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_bytes(tp.trace_id),
+            SpanId::from_bytes(tp.span_id),
+            TraceFlags::new(tp.flags),
+            true,
+            state
+                .and_then(|s| s.parse::<TraceState>().ok())
+                .unwrap_or_default(),
+        )
+    }
 
     impl Envelope {
         /// Takes the trace context of the current `tracing` span (via tracing-opentelemetry).
@@ -325,18 +345,9 @@ mod otel {
 
         /// The remote span this envelope names, as the parent context for a new span.
         pub fn remote_span_context(&self) -> Option<SpanContext> {
-            let tp = self.trace_parent()?;
-            let state = self
-                .tracestate
-                .as_deref()
-                .and_then(|s| s.parse::<TraceState>().ok())
-                .unwrap_or_default();
-            Some(SpanContext::new(
-                TraceId::from_bytes(tp.trace_id),
-                SpanId::from_bytes(tp.span_id),
-                TraceFlags::new(tp.flags),
-                true,
-                state,
+            Some(remote_span_context(
+                &self.trace_parent()?,
+                self.tracestate.as_deref(),
             ))
         }
 
@@ -344,19 +355,7 @@ mod otel {
         /// map (no `Envelope` built): for hot paths that only need the parent.
         pub fn remote_parent(md: &HashMap<String, String>) -> Option<Context> {
             let tp = md.get(TRACEPARENT).and_then(|v| parse_traceparent(v))?;
-            let state = md
-                .get(TRACESTATE)
-                .map(|s| s.trim_matches([' ', '\t']))
-                .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE_LEN)
-                .and_then(|s| s.parse::<TraceState>().ok())
-                .unwrap_or_default();
-            let sc = SpanContext::new(
-                TraceId::from_bytes(tp.trace_id),
-                SpanId::from_bytes(tp.span_id),
-                TraceFlags::new(tp.flags),
-                true,
-                state,
-            );
+            let sc = remote_span_context(&tp, tracestate_of(md));
             Some(Context::new().with_remote_span_context(sc))
         }
 

@@ -20,8 +20,9 @@ use crate::envelope;
 use crate::flow::{FlowEntry, FlowTracker};
 use crate::proto::Event;
 pub use crate::proto::Qos as QoS;
+use crate::telemetry::LoomSpan;
 use crate::trace_util::{inject_span_context, refresh_span_context};
-use opentelemetry::trace::SpanContext;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 
 /// Longest topic or pattern accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
@@ -81,6 +82,15 @@ impl Delivery {
             env.set_span_context(sc);
         }
         env
+    }
+
+    /// The context a subscriber's span should take as parent: this delivery's, or (tracing off
+    /// in the bus) the one the event's metadata names.
+    pub fn parent_context(&self) -> Option<opentelemetry::Context> {
+        match &self.trace {
+            Some(sc) => Some(opentelemetry::Context::new().with_remote_span_context(sc.clone())),
+            None => envelope::Envelope::remote_parent(&self.event.metadata),
+        }
     }
 
     /// The event with this delivery's trace context written into its metadata as W3C
@@ -599,7 +609,7 @@ impl EventBus {
         };
         async move {
             prepared?;
-            let trace = span.as_ref().map(|s| s.context.clone());
+            let trace = span.as_ref().map(|s| s.span_context().clone());
             let out = deliver(&inner, topic, event, sender, trace).await;
             // Dropping the span ends it, after delivery (or when the publish is abandoned).
             drop(span);
@@ -630,44 +640,28 @@ impl EventBus {
     }
 }
 
-/// A started `event_bus.publish` span: kept only when sampled (an unsampled one has nothing
-/// to end; a sampled one is boxed, so the publish future moves a pointer across awaits).
-struct PublishSpan {
-    /// Held only to end it on drop, after delivery.
-    _span: Option<crate::telemetry::LoomSpan>,
-    context: SpanContext,
-}
-
-/// Starts the `event_bus.publish` PRODUCER span (child of `parent`, else of the current span) on the installed
-/// tracer and refreshes a `traceparent` the event carries. The sampler decides before any
-/// attribute is built, so an unsampled publish costs ids and a decision.
-/// Returns the span (when sampled) and its context; `None` when tracing is off or the context is
-/// invalid (the event's metadata, and so any context it arrived with, is left as it is).
+/// Starts the `event_bus.publish` PRODUCER span (child of `parent`, else of the current span)
+/// on the installed tracer and refreshes a `traceparent` the event carries. The sampler decides
+/// before any attribute is built, so an unsampled publish costs ids and a decision.
+/// `None` when tracing is off or the context is invalid (the event's metadata, and so any
+/// context it arrived with, is left as it is).
 fn start_publish_span(
     topic: &str,
     event: &mut Event,
     parent: Option<&opentelemetry::Context>,
-) -> Option<PublishSpan> {
+) -> Option<LoomSpan> {
     use opentelemetry::trace::SpanKind;
     let mut span = crate::telemetry::start_span("event_bus.publish", SpanKind::Producer, parent)?;
-    let context = span.span_context().clone();
-    if !context.is_valid() {
+    if !span.span_context().is_valid() {
         return None;
     }
-    refresh_span_context(&mut event.metadata, &context);
-    if !span.is_recording() {
-        return Some(PublishSpan {
-            _span: None,
-            context,
-        });
+    refresh_span_context(&mut event.metadata, span.span_context());
+    if span.is_recording() {
+        span.set_attributes(crate::telemetry::event_span_attributes(
+            topic, event, None, "send",
+        ));
     }
-    span.set_attributes(crate::telemetry::event_span_attributes(
-        topic, event, None, "send",
-    ));
-    Some(PublishSpan {
-        _span: Some(span),
-        context,
-    })
+    Some(span)
 }
 
 async fn deliver(

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
-use crate::envelope::to_hex;
+use crate::envelope::{decode_hex, to_hex};
 
 /// One published event and where it went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,14 +52,7 @@ impl FlowEntry {
 
 /// 32 hex digits (either case) as trace id bytes.
 fn parse_trace_id(hex: &str) -> Option<[u8; 16]> {
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    decode_hex::<16>(hex.to_ascii_lowercase().as_bytes())
 }
 
 /// Thread-safe bounded ring of flow records.

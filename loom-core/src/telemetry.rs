@@ -125,9 +125,14 @@ pub fn sampler_spec_from(
     })
 }
 
+/// The sampler choice the process environment asks for.
+pub fn sampler_spec_from_env() -> Result<SamplerSpec, TelemetryError> {
+    sampler_spec_from(|k| std::env::var(k).ok())
+}
+
 /// The sampler the process environment asks for.
 pub fn sampler_from_env() -> Result<Sampler, TelemetryError> {
-    sampler_spec_from(|k| std::env::var(k).ok()).map(SamplerSpec::to_sampler)
+    sampler_spec_from_env().map(SamplerSpec::to_sampler)
 }
 
 /// The tracing-opentelemetry layer as every Loom process (and test) should build it, paired with
@@ -204,23 +209,6 @@ pub struct LoomTracer {
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LoomTracer {}
 
-/// A started span: recorded on the SDK, or only a context because the sampler dropped it.
-pub(crate) enum Started {
-    Recording(Box<opentelemetry_sdk::trace::Span>),
-    /// Not recorded; the context (valid unless telemetry is suppressed) still propagates.
-    Dropped(SpanContext),
-}
-
-impl Started {
-    pub(crate) fn span_context(&self) -> &SpanContext {
-        use opentelemetry::trace::Span as _;
-        match self {
-            Started::Recording(span) => span.span_context(),
-            Started::Dropped(sc) => sc,
-        }
-    }
-}
-
 impl LoomTracer {
     /// Starts `name` (of `kind`, no attributes yet) as a child of `parent`.
     ///
@@ -232,7 +220,7 @@ impl LoomTracer {
         name: &'static str,
         kind: opentelemetry::trace::SpanKind,
         parent: &opentelemetry::Context,
-    ) -> Started {
+    ) -> LoomSpan {
         use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
         use opentelemetry_sdk::trace::SamplingDecision;
         let sdk_start = || {
@@ -241,16 +229,16 @@ impl LoomTracer {
                 parent,
             );
             if span.is_recording() {
-                Started::Recording(Box::new(span))
+                LoomSpan(Started::Recording(Box::new(span)))
             } else {
-                Started::Dropped(span.span_context().clone())
+                LoomSpan(Started::Dropped(span.span_context().clone()))
             }
         };
         let Some(sampler) = &self.sample_ahead else {
             return sdk_start();
         };
         if parent.is_telemetry_suppressed() {
-            return Started::Dropped(SpanContext::empty_context());
+            return LoomSpan(Started::Dropped(SpanContext::empty_context()));
         }
         let parent_span = parent.span();
         let parent_sc = parent_span.span_context();
@@ -262,13 +250,13 @@ impl LoomTracer {
         };
         let result = sampler.should_sample(Some(parent), trace_id, name, &kind, &[], &[]);
         if result.decision == SamplingDecision::Drop {
-            return Started::Dropped(SpanContext::new(
+            return LoomSpan(Started::Dropped(SpanContext::new(
                 trace_id,
                 RandomIdGenerator::default().new_span_id(),
                 TraceFlags::default(),
                 false,
                 result.trace_state,
-            ));
+            )));
         }
         if root {
             NEXT_TRACE_ID.set(Some(trace_id));
@@ -285,10 +273,21 @@ impl LoomTracer {
 /// is built and nothing is recorded. It ends when dropped.
 pub struct LoomSpan(Started);
 
+/// Recorded on the SDK, or only a context because the sampler dropped it.
+enum Started {
+    Recording(Box<opentelemetry_sdk::trace::Span>),
+    /// Not recorded; the context (valid unless telemetry is suppressed) still propagates.
+    Dropped(SpanContext),
+}
+
 impl LoomSpan {
     /// The span's context, to propagate (valid unless telemetry is suppressed).
     pub fn span_context(&self) -> &SpanContext {
-        self.0.span_context()
+        use opentelemetry::trace::Span as _;
+        match &self.0 {
+            Started::Recording(span) => span.span_context(),
+            Started::Dropped(sc) => sc,
+        }
     }
 
     /// Whether attributes set now will be recorded; build them only then.
@@ -324,7 +323,6 @@ pub fn start_span(
         Some(parent) => with_tracer(|t| t.start(name, kind, parent)),
         None => with_tracer_and_parent(|t, parent| t.start(name, kind, parent)),
     }
-    .map(LoomSpan)
 }
 
 /// Runs `f` with the tracer of the current `tracing` dispatcher; `None` when no Loom
@@ -525,7 +523,7 @@ fn env_non_empty(k: &str) -> Option<String> {
 /// returns the guard that flushes on drop. Call it inside a Tokio runtime (the tonic exporter
 /// needs one).
 pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let spec = sampler_spec_from(|k| std::env::var(k).ok())?;
+    let spec = sampler_spec_from_env()?;
     let service: Cow<'_, str> = match env_non_empty("OTEL_SERVICE_NAME") {
         Some(s) => Cow::Owned(s),
         None => Cow::Borrowed(service_name),
@@ -593,7 +591,7 @@ mod tests {
             sample_ahead: Some(Sampler::AlwaysOn),
         };
         let started = handle.start("x", SpanKind::Internal, &opentelemetry::Context::new());
-        assert!(matches!(started, Started::Recording(_)));
+        assert!(started.is_recording());
         assert!(NEXT_TRACE_ID.get().is_none());
 
         // `LoomIdGenerator` hands a stashed id out once, then draws again. (That the SDK draws
