@@ -9,16 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use prost::Message as _;
 use tokio::sync::mpsc;
 
 use crate::exporters::disk_queue::{AppendError, DiskQueue, FULL_RETRY_AFTER};
-use crate::exporters::ExporterQueue;
+use crate::exporters::{encoded, ExporterQueue};
 use crate::memory::{MemoryTicket, MemoryTracker};
 use crate::metrics::Metrics;
-use crate::model::{self, Batch, ResourceSpans, TraceRequest};
+use crate::model::{self, Batch, ResourceSpans};
 use crate::processors::batch::BatchSettings;
 use crate::processors::Processor;
 
@@ -194,11 +192,7 @@ impl Pipeline {
         let ticket = self.memory.take(encoded_len);
         if !self.durable.is_empty() {
             // Encoded once, shared by every persistent queue (Bytes is reference-counted).
-            let req = TraceRequest {
-                resource_spans: spans,
-            };
-            let payload = Bytes::from(req.encode_to_vec());
-            spans = req.resource_spans;
+            let payload = encoded::encode_request(&spans);
             let appends = self
                 .durable
                 .iter()

@@ -184,7 +184,7 @@ async fn metric(addr: &str, line_prefix: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_round_trip_with_mtls_and_every_wrong_party_refused() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    loom_sidecar::service::install_crypto_provider();
     let pki = pki();
 
     // The TLS backend the sidecar exports to.

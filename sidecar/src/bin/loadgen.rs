@@ -12,15 +12,19 @@
 //! The template itself is request 0, which is what `manifest` writes: a receiver that knows the
 //! template can recompute every span it should get from the span's own ids.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use common::{for_each_len_field, write_atomically};
 use loom_sidecar::exporters::encoded::ExportCodec;
+use loom_sidecar::model::otlp::EXPORT_PATH;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -32,8 +36,6 @@ use prost::Message as _;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tonic_types::StatusExt as _;
-
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Fixed start time of every generated span, so `manifest` and `send` produce byte-identical
 /// templates for the same arguments (2025-06-15T14:40:00Z).
@@ -438,57 +440,6 @@ impl Template {
     }
 }
 
-/// Reads a protobuf varint at `*pos`.
-fn varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf
-            .get(*pos)
-            .ok_or_else(|| anyhow!("truncated varint at byte {pos}"))?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    bail!("varint longer than 10 bytes at byte {pos}")
-}
-
-/// Calls `f(field, start, end)` for every length-delimited field of the message in
-/// `buf[start..end]`, skipping scalar fields.
-fn for_each_len_field(
-    buf: &[u8],
-    start: usize,
-    end: usize,
-    mut f: impl FnMut(u64, usize, usize) -> Result<()>,
-) -> Result<()> {
-    let mut pos = start;
-    while pos < end {
-        let key = varint(buf, &mut pos)?;
-        match key & 7 {
-            0 => {
-                varint(buf, &mut pos)?;
-            }
-            1 => pos += 8,
-            5 => pos += 4,
-            2 => {
-                let len = usize::try_from(varint(buf, &mut pos)?)?;
-                let field_end = pos
-                    .checked_add(len)
-                    .filter(|e| *e <= end)
-                    .ok_or_else(|| anyhow!("field {} overruns its message", key >> 3))?;
-                f(key >> 3, pos, field_end)?;
-                pos = field_end;
-            }
-            w => bail!("unsupported wire type {w} at byte {pos}"),
-        }
-    }
-    if pos != end {
-        bail!("message overruns its end");
-    }
-    Ok(())
-}
-
 /// Offsets of every span's trace id, span id and parent span id in an encoded request.
 fn id_offsets(buf: &[u8]) -> Result<Vec<Patch>> {
     let mut out = Vec::new();
@@ -518,12 +469,6 @@ fn id_offsets(buf: &[u8]) -> Result<Vec<Patch>> {
         })
     })?;
     Ok(out)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1019,20 +964,7 @@ fn main() -> std::process::ExitCode {
             // reqwest is built with rustls but no default crypto provider; the sidecar library
             // installs the one it uses (needed even for plaintext HTTP client construction).
             loom_sidecar::service::install_crypto_provider();
-            let rt = if args.threads <= 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(args.threads)
-                    .enable_all()
-                    .build()
-            };
-            match rt {
-                Ok(rt) => rt.block_on(send(args)),
-                Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
-            }
+            common::runtime(args.threads).and_then(|rt| rt.block_on(send(args)))
         }
         Command::Limit(args) => limit(args),
         Command::Manifest(args) => Template::new(&args.shape).and_then(|t| {

@@ -7,6 +7,8 @@
 //! to the process under test. Counts go to `--stats-file` (JSON, rewritten every `--stats-interval`) and,
 //! on SIGTERM/SIGINT, to stdout as one JSON line.
 
+mod common;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use bytes::{Buf, Bytes};
 use clap::Parser;
+use common::for_each_len_field;
+use loom_sidecar::model::otlp::{EXPORT_PATH, TRACE_SERVICE};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -31,9 +35,6 @@ use tonic::codegen::{http, BoxFuture, Context, Poll, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::transport::server::TcpIncoming;
 use tonic::Status;
-
-const SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Resource keys the sidecar's `enrich` processor may add; anything else extra is corruption.
 const ENRICH_RESOURCE_KEYS: [&str; 4] = [
@@ -73,64 +74,19 @@ struct Cli {
 // ---------------------------------------------------------------------------------------------
 // Counting without decoding
 
-fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, &'static str> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos).ok_or("truncated varint")?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err("varint longer than 10 bytes")
-}
-
-/// Calls `f(field, value)` for every length-delimited field of the message `buf`.
-fn for_each_len_field(
-    buf: &[u8],
-    mut f: impl FnMut(u64, &[u8]) -> Result<(), &'static str>,
-) -> Result<(), &'static str> {
-    let mut pos = 0;
-    while pos < buf.len() {
-        let key = varint(buf, &mut pos)?;
-        match key & 7 {
-            0 => {
-                varint(buf, &mut pos)?;
-            }
-            1 => pos += 8,
-            5 => pos += 4,
-            2 => {
-                let len = usize::try_from(varint(buf, &mut pos)?).map_err(|_| "length overflow")?;
-                let end = pos
-                    .checked_add(len)
-                    .filter(|e| *e <= buf.len())
-                    .ok_or("field overruns its message")?;
-                f(key >> 3, &buf[pos..end])?;
-                pos = end;
-            }
-            _ => return Err("unsupported wire type"),
-        }
-    }
-    if pos != buf.len() {
-        return Err("message overruns its end");
-    }
-    Ok(())
-}
-
 /// Spans in an encoded ExportTraceServiceRequest: resource_spans (1) → scope_spans (2) →
 /// spans (2).
-fn count_spans(buf: &[u8]) -> Result<u64, &'static str> {
+fn count_spans(buf: &[u8]) -> Result<u64> {
     let mut n = 0u64;
-    for_each_len_field(buf, |f, rs| {
+    for_each_len_field(buf, 0, buf.len(), |f, s, e| {
         if f != 1 {
             return Ok(());
         }
-        for_each_len_field(rs, |f, ss| {
+        for_each_len_field(buf, s, e, |f, s, e| {
             if f != 2 {
                 return Ok(());
             }
-            for_each_len_field(ss, |f, _| {
+            for_each_len_field(buf, s, e, |f, _, _| {
                 if f == 2 {
                     n += 1;
                 }
@@ -429,10 +385,7 @@ impl State {
 }
 
 fn write_stats(path: &Path, stats: &serde_json::Value) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{stats}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    common::write_atomically(path, format!("{stats}\n").as_bytes())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -488,7 +441,7 @@ struct NullTraceService {
 }
 
 impl NamedService for NullTraceService {
-    const NAME: &'static str = SERVICE_NAME;
+    const NAME: &'static str = TRACE_SERVICE;
 }
 
 impl<B> Service<http::Request<B>> for NullTraceService
@@ -611,20 +564,7 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = if cli.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cli.threads)
-            .enable_all()
-            .build()
-    };
-    let result = match rt {
-        Ok(rt) => rt.block_on(run(cli)),
-        Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
-    };
+    let result = common::runtime(cli.threads).and_then(|rt| rt.block_on(run(cli)));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -657,7 +597,7 @@ mod tests {
         let req = ExportTraceServiceRequest {
             resource_spans: vec![rs(3), rs(0)],
         };
-        assert_eq!(count_spans(&req.encode_to_vec()), Ok(5));
+        assert_eq!(count_spans(&req.encode_to_vec()).unwrap(), 5);
         assert!(count_spans(&[0x0a, 0x05, 0x01]).is_err());
     }
 }

@@ -17,6 +17,7 @@ use super::{
     ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
 };
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::model::otlp::{EXPORT_PATH, TRACE_SERVICE};
 use crate::model::Batch;
 use crate::Factory;
 
@@ -242,9 +243,6 @@ pub fn classify(status: &tonic::Status) -> ExportError {
     }
 }
 
-/// The gRPC method; the same path and method extension the generated `TraceServiceClient` uses.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
 impl Exporter for OtlpExporter {
     fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
         let mut client =
@@ -264,10 +262,9 @@ impl Exporter for OtlpExporter {
             for (k, v) in headers.iter() {
                 req.metadata_mut().insert(k.clone(), v.clone());
             }
-            req.extensions_mut().insert(tonic::GrpcMethod::new(
-                "opentelemetry.proto.collector.trace.v1.TraceService",
-                "Export",
-            ));
+            // The same path and method extension the generated `TraceServiceClient` uses.
+            req.extensions_mut()
+                .insert(tonic::GrpcMethod::new(TRACE_SERVICE, "Export"));
             // As the generated client does: a channel that is not ready fails with UNKNOWN.
             let sent = match client.ready().await {
                 Ok(()) => {

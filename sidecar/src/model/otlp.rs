@@ -25,6 +25,11 @@ use prost::encoding::{
 };
 use prost::{DecodeError, Message};
 
+/// The OTLP trace gRPC service, as servers register it and clients name it.
+pub const TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
+/// The gRPC path of its `Export` method (`/{TRACE_SERVICE}/Export`).
+pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 /// `ExportTraceServiceRequest`, wire-compatible.
 #[derive(Clone, PartialEq, Message)]
 pub struct TraceRequest {
@@ -754,5 +759,10 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn export_path_is_the_trace_service_method() {
+        assert_eq!(EXPORT_PATH, format!("/{TRACE_SERVICE}/Export"));
     }
 }

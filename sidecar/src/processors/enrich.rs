@@ -114,17 +114,20 @@ impl Processor for Enrich {
                         "loom.topic",
                         "messaging.destination.name",
                     ]);
-                    let (add_agent, add_topic) = (agent.is_none(), topic.is_none());
-                    let destination = destination.flatten().map(str::to_owned);
+                    let add_agent = agent.is_none();
+                    // Owned (the span is written below), so copied only when it is used.
+                    let destination = if topic.is_none() {
+                        destination.flatten().map(str::to_owned)
+                    } else {
+                        None
+                    };
                     if add_agent {
                         if let Some(agent) = resource_agent {
                             span.push_str_attr("loom.agent.id", agent);
                         }
                     }
-                    if add_topic {
-                        if let Some(topic) = destination {
-                            span.push_str_attr("loom.topic", &topic);
-                        }
+                    if let Some(topic) = destination {
+                        span.push_str_attr("loom.topic", &topic);
                     }
                 }
             }

@@ -323,15 +323,20 @@ pub fn span_topic(span: &Span) -> Option<&str> {
 impl Sampler {
     /// Index of the first rule the span matches (None: the default).
     fn rule_for(&self, span: &Span, resource: &[KeyValue]) -> Option<usize> {
+        // Each lookup walks the span's bytes: at most once per span, and only if a rule asks.
+        let agent = std::cell::OnceCell::new();
+        let topic = std::cell::OnceCell::new();
         self.spec.rules.iter().position(|r| {
-            let agent_ok = r
-                .agent
-                .as_ref()
-                .is_none_or(|g| span_agent(span, resource).is_some_and(|a| g.is_match(a)));
-            let topic_ok = r
-                .topic
-                .as_ref()
-                .is_none_or(|g| span_topic(span).is_some_and(|t| g.is_match(t)));
+            let agent_ok = r.agent.as_ref().is_none_or(|g| {
+                agent
+                    .get_or_init(|| span_agent(span, resource))
+                    .is_some_and(|a| g.is_match(a))
+            });
+            let topic_ok = r.topic.as_ref().is_none_or(|g| {
+                topic
+                    .get_or_init(|| span_topic(span))
+                    .is_some_and(|t| g.is_match(t))
+            });
             agent_ok && topic_ok
         })
     }

@@ -31,6 +31,7 @@ use super::{Fanin, Listening, ReceiverCtx, ReceiverSpec, Started};
 use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
 use crate::exporters::BoxFuture;
 use crate::metrics::Metrics;
+use crate::model::otlp::{EXPORT_PATH, TRACE_SERVICE};
 use crate::model::{span_count, TraceRequest};
 use crate::pipeline::Refusal;
 use crate::Factory;
@@ -268,21 +269,22 @@ fn fix_codec_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
 /// Load refusals as gRPC: RESOURCE_EXHAUSTED (memory, full persistent queue) or UNAVAILABLE,
 /// always with RetryInfo.
 fn grpc_refusal(r: &Refusal) -> Status {
-    let code = match r {
-        Refusal::MemoryLimit { .. } | Refusal::StorageFull { .. } => Code::ResourceExhausted,
-        Refusal::QueueFull { .. } | Refusal::StorageError | Refusal::ShuttingDown => {
-            Code::Unavailable
-        }
-    };
     Status::with_error_details(
-        code,
+        refusal_code(r),
         r.message(),
         ErrorDetails::with_retry_info(Some(r.retry_after())),
     )
 }
 
-/// gRPC path of `TraceService/Export`.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The gRPC code of a load refusal (also sent as `grpc-status`-style code in OTLP/HTTP bodies).
+fn refusal_code(r: &Refusal) -> Code {
+    match r {
+        Refusal::MemoryLimit { .. } | Refusal::StorageFull { .. } => Code::ResourceExhausted,
+        Refusal::QueueFull { .. } | Refusal::StorageError | Refusal::ShuttingDown => {
+            Code::Unavailable
+        }
+    }
+}
 
 /// `TraceService` as tonic would generate it, but decoding into [`TraceRequest`], whose spans
 /// stay slices of the received message (see `model::otlp`).
@@ -293,7 +295,7 @@ struct TraceServer {
 }
 
 impl tonic::server::NamedService for TraceServer {
-    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const NAME: &'static str = TRACE_SERVICE;
 }
 
 struct Export(Arc<Intake>);
@@ -517,7 +519,7 @@ async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Byte
                     StatusCode::SERVICE_UNAVAILABLE
                 }
             };
-            let mut resp = http_error(enc, status, grpc_refusal(&r).code(), &r.message());
+            let mut resp = http_error(enc, status, refusal_code(&r), &r.message());
             let secs = r.retry_after().as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
