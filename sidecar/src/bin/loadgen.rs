@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use common::{for_each_len_field, write_atomically};
+use common::{for_each_len_field, for_each_span, write_atomically};
 use loom_sidecar::exporters::encoded::ExportCodec;
 use loom_sidecar::model::otlp::EXPORT_PATH;
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -443,29 +443,15 @@ impl Template {
 /// Offsets of every span's trace id, span id and parent span id in an encoded request.
 fn id_offsets(buf: &[u8]) -> Result<Vec<Patch>> {
     let mut out = Vec::new();
-    // ExportTraceServiceRequest.resource_spans = 1, ResourceSpans.scope_spans = 2,
-    // ScopeSpans.spans = 2, Span.trace_id = 1, span_id = 2, parent_span_id = 4.
-    for_each_len_field(buf, 0, buf.len(), |f, s, e| {
-        if f != 1 {
-            return Ok(());
-        }
+    // Span.trace_id = 1, span_id = 2, parent_span_id = 4.
+    for_each_span(buf, |s, e| {
         for_each_len_field(buf, s, e, |f, s, e| {
-            if f != 2 {
-                return Ok(());
+            match (f, e - s) {
+                (1, 16) => out.push(Patch::Trace(s)),
+                (2, 8) | (4, 8) => out.push(Patch::Span(s)),
+                _ => {}
             }
-            for_each_len_field(buf, s, e, |f, s, e| {
-                if f != 2 {
-                    return Ok(());
-                }
-                for_each_len_field(buf, s, e, |f, s, e| {
-                    match (f, e - s) {
-                        (1, 16) => out.push(Patch::Trace(s)),
-                        (2, 8) | (4, 8) => out.push(Patch::Span(s)),
-                        _ => {}
-                    }
-                    Ok(())
-                })
-            })
+            Ok(())
         })
     })?;
     Ok(out)

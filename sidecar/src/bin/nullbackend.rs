@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use bytes::{Buf, Bytes};
 use clap::Parser;
-use common::for_each_len_field;
+use common::for_each_span;
 use loom_sidecar::model::otlp::{EXPORT_PATH, TRACE_SERVICE};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -74,25 +74,12 @@ struct Cli {
 // ---------------------------------------------------------------------------------------------
 // Counting without decoding
 
-/// Spans in an encoded ExportTraceServiceRequest: resource_spans (1) → scope_spans (2) →
-/// spans (2).
+/// Spans in an encoded ExportTraceServiceRequest.
 fn count_spans(buf: &[u8]) -> Result<u64> {
     let mut n = 0u64;
-    for_each_len_field(buf, 0, buf.len(), |f, s, e| {
-        if f != 1 {
-            return Ok(());
-        }
-        for_each_len_field(buf, s, e, |f, s, e| {
-            if f != 2 {
-                return Ok(());
-            }
-            for_each_len_field(buf, s, e, |f, _, _| {
-                if f == 2 {
-                    n += 1;
-                }
-                Ok(())
-            })
-        })
+    for_each_span(buf, |_, _| {
+        n += 1;
+        Ok(())
     })?;
     Ok(n)
 }

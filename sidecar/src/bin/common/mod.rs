@@ -56,6 +56,27 @@ pub fn for_each_len_field(
     Ok(())
 }
 
+/// Calls `f(start, end)` for every span of the `ExportTraceServiceRequest` encoded in `buf`:
+/// resource_spans (1) → scope_spans (2) → spans (2).
+pub fn for_each_span(buf: &[u8], mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
+    for_each_len_field(buf, 0, buf.len(), |field, s, e| {
+        if field != 1 {
+            return Ok(());
+        }
+        for_each_len_field(buf, s, e, |field, s, e| {
+            if field != 2 {
+                return Ok(());
+            }
+            for_each_len_field(buf, s, e, |field, s, e| {
+                if field == 2 {
+                    f(s, e)?;
+                }
+                Ok(())
+            })
+        })
+    })
+}
+
 /// A current-thread runtime for one thread, else a multi-thread one with `threads` workers.
 pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
     let rt = if threads <= 1 {
