@@ -3,6 +3,7 @@ started by the same runner as `loom run`, on free loopback ports."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -110,3 +111,38 @@ def chain_problems(spans: List[Span]) -> List[str]:
     if len(spans) != len(EXPECTED_CHAIN):
         problems.append(f"{len(spans)} spans, expected {len(EXPECTED_CHAIN)}")
     return problems
+
+
+# ----- examples/market-analyst ---------------------------------------------------------------
+
+MARKET_PROJECT = REPO / "examples" / "market-analyst"
+
+
+def span_extras(path: Path) -> Dict[str, dict]:
+    """Links and events per span id, read from the raw file-exporter lines (loom._traces.Span
+    keeps neither): {span_id: {"links": [{"trace_id", "span_id", "attributes"}], "events":
+    [{"name", "attributes"}], "status_message": str}}."""
+    from loom._traces import _attrs, _hex_id
+
+    out: Dict[str, dict] = {}
+    try:
+        fh = open(path, "r", encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    with fh:
+        for line in fh:
+            try:
+                req = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            for rs in req.get("resourceSpans", []):
+                for ss in rs.get("scopeSpans", []):
+                    for s in ss.get("spans", []):
+                        out[_hex_id(s.get("spanId"))] = {
+                            "links": [{"trace_id": _hex_id(l.get("traceId")), "span_id": _hex_id(l.get("spanId")),
+                                       "attributes": _attrs(l.get("attributes"))} for l in s.get("links", []) or []],
+                            "events": [{"name": e.get("name", ""), "attributes": _attrs(e.get("attributes"))}
+                                       for e in s.get("events", []) or []],
+                            "status_message": (s.get("status") or {}).get("message", ""),
+                        }
+    return out

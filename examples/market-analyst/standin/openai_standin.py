@@ -11,6 +11,8 @@ Environment:
   STANDIN_MODE        ok (default) | non_json (HTTP 200 whose body is not JSON) |
                       garbage (a valid completion whose content is not plan JSON) |
                       error (HTTP 500)
+  STANDIN_PLAN        a fixed plan JSON to answer every time instead of deriving one (e.g. to
+                      show the planner's duplicate-plan check)
 Standard library only (asyncio streams), bounded requests, never logs headers (API keys).
 """
 
@@ -114,8 +116,9 @@ def completion(model: str, prompt: str, content: str) -> Dict[str, Any]:
 
 
 class StandIn:
-    def __init__(self, mode: str, latency: Tuple[float, float]) -> None:
+    def __init__(self, mode: str, latency: Tuple[float, float], fixed_plan: Optional[str] = None) -> None:
         self.mode = mode
+        self.fixed_plan = fixed_plan
         self.latency = latency
         self.served = 0
 
@@ -186,8 +189,8 @@ class StandIn:
         elif self.mode == "garbage":
             await self._send(writer, 200, completion(model, prompt, "I think you should probably buy, or maybe not."), keep)
         else:
-            plan = plan_from_prompt(prompt)
-            await self._send(writer, 200, completion(model, prompt, json.dumps(plan)), keep)
+            content = self.fixed_plan or json.dumps(plan_from_prompt(prompt))
+            await self._send(writer, 200, completion(model, prompt, content), keep)
         log.info("answered %s (mode=%s, served=%d)", model, self.mode, self.served)
 
     async def _send(self, writer: asyncio.StreamWriter, status: int, obj: Dict[str, Any], keep: bool = False) -> None:
@@ -210,7 +213,8 @@ async def main() -> None:
         port = int(os.environ.get("STANDIN_PORT", "18089"))
     except ValueError:
         raise SystemExit("STANDIN_PORT must be a port number") from None
-    standin = StandIn(mode, _latency_range())
+    fixed = os.environ.get("STANDIN_PLAN") or None
+    standin = StandIn(mode, _latency_range(), fixed)
     server = await asyncio.start_server(standin.handle, "127.0.0.1", port, limit=MAX_HEADER_BYTES)
     bound = server.sockets[0].getsockname()[1]
     log.info("OpenAI-compatible STAND-IN (not a model) listening on http://127.0.0.1:%d/v1 (mode=%s)", bound, mode)
