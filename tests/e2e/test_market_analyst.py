@@ -292,18 +292,31 @@ def test_llm_failures_fall_back_to_rules(start_market) -> None:
             assert execs, f"{mode}: fallback plan not executed"
 
 
-def test_identical_plans_are_not_repeated_within_the_window(start_market) -> None:
+def test_late_analyses_are_counted_and_identical_plans_not_repeated(start_market) -> None:
+    # Sentiment answers after the planner's timeout; the stand-in gives the same plan every time.
     fixed = json.dumps({"action": "HOLD", "confidence": 0.5, "reasoning": "fixed answer"})
     run = start_market({"data": {"DATA_INTERVAL_S": "0.3", "MARKET_SYMBOLS": "BTC-USDT"},
-                        "planner": {"PLANNER_DEDUPE_WINDOW_S": "60"}, "llm-standin": {"STANDIN_PLAN": fixed}})
+                        "sentiment": {"ANALYST_LATENCY_MS": "1300,1400"},
+                        "planner": {"PLANNER_DEDUPE_WINDOW_S": "60", "PLANNER_TIMEOUT_S": "0.8"},
+                        "llm-standin": {"STANDIN_PLAN": fixed}})
     wait_until(lambda: len(plan_spans(run)) >= 5, 40, "5 plans")
     quiesce(run)
     plans = plan_spans(run)
     extras = span_extras(run.trace_file)
+    traces = run.traces()
+    # Late: each tick's sentiment arrived after its plan, and each was counted.
+    late = [m.group(1) for m in run.logged("planner", r"late analysis sentiment for tick=(\S+)")]
+    assert len(late) >= len(plans) - 1 and len(late) == len(set(late))
+    late_events = [e for v in traces.values() for s in v if s.service == "agent-planner" and s.name == "agent.on_event"
+                   for e in extras[s.span_id]["events"] if e["name"] == "late_analysis"]
+    assert len(late_events) == len(late)
+    assert max(e["attributes"]["market.late_total"] for e in late_events) == len(late)
+    for p in plans:
+        assert p.attributes["market.plan.missing"] == ["sentiment"]
+    # Duplicates: one plan goes out, every identical one within the window is held back.
     emitted = [p for p in plans if p.attributes.get("market.plan.emitted") is True]
     assert len(emitted) == 1
     first_id = emitted[0].attributes["market.plan.id"]
-    traces = run.traces()
     for p in plans:
         if p is emitted[0]:
             continue
