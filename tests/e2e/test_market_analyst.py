@@ -292,12 +292,13 @@ def test_llm_failures_fall_back_to_rules(start_market) -> None:
             assert execs, f"{mode}: fallback plan not executed"
 
 
-def test_late_analyses_are_counted_and_identical_plans_not_repeated(start_market) -> None:
+def test_late_analyses_counted_identical_plans_held_back_content_opt_in(start_market) -> None:
     # Sentiment answers after the planner's timeout; the stand-in gives the same plan every time.
     fixed = json.dumps({"action": "HOLD", "confidence": 0.5, "reasoning": "fixed answer"})
     run = start_market({"data": {"DATA_INTERVAL_S": "0.3", "MARKET_SYMBOLS": "BTC-USDT"},
                         "sentiment": {"ANALYST_LATENCY_MS": "1300,1400"},
-                        "planner": {"PLANNER_DEDUPE_WINDOW_S": "60", "PLANNER_TIMEOUT_S": "0.8"},
+                        "planner": {"PLANNER_DEDUPE_WINDOW_S": "60", "PLANNER_TIMEOUT_S": "0.8",
+                                    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"},
                         "llm-standin": {"STANDIN_PLAN": fixed}})
     wait_until(lambda: len(plan_spans(run)) >= 5, 40, "5 plans")
     quiesce(run)
@@ -324,6 +325,12 @@ def test_late_analyses_are_counted_and_identical_plans_not_repeated(start_market
         assert len(events) == 1 and events[0]["attributes"]["market.plan.previous_id"] == first_id
         assert not [s for s in traces[p.trace_id] if s.name == "bridge.publish" and s.parent_span_id == p.span_id]
     assert executed(run) == [first_id]
+    # With the opt-in, the LLM spans carry the prompt and the answer.
+    llms = [s for v in traces.values() for s in v if s.kind_name == "CLIENT" and s.name == f"chat {MODEL}"]
+    assert len(llms) == len(plans)
+    for s in llms:
+        assert "INPUT:" in str(s.attributes.get("gen_ai.input.messages"))
+        assert "fixed answer" in str(s.attributes.get("gen_ai.output.messages"))
 
 
 def test_restarting_the_planner_never_executes_a_plan_twice(start_market) -> None:

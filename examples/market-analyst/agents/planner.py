@@ -33,9 +33,7 @@ os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experiment
 if os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "").strip().lower() == "true":
     os.environ["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] = "span_only"
 
-import openai  # noqa: E402
 from opentelemetry import trace  # noqa: E402
-from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor  # noqa: E402
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags  # noqa: E402
 
 import loom  # noqa: E402
@@ -166,10 +164,7 @@ class Planner:
         self.expects = [k.strip() for k in os.environ.get("PLANNER_EXPECTS", "trend,risk,sentiment").split(",") if k.strip()]
         self.llm = LLMConfig.load()
         self.agent = loom.Agent("planner", topics=[f"analysis.{k}" for k in self.expects], on_event=self.on_event)
-        # After the Agent: its TracerProvider is the global one the instrumentation picks up.
-        OpenAIInstrumentor().instrument()
-        self.client = openai.AsyncOpenAI(base_url=self.llm.base_url, api_key=self.llm.api_key,
-                                         timeout=self.llm.timeout_s, max_retries=0)
+        self.client: Optional[asyncio.Future] = None
         self.tracer = trace.get_tracer("market-analyst.planner")
         self.pending: "collections.OrderedDict[str, Pending]" = collections.OrderedDict()
         self.planned: "collections.OrderedDict[str, None]" = collections.OrderedDict()
@@ -236,10 +231,23 @@ class Planner:
         except Exception:  # noqa: BLE001 - one bad tick must not stop the planner
             log.exception("planning tick=%s failed", p.tick_id)
 
+    def load_client(self) -> Any:
+        """Imports and instruments the `openai` client (about a second of imports, so it runs in
+        a thread while the planner already joins the bus). Called after the Agent exists: its
+        TracerProvider is the global one the instrumentation picks up."""
+        import openai
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+        OpenAIInstrumentor().instrument()
+        return openai.AsyncOpenAI(base_url=self.llm.base_url, api_key=self.llm.api_key,
+                                  timeout=self.llm.timeout_s, max_retries=0)
+
     async def ask_llm(self, p: Pending, missing: List[str]) -> Dict[str, Any]:
         facts = {"symbol": p.symbol, "price": p.price, "missing": missing,
                  "analyses": {k: {x: v for x, v in a.payload.items() if x not in ("tick_id",)} for k, a in p.analyses.items()}}
-        resp = await self.client.chat.completions.create(
+        assert self.client is not None
+        client = await asyncio.shield(self.client)
+        resp = await client.chat.completions.create(
             model=self.llm.model,
             messages=[{"role": "system", "content": SYSTEM_PROMPT},
                       {"role": "user", "content": "Plan the next paper trade.\nINPUT:\n" + json.dumps(facts, sort_keys=True)}],
@@ -298,12 +306,15 @@ async def main() -> None:
     planner = Planner()
     log.info("LLM endpoint %s model=%s timeout=%.0fs; fan-in timeout %.1fs", planner.llm.base_url, planner.llm.model,
              planner.llm.timeout_s, planner.timeout)
+    await planner.agent.start()
+    planner.client = asyncio.get_running_loop().run_in_executor(None, planner.load_client)
     try:
         await planner.agent.run_forever()
     finally:
         for t in list(planner.tasks):
             t.cancel()
-        await planner.client.close()
+        if planner.client.done() and planner.client.exception() is None:
+            await planner.client.result().close()
 
 
 if __name__ == "__main__":
