@@ -50,7 +50,7 @@ book = PaperBook(env_float("EXECUTOR_CASH", 100_000.0), env_float("EXECUTOR_NOTI
 
 def valid_plan(plan: Any) -> bool:
     return (isinstance(plan, dict) and isinstance(plan.get("plan_id"), str) and 0 < len(plan["plan_id"]) <= 256
-            and isinstance(plan.get("symbol"), str) and plan.get("action") in ("BUY", "SELL", "HOLD")
+            and isinstance(plan.get("symbol"), str) and 0 < len(plan["symbol"]) <= 32 and plan.get("action") in ("BUY", "SELL", "HOLD")
             and isinstance(plan.get("price"), (int, float)) and isinstance(plan.get("confidence"), (int, float)))
 
 

@@ -138,6 +138,18 @@ def check_plan(content: Optional[str]) -> Dict[str, Any]:
     return {"action": action.strip().upper(), "confidence": round(float(conf), 3), "reasoning": reasoning.strip()[:MAX_REASONING]}
 
 
+def prompt_fields(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """What of an analysis goes into the prompt: scalar fields only, bounded (an analysis is
+    untrusted input and the prompt costs tokens)."""
+    out: Dict[str, Any] = {}
+    for k, v in payload.items():
+        if len(out) >= 16 or k == "tick_id" or not isinstance(k, str) or len(k) > 40:
+            continue
+        if isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 64):
+            out[k] = v
+    return out
+
+
 def rules_plan(p: Pending) -> Dict[str, Any]:
     """The fallback: a plain rule over the scores the planner has."""
 
@@ -244,7 +256,7 @@ class Planner:
 
     async def ask_llm(self, p: Pending, missing: List[str]) -> Dict[str, Any]:
         facts = {"symbol": p.symbol, "price": p.price, "missing": missing,
-                 "analyses": {k: {x: v for x, v in a.payload.items() if x not in ("tick_id",)} for k, a in p.analyses.items()}}
+                 "analyses": {k: prompt_fields(a.payload) for k, a in p.analyses.items()}}
         assert self.client is not None
         client = await asyncio.shield(self.client)
         resp = await client.chat.completions.create(
