@@ -2,7 +2,12 @@
 //!
 //! [`Bridge`] owns the bus, the broker and the agent registry; [`serve`] runs the gRPC service,
 //! the heartbeat reaper and the dashboard until a shutdown signal.
+//!
+//! Modules: [`bridge`] (the state handle), `registry` (the agent map and its operations),
+//! [`service`] (the gRPC RPCs, stream loops and remote action provider), [`config`],
+//! [`dashboard`].
 
+pub mod bridge;
 pub mod config;
 pub mod dashboard;
 mod registry;
@@ -13,9 +18,9 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+pub use bridge::{Bridge, BridgeStats};
 pub use config::BridgeConfig;
 pub use registry::AgentInfo;
-pub use service::{Bridge, BridgeStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

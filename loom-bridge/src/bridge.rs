@@ -1,0 +1,230 @@
+//! The bridge's state handle: bus, broker, agent registry, config, counters, shutdown and reaper.
+//!
+//! [`Bridge`] is what Rust code holds (cheap to clone); the gRPC service in [`crate::service`]
+//! works on the same [`Shared`] state. Removing an agent is split in two: the registry takes the
+//! entry out of its map ([`crate::registry::Registry::remove`]), then [`Shared::teardown`]
+//! releases what the agent held outside it (capabilities, stream, waiting callers).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use loom_core::action_broker::{ActionBroker, BrokerConfig};
+use loom_core::event_bus::{BusConfig, EventBus};
+use loom_core::proto::bridge_server::BridgeServer;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::config::BridgeConfig;
+use crate::registry::{AgentEntry, AgentInfo, Registry};
+use crate::service::BridgeService;
+
+/// Bridge-wide counters.
+#[derive(Debug, Default)]
+pub struct BridgeCounters {
+    pub registered: AtomicU64,
+    pub deregistered: AtomicU64,
+    pub expired: AtomicU64,
+    pub published: AtomicU64,
+    pub publish_rejected: AtomicU64,
+    pub delivered: AtomicU64,
+    pub actions_forwarded: AtomicU64,
+}
+
+/// What `/api/stats` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct BridgeStats {
+    pub agents: usize,
+    pub registered: u64,
+    pub deregistered: u64,
+    pub expired: u64,
+    pub published: u64,
+    pub publish_rejected: u64,
+    pub delivered: u64,
+    /// Deliveries lost to drop-oldest in realtime subscription queues (all agents).
+    pub dropped: u64,
+    pub actions_forwarded: u64,
+    pub bus_published: u64,
+    pub bus_delivered: u64,
+    pub topics: HashMap<String, TopicCount>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicCount {
+    pub published: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
+pub(crate) struct Shared {
+    pub config: BridgeConfig,
+    pub bus: EventBus,
+    pub broker: ActionBroker,
+    pub registry: Registry,
+    pub counters: BridgeCounters,
+    pub shutdown: CancellationToken,
+}
+
+/// The bridge: an EventBus + ActionBroker with remote agents attached. Cheap to clone.
+#[derive(Clone)]
+pub struct Bridge {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Bridge {
+    pub fn new(config: BridgeConfig) -> Bridge {
+        let bus = EventBus::new(BusConfig {
+            queue_capacity: config.subscription_queue,
+            ..BusConfig::default()
+        });
+        let broker = ActionBroker::new(BrokerConfig {
+            default_timeout: config.default_action_timeout,
+            ..BrokerConfig::default()
+        });
+        Bridge::with_parts(config, bus, broker)
+    }
+
+    /// A bridge over an existing bus and broker, so Rust code in the same process shares them.
+    pub fn with_parts(config: BridgeConfig, bus: EventBus, broker: ActionBroker) -> Bridge {
+        Bridge {
+            shared: Arc::new(Shared {
+                config,
+                bus,
+                broker,
+                registry: Registry::default(),
+                counters: BridgeCounters::default(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn bus(&self) -> &EventBus {
+        &self.shared.bus
+    }
+
+    pub fn broker(&self) -> &ActionBroker {
+        &self.shared.broker
+    }
+
+    pub fn config(&self) -> &BridgeConfig {
+        &self.shared.config
+    }
+
+    /// The tonic service, with the message size limit derived from the payload limit.
+    pub fn service(&self) -> BridgeServer<BridgeService> {
+        BridgeServer::new(BridgeService::new(self.shared.clone()))
+            .max_decoding_message_size(self.shared.config.max_message_bytes())
+            .max_encoding_message_size(self.shared.config.max_message_bytes())
+    }
+
+    /// A snapshot of every registered agent with its counters, sorted by agent id.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        self.shared.registry.snapshot()
+    }
+
+    pub fn stats(&self) -> BridgeStats {
+        let c = &self.shared.counters;
+        let bus = self.shared.bus.stats();
+        BridgeStats {
+            agents: self.shared.registry.len(),
+            registered: c.registered.load(Ordering::Relaxed),
+            deregistered: c.deregistered.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+            published: c.published.load(Ordering::Relaxed),
+            publish_rejected: c.publish_rejected.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            dropped: bus.dropped,
+            actions_forwarded: c.actions_forwarded.load(Ordering::Relaxed),
+            bus_published: bus.published,
+            bus_delivered: bus.delivered,
+            topics: bus
+                .topics
+                .into_iter()
+                .map(|(k, t)| {
+                    (
+                        k,
+                        TopicCount {
+                            published: t.published,
+                            delivered: t.delivered,
+                            dropped: t.dropped,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Closes every agent stream (with UNAVAILABLE, so agents reconnect elsewhere or later).
+    pub fn shutdown(&self) {
+        for entry in self.shared.registry.remove_all() {
+            self.shared
+                .teardown(entry, Status::unavailable("loom-bridge is shutting down"));
+        }
+        self.shared.shutdown.cancel();
+    }
+
+    /// Deregisters agents whose last heartbeat (or stream message) is older than the timeout.
+    /// Returns the ids removed.
+    pub fn expire_stale(&self) -> Vec<String> {
+        let timeout = self.shared.config.heartbeat_timeout;
+        let mut removed = Vec::new();
+        for entry in self.shared.registry.expire_stale(timeout) {
+            let id = entry.agent_id.clone();
+            let reason = Status::failed_precondition(format!(
+                "agent {id} missed heartbeats for {} ms and was deregistered; register again",
+                timeout.as_millis()
+            ));
+            self.shared.teardown(entry, reason);
+            self.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(agent.id = %id, "agent missed heartbeats: deregistered");
+            removed.push(id);
+        }
+        removed
+    }
+
+    /// Runs [`Bridge::expire_stale`] periodically until shutdown.
+    pub async fn run_reaper(self) {
+        let period =
+            (self.shared.config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(20));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                _ = tick.tick() => { self.expire_stale(); }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Removes an agent (if `session` matches, when given) and tears it down with `reason` as
+    /// its stream's final status. Returns whether anything was removed.
+    pub fn deregister(&self, agent_id: &str, session: Option<&str>, reason: Status) -> bool {
+        match self.registry.remove(agent_id, session) {
+            Some(entry) => {
+                self.teardown(entry, reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Releases what a removed agent held: its capabilities, its stream (which gets `reason` as
+    /// its final status) and the callers waiting on its answers.
+    pub fn teardown(&self, entry: AgentEntry, reason: Status) {
+        for cap in &entry.capabilities {
+            self.broker.unregister(cap);
+        }
+        if let Some(stream) = &entry.stream {
+            // Best effort: a full queue means the agent is not reading anyway.
+            let _ = stream.outbound.try_send(Err(reason));
+            stream.cancel.cancel();
+            // Dropping the senders fails the callers waiting on this agent at once.
+            stream.pending.lock().clear();
+        }
+        self.counters.deregistered.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(agent.id = %entry.agent_id, "agent deregistered");
+    }
+}

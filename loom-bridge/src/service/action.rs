@@ -1,0 +1,136 @@
+//! Actions across the bridge: ForwardAction (a remote caller invokes any capability through the
+//! broker) and [`RemoteProvider`] (a capability served by a remote agent, over its stream).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use loom_core::action_broker::{ActionProvider, BoxFuture};
+use loom_core::envelope::Envelope;
+use loom_core::proto::server_message::Msg as ServerMsg;
+use loom_core::proto::{ActionCall, ActionResult, ActionStatus, ServerMessage};
+use tokio::sync::oneshot;
+use tonic::Status;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::bridge::Shared;
+use crate::registry::StreamHandle;
+
+/// ForwardAction: invokes `call` through the broker in a `bridge.forward_action` span (SERVER,
+/// parent = the caller's `traceparent` in the call's headers). Broker failures are answered as
+/// an ActionResult, not a gRPC error.
+pub(super) async fn forward_action(
+    shared: &Shared,
+    mut call: ActionCall,
+) -> Result<ActionResult, Status> {
+    if call.capability.is_empty() {
+        return Err(Status::invalid_argument("capability is empty"));
+    }
+    if call.args.len() > shared.config.max_payload_bytes {
+        return Err(Status::resource_exhausted(format!(
+            "action args of {} bytes exceed the bridge limit of {} bytes",
+            call.args.len(),
+            shared.config.max_payload_bytes
+        )));
+    }
+    if call.id.is_empty() {
+        call.id = uuid::Uuid::new_v4().to_string();
+    }
+    let call_id = call.id.clone();
+    let span = tracing::info_span!(
+        "bridge.forward_action",
+        otel.kind = "server",
+        loom.capability = call.capability.as_str(),
+        loom.call.id = call.id.as_str(),
+        loom.agent.id = Empty,
+    );
+    if !call.caller.is_empty() {
+        span.record("loom.agent.id", call.caller.as_str());
+    }
+    Envelope::from_metadata(&call.headers).set_parent_of(&span);
+    shared
+        .counters
+        .actions_forwarded
+        .fetch_add(1, Ordering::Relaxed);
+    // invoke() opens action_broker.invoke when called, so call it inside our span.
+    let invocation = {
+        let _entered = span.enter();
+        shared.broker.invoke(call)
+    };
+    let outcome = invocation.instrument(span).await;
+    Ok(match outcome {
+        Ok(r) => r,
+        Err(e) => e.to_result(&call_id),
+    })
+}
+
+/// A capability served by a remote agent: the call goes down the agent's stream and the
+/// agent's ActionResult comes back up it, matched by call id.
+pub(super) struct RemoteProvider {
+    // Weak: the broker inside `Shared` holds this provider, so a strong handle would be a cycle.
+    shared: Weak<Shared>,
+    agent_id: String,
+}
+
+impl RemoteProvider {
+    pub fn new(shared: &Arc<Shared>, agent_id: &str) -> RemoteProvider {
+        RemoteProvider {
+            shared: Arc::downgrade(shared),
+            agent_id: agent_id.to_owned(),
+        }
+    }
+}
+
+/// Removes a pending call when its invocation ends for any reason (answer, timeout, cancel).
+struct PendingGuard {
+    stream: Arc<StreamHandle>,
+    call_id: String,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.stream.pending.lock().remove(&self.call_id);
+    }
+}
+
+impl ActionProvider for RemoteProvider {
+    fn invoke(&self, call: ActionCall) -> BoxFuture<Result<Vec<u8>, String>> {
+        let shared = self.shared.clone();
+        let agent_id = self.agent_id.clone();
+        Box::pin(async move {
+            let shared = shared
+                .upgrade()
+                .ok_or_else(|| "loom-bridge is shutting down".to_owned())?;
+            let stream = shared.registry.stream(&agent_id).ok_or_else(|| {
+                format!("agent {agent_id} serving this capability is not connected")
+            })?;
+            let (tx, rx) = oneshot::channel();
+            stream.pending.lock().insert(call.id.clone(), tx);
+            let _guard = PendingGuard {
+                stream: stream.clone(),
+                call_id: call.id.clone(),
+            };
+            let msg = ServerMessage {
+                msg: Some(ServerMsg::ActionCall(call)),
+            };
+            stream
+                .outbound
+                .send(Ok(msg))
+                .await
+                .map_err(|_| format!("agent {agent_id} stream closed"))?;
+            let result = rx
+                .await
+                .map_err(|_| format!("agent {agent_id} disconnected before answering"))?;
+            if result.status == ActionStatus::Ok as i32 {
+                Ok(result.output)
+            } else if result.error.is_empty() {
+                Err(format!(
+                    "agent {agent_id} answered with status {}",
+                    result.status
+                ))
+            } else {
+                Err(result.error)
+            }
+        })
+    }
+}
