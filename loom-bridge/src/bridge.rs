@@ -228,3 +228,101 @@ impl Shared {
         tracing::info!(agent.id = %entry.agent_id, "agent deregistered");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use loom_core::event_bus::QoS;
+    use loom_core::proto::bridge_server::Bridge as _;
+    use loom_core::proto::{Event, HeartbeatRequest, RegisterAgentRequest};
+    use tonic::{Code, Request};
+
+    use super::*;
+
+    async fn register(svc: &BridgeService, id: &str) -> Result<String, Status> {
+        let req = RegisterAgentRequest {
+            agent_id: id.into(),
+            capabilities: vec![format!("{id}.cap")],
+            ..RegisterAgentRequest::default()
+        };
+        Ok(svc
+            .register_agent(Request::new(req))
+            .await?
+            .into_inner()
+            .session_id)
+    }
+
+    fn event(id: &str) -> Event {
+        Event {
+            id: id.into(),
+            ..Event::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_add_up_registry_counters_and_the_bus() {
+        let bridge = Bridge::new(BridgeConfig {
+            heartbeat_timeout: Duration::from_millis(30),
+            ..BridgeConfig::default()
+        });
+        let svc = BridgeService::new(bridge.shared.clone());
+        register(&svc, "a").await.unwrap();
+        let b_session = register(&svc, "b").await.unwrap();
+        let dup = register(&svc, "a").await.unwrap_err();
+        assert_eq!(dup.code(), Code::AlreadyExists);
+
+        let s = bridge.stats();
+        assert_eq!((s.agents, s.registered, s.deregistered), (2, 2, 0));
+        assert_eq!(bridge.broker().capabilities(), ["a.cap", "b.cap"]);
+
+        // One subscriber that keeps up, one realtime queue of 1 that never reads.
+        let mut fast = bridge.bus().subscribe("sensor.*", QoS::Realtime).unwrap();
+        let _slow = bridge
+            .bus()
+            .subscribe_with_capacity("slow.*", QoS::Realtime, 1)
+            .unwrap();
+        for i in 0..2 {
+            bridge
+                .bus()
+                .publish("sensor.data", event(&format!("s{i}")))
+                .await
+                .unwrap();
+            assert!(fast.recv().await.is_some());
+        }
+        for i in 0..3 {
+            bridge
+                .bus()
+                .publish("slow.data", event(&format!("w{i}")))
+                .await
+                .unwrap();
+        }
+        let s = bridge.stats();
+        assert_eq!((s.bus_published, s.bus_delivered, s.dropped), (5, 5, 2));
+        let t = &s.topics["sensor.data"];
+        assert_eq!((t.published, t.delivered, t.dropped), (2, 2, 0));
+        let t = &s.topics["slow.data"];
+        assert_eq!((t.published, t.delivered, t.dropped), (3, 3, 2));
+
+        // "a" goes quiet, "b" heartbeats: only "a" expires, and its capability goes with it.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        svc.heartbeat(Request::new(HeartbeatRequest {
+            agent_id: "b".into(),
+            session_id: b_session,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(bridge.expire_stale(), vec!["a".to_owned()]);
+        assert_eq!(bridge.broker().capabilities(), ["b.cap"]);
+        let s = bridge.stats();
+        assert_eq!((s.agents, s.expired, s.deregistered), (1, 1, 1));
+        assert_eq!(bridge.agents()[0].agent_id, "b");
+
+        bridge.shutdown();
+        let s = bridge.stats();
+        assert_eq!(
+            (s.agents, s.registered, s.expired, s.deregistered),
+            (0, 2, 1, 2)
+        );
+    }
+}

@@ -346,3 +346,130 @@ fn forward_message(agent_id: &str, mut delivery: Delivery) -> (Option<LoomSpan>,
     };
     (span, msg)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use loom_core::envelope::{TRACEPARENT, TRACESTATE};
+    use loom_core::proto::Event;
+    use loom_core::telemetry::SamplerSpec;
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::Layer as _;
+
+    use super::*;
+
+    /// Loom's tracing layer over an in-memory exporter, for this thread only.
+    fn capture() -> (
+        InMemorySpanExporter,
+        SdkTracerProvider,
+        tracing::subscriber::DefaultGuard,
+    ) {
+        let spec = SamplerSpec::AlwaysOn;
+        let exporter = InMemorySpanExporter::default();
+        let provider = loom_core::telemetry::provider_builder(spec)
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry().with(
+            loom_core::telemetry::otel_layer_for(provider.tracer("bridge"), spec)
+                .with_filter(loom_core::telemetry::otel_filter()),
+        );
+        (
+            exporter,
+            provider,
+            tracing::subscriber::set_default(subscriber),
+        )
+    }
+
+    fn delivered_event(msg: ServerMessage) -> (String, Event) {
+        match msg.msg {
+            Some(ServerMsg::Delivery(d)) => (d.topic, d.event.expect("event")),
+            other => panic!("expected a Delivery, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forward_message_writes_its_own_span_below_the_deliverys_context() {
+        let (exporter, provider, _guard) = capture();
+        // The bus's publish span, as another tracer would have made it.
+        let publish = provider.tracer("bus").start("event_bus.publish");
+        let parent = publish.span_context().clone();
+        let event = Event {
+            id: "ev-1".into(),
+            metadata: HashMap::from([(SENDER_KEY.to_owned(), "sensor".to_owned())]),
+            ..Event::default()
+        };
+        let delivery = Delivery {
+            topic: "sensor.data".into(),
+            event,
+            trace: Some(parent.clone()),
+        };
+
+        let (span, msg) = forward_message("processor", delivery);
+        let forward = span.expect("tracing is on").span_context().clone();
+        let (topic, out) = delivered_event(msg);
+        assert_eq!(topic, "sensor.data");
+        assert_eq!(out.metadata[SENDER_KEY], "sensor");
+        let tp = loom_core::envelope::parse_traceparent(&out.metadata[TRACEPARENT])
+            .expect("a valid traceparent");
+        assert_eq!(tp.trace_id, parent.trace_id().to_bytes());
+        // The agent's parent is bridge.forward itself, not the publish span.
+        assert_eq!(tp.span_id, forward.span_id().to_bytes());
+        assert_ne!(forward.span_id(), parent.span_id());
+
+        provider.force_flush().expect("flush");
+        let spans = exporter.get_finished_spans().expect("spans");
+        let f = spans
+            .iter()
+            .find(|s| s.name == "bridge.forward")
+            .expect("bridge.forward exported");
+        assert_eq!(f.span_kind, SpanKind::Client);
+        assert_eq!(f.parent_span_id, parent.span_id());
+        assert_eq!(f.span_context.span_id(), forward.span_id());
+        let attr = |k: &str| {
+            f.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.as_str().into_owned())
+        };
+        assert_eq!(attr("loom.agent.id").as_deref(), Some("processor"));
+        assert_eq!(attr("loom.topic").as_deref(), Some("sensor.data"));
+        assert_eq!(attr("messaging.operation.type").as_deref(), Some("receive"));
+        drop(publish);
+    }
+
+    const SENDER_KEY: &str = envelope::SENDER;
+
+    #[test]
+    fn with_tracing_off_forward_message_passes_metadata_through_unchanged() {
+        // An agent's context, as the publisher sent it; the bus (tracing off) added none.
+        let metadata = HashMap::from([
+            (SENDER_KEY.to_owned(), "sensor".to_owned()),
+            ("custom".to_owned(), "kept as is".to_owned()),
+            (
+                TRACEPARENT.to_owned(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+            ),
+            (TRACESTATE.to_owned(), "vendor=1".to_owned()),
+        ]);
+        let event = Event {
+            id: "ev-2".into(),
+            payload: b"21.5".to_vec(),
+            metadata,
+            ..Event::default()
+        };
+        let delivery = Delivery {
+            topic: "sensor.data".into(),
+            event: event.clone(),
+            trace: None,
+        };
+
+        let (span, msg) = forward_message("processor", delivery);
+        assert!(span.is_none(), "no tracer installed: no span");
+        let (topic, out) = delivered_event(msg);
+        assert_eq!(topic, "sensor.data");
+        assert_eq!(out, event);
+    }
+}
