@@ -1,22 +1,23 @@
 //! `loom-bridge`: the gRPC Bridge binary (telemetry from the env, clean shutdown on SIGTERM/SIGINT).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use loom_bridge::{serve, Bridge, BridgeConfig};
+use loom_bridge::{config, serve, Bridge, BridgeConfig};
 
 /// Lets Python (and other out-of-process) agents join the Loom EventBus and ActionBroker.
 #[derive(Debug, Parser)]
 #[command(name = "loom-bridge", version)]
 struct Cli {
-    /// gRPC listen address (loom.v1.Bridge).
-    #[arg(long, env = "LOOM_BRIDGE_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// Dashboard listen address (JSON API + page), or "off".
-    #[arg(long, env = "LOOM_BRIDGE_DASHBOARD", default_value = "127.0.0.1:3030")]
-    dashboard_listen: String,
+    /// gRPC listen address (loom.v1.Bridge) [env: LOOM_BRIDGE_LISTEN, else LOOM_BRIDGE_ADDR]
+    /// [default: 127.0.0.1:50051].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Dashboard listen address (JSON API + page), or "off" [env: LOOM_BRIDGE_DASHBOARD, else
+    /// LOOM_DASHBOARD + LOOM_DASHBOARD_HOST + LOOM_DASHBOARD_PORT] [default: 127.0.0.1:3030].
+    #[arg(long)]
+    dashboard_listen: Option<String>,
     /// Deregister agents silent for this long (e.g. 15s, 500ms).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     heartbeat_timeout: Duration,
@@ -60,13 +61,10 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let dashboard_listen =
-        match cli.dashboard_listen.as_str() {
-            "off" | "" => None,
-            s => Some(s.parse::<SocketAddr>().with_context(|| {
-                format!("--dashboard-listen {s:?}: expected host:port or \"off\"")
-            })?),
-        };
+    // Flag > our variable > upstream Loom's variables > default (config::resolve_*).
+    let env = |k: &str| std::env::var(k).ok();
+    let listen = config::resolve_listen(cli.listen.as_deref(), &env)?;
+    let dashboard_listen = config::resolve_dashboard(cli.dashboard_listen.as_deref(), &env)?;
     if cli.heartbeat_timeout.is_zero() {
         anyhow::bail!("--heartbeat-timeout must be greater than zero");
     }
@@ -74,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         .context("telemetry set-up (OTEL_* environment)")?;
 
     let config = BridgeConfig {
-        listen: cli.listen,
+        listen,
         dashboard_listen,
         heartbeat_timeout: cli.heartbeat_timeout,
         heartbeat_interval: (cli.heartbeat_timeout / 3).max(Duration::from_millis(10)),
