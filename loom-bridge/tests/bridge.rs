@@ -367,6 +367,9 @@ async fn a_slow_agent_loses_oldest_deliveries_without_stalling_others() {
         subscription_queue: 4,
         outbound_queue: 4,
         shutdown_grace: Duration::from_millis(500),
+        // The readers send nothing upstream (no heartbeats): on a loaded machine the 2000
+        // publishes outlast the default 15 s and the reaper would remove them mid-test.
+        heartbeat_timeout: Duration::from_secs(300),
         ..BridgeConfig::default()
     })
     .await;
