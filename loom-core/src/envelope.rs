@@ -20,6 +20,13 @@ pub const SENDER: &str = "loom.sender";
 pub const TTL: &str = "loom.ttl";
 pub const HOP: &str = "loom.hop";
 
+/// Upstream loom-py's bare trace keys (`loom-py/src/loom/envelope.py` in loom-os/loom): read when
+/// an event has no `traceparent` key, so a mixed deployment still forms one trace. Never written:
+/// `traceparent` is the one source of truth on this wire (docs/migrating-from-upstream.md).
+pub const BARE_TRACE_ID: &str = "trace_id";
+pub const BARE_SPAN_ID: &str = "span_id";
+pub const BARE_TRACE_FLAGS: &str = "trace_flags";
+
 /// Every metadata key the envelope owns; `write_metadata` is authoritative for these.
 pub const KEYS: [&str; 8] = [
     TRACEPARENT,
@@ -181,6 +188,43 @@ fn non_empty(md: &HashMap<String, String>, key: &str) -> Option<String> {
     md.get(key).filter(|v| !v.is_empty()).cloned()
 }
 
+/// `md[key]`, else upstream's bare form of it (`loom.sender` → `sender`), as upstream loom-py
+/// reads them: its writers use the `loom.` prefix, but bare keys exist in the wild.
+fn non_empty_or_bare(md: &HashMap<String, String>, key: &str) -> Option<String> {
+    non_empty(md, key).or_else(|| {
+        let bare = key.strip_prefix("loom.")?;
+        non_empty(md, bare)
+    })
+}
+
+/// The trace context `md` carries: its `traceparent` when the key is present (valid or not: a
+/// writer that speaks W3C decides alone), else upstream's bare `trace_id` / `span_id` /
+/// `trace_flags`, checked as strictly as a `traceparent` (32 and 16 lowercase hex digits, not
+/// all zero; flags two lowercase hex digits, absent meaning `00`). Anything invalid reads as
+/// absent.
+pub fn trace_parent_of(md: &HashMap<String, String>) -> Option<TraceParent> {
+    if md.is_empty() {
+        return None;
+    }
+    if let Some(tp) = md.get(TRACEPARENT) {
+        return parse_traceparent(tp);
+    }
+    let trace_id = decode_hex::<16>(md.get(BARE_TRACE_ID)?.trim_matches([' ', '\t']).as_bytes())?;
+    let span_id = decode_hex::<8>(md.get(BARE_SPAN_ID)?.trim_matches([' ', '\t']).as_bytes())?;
+    let flags = match md.get(BARE_TRACE_FLAGS) {
+        None => 0,
+        Some(f) => decode_hex::<1>(f.trim_matches([' ', '\t']).as_bytes())?[0],
+    };
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(TraceParent {
+        trace_id,
+        span_id,
+        flags,
+    })
+}
+
 fn number(md: &HashMap<String, String>, key: &str) -> Option<u32> {
     md.get(key).and_then(|v| v.trim().parse::<u32>().ok())
 }
@@ -196,18 +240,20 @@ impl Envelope {
     /// Reads the envelope keys of `md`; unknown keys are ignored, invalid values read as absent.
     pub fn from_metadata(md: &HashMap<String, String>) -> Envelope {
         let mut env = Envelope {
-            thread_id: non_empty(md, THREAD_ID),
-            correlation_id: non_empty(md, CORRELATION_ID),
-            reply_to: non_empty(md, REPLY_TO),
-            sender: non_empty(md, SENDER),
+            thread_id: non_empty_or_bare(md, THREAD_ID),
+            correlation_id: non_empty_or_bare(md, CORRELATION_ID),
+            reply_to: non_empty_or_bare(md, REPLY_TO),
+            sender: non_empty_or_bare(md, SENDER),
             ttl: number(md, TTL),
             hop: number(md, HOP),
             ..Envelope::default()
         };
-        if let Some(tp) = md.get(TRACEPARENT).and_then(|v| parse_traceparent(v)) {
+        if let Some(tp) = trace_parent_of(md) {
             env.set_traceparent(&tp);
             // tracestate without a valid traceparent is meaningless (W3C: discard it).
-            env.tracestate = tracestate_of(md).map(str::to_owned);
+            env.tracestate = tracestate_of(md)
+                .filter(|_| md.contains_key(TRACEPARENT))
+                .map(str::to_owned);
         }
         env
     }
@@ -301,7 +347,7 @@ mod otel {
     use std::collections::HashMap;
 
     use super::{
-        parse_traceparent, to_hex, tracestate_of, Envelope, TraceParent, MAX_TRACESTATE_LEN,
+        to_hex, trace_parent_of, tracestate_of, Envelope, TraceParent, MAX_TRACESTATE_LEN,
         TRACEPARENT,
     };
 
@@ -351,11 +397,13 @@ mod otel {
             ))
         }
 
-        /// The remote parent that `md`'s `traceparent`/`tracestate` name, read straight from the
-        /// map (no `Envelope` built): for hot paths that only need the parent.
+        /// The remote parent that `md`'s `traceparent`/`tracestate` (or, without a `traceparent`,
+        /// upstream's bare trace keys) name, read straight from the map (no `Envelope` built):
+        /// for hot paths that only need the parent.
         pub fn remote_parent(md: &HashMap<String, String>) -> Option<Context> {
-            let tp = md.get(TRACEPARENT).and_then(|v| parse_traceparent(v))?;
-            let sc = remote_span_context(&tp, tracestate_of(md));
+            let tp = trace_parent_of(md)?;
+            let state = tracestate_of(md).filter(|_| md.contains_key(TRACEPARENT));
+            let sc = remote_span_context(&tp, state);
             Some(Context::new().with_remote_span_context(sc))
         }
 
@@ -563,5 +611,109 @@ mod tests {
         env.set_traceparent(&tp);
         env.attach_to_event(&mut ev);
         assert_eq!(Envelope::from_event(&ev).trace_parent(), Some(tp));
+    }
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    #[test]
+    fn upstream_bare_trace_keys_continue_the_trace_without_a_traceparent() {
+        let m = md(&[
+            (BARE_TRACE_ID, TRACE),
+            (BARE_SPAN_ID, SPAN),
+            (BARE_TRACE_FLAGS, "01"),
+            ("sender", "sensor-agent"),
+            ("thread_id", "t-7"),
+            ("correlation_id", "c-1"),
+            ("reply_to", "agent.sensor-agent.replies"),
+        ]);
+        let env = Envelope::from_metadata(&m);
+        assert_eq!(env.traceparent().as_deref(), Some(TP));
+        assert_eq!(env.sender.as_deref(), Some("sensor-agent"));
+        assert_eq!(env.thread_id.as_deref(), Some("t-7"));
+        assert_eq!(env.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(env.reply_to.as_deref(), Some("agent.sensor-agent.replies"));
+        assert_eq!(trace_parent_of(&m), parse_traceparent(TP));
+        // Written back in W3C form only: the bare keys are read, never produced.
+        let out = env.to_metadata();
+        assert_eq!(out[TRACEPARENT], TP);
+        assert!(!out.contains_key(BARE_TRACE_ID));
+        assert_eq!(out[SENDER], "sensor-agent");
+        // Absent flags read as 00 (not sampled), as upstream's reader does.
+        let unsampled = md(&[(BARE_TRACE_ID, TRACE), (BARE_SPAN_ID, SPAN)]);
+        assert_eq!(trace_parent_of(&unsampled).map(|tp| tp.flags), Some(0));
+    }
+
+    #[test]
+    fn prefixed_and_w3c_keys_win_over_bare_ones() {
+        let other = "11111111111111111111111111111111";
+        let m = md(&[
+            (TRACEPARENT, TP),
+            (BARE_TRACE_ID, other),
+            (BARE_SPAN_ID, SPAN),
+            (SENDER, "native"),
+            ("sender", "bare"),
+        ]);
+        let env = Envelope::from_metadata(&m);
+        assert_eq!(env.trace_id.as_deref(), Some(TRACE));
+        assert_eq!(env.sender.as_deref(), Some("native"));
+        // A present but invalid traceparent is the writer's word: no fallback to bare keys.
+        let broken = md(&[
+            (TRACEPARENT, "garbage"),
+            (BARE_TRACE_ID, TRACE),
+            (BARE_SPAN_ID, SPAN),
+        ]);
+        assert_eq!(trace_parent_of(&broken), None);
+        assert_eq!(Envelope::from_metadata(&broken).trace_id, None);
+    }
+
+    #[test]
+    fn invalid_bare_trace_keys_are_ignored() {
+        for (t, s, f) in [
+            ("4BF92F3577B34DA6A3CE929D0E0E4736", SPAN, Some("01")),
+            (TRACE, "00F067AA0BA902B7", Some("01")),
+            ("00000000000000000000000000000000", SPAN, Some("01")),
+            (TRACE, "0000000000000000", Some("01")),
+            ("4bf92f3577b34da6a3ce929d0e0e473", SPAN, Some("01")),
+            (TRACE, "00f067aa0ba902b77", Some("01")),
+            (TRACE, SPAN, Some("1")),
+            (TRACE, SPAN, Some("0x")),
+            (TRACE, SPAN, Some("")),
+            ("", SPAN, Some("01")),
+            ("\u{1F600}", SPAN, None),
+            (TRACE, "zzzzzzzzzzzzzzzz", None),
+        ] {
+            let mut m = md(&[(BARE_TRACE_ID, t), (BARE_SPAN_ID, s), (TRACESTATE, "a=b")]);
+            if let Some(f) = f {
+                m.insert(BARE_TRACE_FLAGS.into(), f.into());
+            }
+            assert_eq!(trace_parent_of(&m), None, "should ignore {t:?} {s:?} {f:?}");
+            let env = Envelope::from_metadata(&m);
+            assert_eq!((env.trace_id, env.tracestate), (None, None));
+        }
+        // Only one of the two ids: nothing.
+        assert_eq!(trace_parent_of(&md(&[(BARE_TRACE_ID, TRACE)])), None);
+        assert_eq!(trace_parent_of(&md(&[(BARE_SPAN_ID, SPAN)])), None);
+    }
+
+    #[cfg(feature = "runtime")]
+    #[test]
+    fn remote_parent_reads_bare_keys_as_the_bridge_does() {
+        use opentelemetry::trace::TraceContextExt;
+        let m = md(&[
+            (BARE_TRACE_ID, TRACE),
+            (BARE_SPAN_ID, SPAN),
+            (BARE_TRACE_FLAGS, "01"),
+            (TRACESTATE, "a=b"),
+        ]);
+        let cx = Envelope::remote_parent(&m).expect("parent from bare keys");
+        let span = cx.span();
+        let sc = span.span_context();
+        assert_eq!(to_hex(&sc.trace_id().to_bytes()), TRACE);
+        assert_eq!(to_hex(&sc.span_id().to_bytes()), SPAN);
+        assert!(sc.is_sampled() && sc.is_remote());
+        // tracestate travels only with a traceparent.
+        assert_eq!(sc.trace_state().header(), "");
+        assert!(Envelope::remote_parent(&md(&[(BARE_TRACE_ID, TRACE)])).is_none());
     }
 }
