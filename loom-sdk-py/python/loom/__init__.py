@@ -6,11 +6,15 @@
         await ctx.emit("processed.data", {"value": msg.json()["value"] * 1.5})
 
     loom.Agent("processor", topics=["sensor.data"], on_event=on_event).run()
+
+Agents written for upstream loom-py (``from loom import Agent, capability``) run unchanged:
+see docs/migrating-from-upstream.md.
 """
 
 from loom import tracing
 from loom._native import format_traceparent, parse_traceparent
-from loom.agent import ActionRequest, Agent, AgentStats, Context, Message, RetryPolicy, encode_payload
+from loom.agent import ActionRequest, Agent, AgentStats, Context, Event, Message, RetryPolicy, encode_payload
+from loom.capabilities import CapabilitySpec, capability
 from loom.envelope import Envelope
 from loom.errors import (
     ActionError,
@@ -29,8 +33,10 @@ __all__ = [
     "ActionTimeout",
     "Agent",
     "AgentStats",
+    "CapabilitySpec",
     "Context",
     "Envelope",
+    "Event",
     "LoomConnectionError",
     "LoomError",
     "Message",
@@ -38,6 +44,7 @@ __all__ = [
     "RequestTimeout",
     "RetryPolicy",
     "UnknownCapability",
+    "capability",
     "encode_payload",
     "format_traceparent",
     "init_telemetry",

@@ -5,6 +5,11 @@ Tracing is automatic: ``Context.emit`` writes the current span's W3C context int
 handler inside an ``agent.on_event`` CONSUMER span whose parent is the delivery's
 ``traceparent`` — the bridge's ``bridge.forward`` span. Anything emitted from a handler continues
 the same trace.
+
+Agents written against upstream loom-py's API (``Agent(agent_id, topics, capabilities=[fn],
+address=…)``, ``ctx.emit(topic, type=…, payload=bytes)``, ``ctx.request``/``reply``/``tool``,
+``event.trace_id``…) run unchanged: those shapes are accepted beside this SDK's own
+(docs/migrating-from-upstream.md).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from loom import tracing as lt
+from loom.capabilities import CapabilitySpec, specs_of
 from loom.envelope import Envelope
 from loom.errors import (
     ActionError,
@@ -44,8 +50,14 @@ log = logging.getLogger("loom.agent")
 DEFAULT_BRIDGE_ADDR = "http://127.0.0.1:50051"
 REPLY_TOPIC_PREFIX = "_loom.reply."
 
+
+def upstream_reply_topic(agent_id: str) -> str:
+    """Upstream loom-py's reply topic of an agent: where its peers reply when a request names no
+    ``reply_to``. Every agent subscribes to it besides its own reply topic."""
+    return f"agent.{agent_id}.replies"
+
 Payload = Union[bytes, bytearray, memoryview, str, int, float, bool, None, dict, list]
-Handler = Callable[["Context", str, "Message"], Union[None, Awaitable[None]]]
+Handler = Callable[["Context", str, "Event"], Union[None, Awaitable[None]]]
 CapabilityFn = Callable[["Context", "ActionRequest"], Any]
 
 _GRPC_OK = 0
@@ -101,6 +113,73 @@ class Message:
             envelope=Envelope.from_metadata(md),
             timestamp_unix_nano=ev.timestamp_unix_nano,
         )
+
+
+@dataclass
+class Event(Message):
+    """A delivered event as handlers receive it: this SDK's ``Message`` plus the fields of
+    upstream loom-py's envelope (``event.trace_id``, ``event.sender``, …), read from the
+    metadata by loom-core's codec. ``payload`` is bytes in both."""
+
+    @property
+    def trace_id(self) -> Optional[str]:
+        """32 hex digits of the trace this event belongs to (None: untraced)."""
+        return self.envelope.trace_id
+
+    @property
+    def span_id(self) -> Optional[str]:
+        """16 hex digits of the span that is this event's parent."""
+        return self.envelope.span_id
+
+    @property
+    def trace_flags(self) -> Optional[str]:
+        """The W3C flags as two hex digits (``"01"``: sampled), as upstream reports them."""
+        flags = self.envelope.trace_flags
+        return None if flags is None or self.envelope.trace_id is None else format(flags, "02x")
+
+    @property
+    def sender(self) -> Optional[str]:
+        return self.envelope.sender
+
+    @property
+    def thread_id(self) -> Optional[str]:
+        return self.envelope.thread_id
+
+    @property
+    def correlation_id(self) -> Optional[str]:
+        return self.envelope.correlation_id
+
+    @property
+    def reply_to(self) -> Optional[str]:
+        return self.envelope.reply_to
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self.timestamp_unix_nano // 1_000_000
+
+    @property
+    def source(self) -> str:
+        return self.envelope.sender or ""
+
+
+def _upstream_payload(payload: Any) -> bytes:
+    """Upstream's encoding of a tool payload: bytes as they are, anything else as JSON."""
+    if payload is None:
+        return b""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload)
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+def _envelope_of(value: Any) -> Optional[Envelope]:
+    """The envelope an upstream-style ``envelope=`` argument names (an Envelope or an event)."""
+    if value is None:
+        return None
+    if isinstance(value, Message):
+        return value.envelope
+    if isinstance(value, Envelope):
+        return value
+    raise TypeError(f"envelope must be a loom.Envelope or a delivered event, not {type(value).__name__}")
 
 
 @dataclass
@@ -170,14 +249,27 @@ class Context:
         reply_to: Optional[str] = None,
         metadata: Optional[Mapping[str, str]] = None,
         wait: bool = True,
+        type: Optional[str] = None,
+        envelope: Optional[Union[Envelope, Message]] = None,
     ) -> str:
         """Publishes an event; returns its id. With ``wait`` (default) it returns once the bridge
         accepted it and raises ``PublishError`` if the bridge refused it. While disconnected the
-        event is buffered (bounded) and sent on reconnect."""
+        event is buffered (bounded) and sent on reconnect.
+
+        Upstream's shape ``emit(topic, type=…, payload=b"…", envelope=…)`` works too: ``type``
+        is ``event_type``, and ``envelope`` lends its thread, correlation id, reply_to and ttl."""
         if not isinstance(topic, str) or not topic:
             raise ValueError("topic must be a non-empty string")
+        if type is not None:
+            event_type = type
         md: Dict[str, str] = dict(metadata or {})
         env = Envelope.from_metadata(md)
+        given = _envelope_of(envelope)
+        if given is not None:
+            env.thread_id = env.thread_id or given.thread_id
+            env.correlation_id = env.correlation_id or given.correlation_id
+            env.reply_to = env.reply_to or given.reply_to
+            env.ttl = env.ttl if env.ttl is not None else given.ttl
         env.sender = self._agent.agent_id
         parent = self.message.envelope if self.message is not None else None
         env.thread_id = thread_id or env.thread_id or (parent.thread_id if parent else None)
@@ -218,8 +310,16 @@ class Context:
         *,
         timeout: float = 10.0,
         event_type: str = "",
-    ) -> Message:
-        """Emits to ``topic`` with reply_to/correlation_id and waits for the reply."""
+        type: Optional[str] = None,
+        timeout_ms: Optional[int] = None,
+    ) -> Event:
+        """Emits to ``topic`` with reply_to/correlation_id and waits for the reply (the reply
+        event). Upstream's ``type=`` / ``timeout_ms=`` are accepted; ``RequestTimeout`` is also
+        an ``asyncio.TimeoutError``, which upstream raised."""
+        if type is not None:
+            event_type = type
+        if timeout_ms is not None:
+            timeout = timeout_ms / 1000.0
         corr = str(uuid.uuid4())
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._agent._pending_requests[corr] = fut
@@ -231,18 +331,33 @@ class Context:
         finally:
             self._agent._pending_requests.pop(corr, None)
 
-    async def reply(self, message: Message, payload: Payload = None, *, event_type: str = "") -> str:
-        """Answers a request: emits to its reply_to with its correlation id."""
-        if not message.envelope.reply_to:
+    async def reply(
+        self, message: Message, payload: Payload = None, *, event_type: str = "", type: Optional[str] = None
+    ) -> str:
+        """Answers a request: emits to its reply_to with its correlation id. As upstream does, a
+        request without reply_to is answered on its sender's ``agent.{sender}.replies`` and one
+        without correlation id is matched by its event id."""
+        reply_to = message.envelope.reply_to
+        if not reply_to and message.envelope.sender:
+            reply_to = upstream_reply_topic(message.envelope.sender)
+        if not reply_to:
             raise ValueError(f"message {message.id} on {message.topic} has no reply_to")
         return await self.emit(
-            message.envelope.reply_to,
+            reply_to,
             payload,
-            event_type=event_type,
-            correlation_id=message.envelope.correlation_id,
+            event_type=type if type is not None else event_type,
+            correlation_id=message.envelope.correlation_id or message.id,
+            thread_id=message.envelope.thread_id,
         )
 
-    async def call(self, capability: str, args: Payload = None, *, timeout: float = 10.0) -> bytes:
+    async def call(
+        self,
+        capability: str,
+        args: Payload = None,
+        *,
+        timeout: float = 10.0,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> bytes:
         """Invokes a capability (served by any agent or Rust provider) through the bridge;
         returns its output bytes or raises ``ActionError`` (``UnknownCapability``, ``ActionTimeout``)."""
         if not capability:
@@ -256,6 +371,8 @@ class Context:
             timeout_ms=max(1, int(timeout * 1000)),
             caller=self._agent.agent_id,
         )
+        if headers:
+            call.headers.update(headers)
         current = trace.get_current_span()
         if current.get_span_context().is_valid:
             env.inject_trace_context(current)
@@ -273,6 +390,24 @@ class Context:
     async def call_json(self, capability: str, args: Payload = None, *, timeout: float = 10.0) -> Any:
         out = await self.call(capability, args, timeout=timeout)
         return json.loads(out) if out else None
+
+    async def tool(
+        self,
+        name: str,
+        *,
+        version: str = "1.0",
+        payload: Any = None,
+        timeout_ms: int = 5000,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> bytes:
+        """Upstream's capability call: ``payload`` bytes as they are, anything else as JSON;
+        returns the output bytes. Failures raise ``ActionError``, which is also the
+        ``RuntimeError`` upstream raised. ``headers`` travel with the call (the envelope's own
+        keys win); ``version`` travels as ``loom.capability.version`` (the bridge routes by name)."""
+        extra = {str(k): str(v) for k, v in (headers or {}).items()}
+        extra["loom.capability.version"] = str(version)
+        return await self.call(name, _upstream_payload(payload), timeout=max(1, timeout_ms) / 1000.0,
+                               headers=extra)
 
 
 def _event_attrs(agent_id: str, topic: str, ev: "pb.Event", env: Envelope, operation: str) -> Dict[str, Any]:
@@ -301,18 +436,23 @@ class Agent:
     """A Loom agent: registers with the bridge, keeps its event stream and heartbeats, and
     reconnects with backoff when the bridge goes away.
 
-    ``on_event(ctx, topic, message)`` (sync or async) runs for every delivery, in order, one at a
+    ``on_event(ctx, topic, event)`` (sync or async) runs for every delivery, in order, one at a
     time by default (``handler_concurrency``), inside an ``agent.on_event`` span.
+
+    ``capabilities`` is either this SDK's ``{name: fn(ctx, request)}`` mapping or upstream's list
+    of ``@loom.capability`` functions; ``address`` (upstream's name, also accepted as the fourth
+    positional argument when it is a string) is ``bridge_addr``.
     """
 
     def __init__(
         self,
         agent_id: str,
         topics: Iterable[str] = (),
-        capabilities: Optional[Mapping[str, CapabilityFn]] = None,
-        on_event: Optional[Handler] = None,
+        capabilities: Optional[Union[Mapping[str, CapabilityFn], Iterable[Callable[..., Any]]]] = None,
+        on_event: Optional[Union[Handler, str]] = None,
         *,
         bridge_addr: Optional[str] = None,
+        address: Optional[str] = None,
         qos: str = "realtime",
         max_buffered: int = 1000,
         handler_queue: int = 1000,
@@ -326,14 +466,29 @@ class Agent:
             raise ValueError("agent_id must be a non-empty string without whitespace")
         if qos not in ("realtime", "reliable"):
             raise ValueError("qos must be 'realtime' (drop oldest when slow) or 'reliable' (backpressure)")
+        if isinstance(on_event, str):
+            # Upstream's positional order is (agent_id, topics, capabilities, address, on_event).
+            address, on_event = address or on_event, None
         self.agent_id = agent_id
+        if isinstance(topics, str):
+            raise ValueError("topics must be a list of topic patterns, not one string")
         self.topics = list(topics)
         for t in self.topics:
             if not isinstance(t, str) or not t:
                 raise ValueError(f"topics: {t!r} is not a non-empty topic pattern")
-        self._capabilities: Dict[str, CapabilityFn] = dict(capabilities or {})
+        self._capabilities: Dict[str, CapabilityFn] = {}
+        #: Upstream-style capabilities (``@loom.capability`` functions) by name.
+        self.capability_specs: Dict[str, CapabilitySpec] = {}
+        if isinstance(capabilities, Mapping):
+            self._capabilities.update(capabilities)
+        elif capabilities is not None:
+            for spec in specs_of(capabilities):
+                if spec.name in self.capability_specs:
+                    raise ValueError(f"capabilities: {spec.name!r} is declared twice")
+                self.capability_specs[spec.name] = spec
+                self._capabilities[spec.name] = _serve_spec(spec)
         self._on_event = on_event
-        self.bridge_addr = bridge_addr or os.environ.get("LOOM_BRIDGE_ADDR") or DEFAULT_BRIDGE_ADDR
+        self.bridge_addr = bridge_addr or address or os.environ.get("LOOM_BRIDGE_ADDR") or DEFAULT_BRIDGE_ADDR
         self._qos = pb.QOS_RELIABLE if qos == "reliable" else pb.QOS_REALTIME
         self.max_buffered = max(0, max_buffered)
         self._handler_queue_size = max(1, handler_queue)
@@ -341,9 +496,15 @@ class Agent:
         self.ack_timeout = ack_timeout
         self.retry = retry or RetryPolicy()
         self._metadata = dict(metadata or {})
+        for spec in self.capability_specs.values():
+            for key, value in spec.metadata.items():
+                self._metadata.setdefault(key, value)
         self.reply_topic = f"{REPLY_TOPIC_PREFIX}{agent_id}"
+        self.upstream_reply_topic = upstream_reply_topic(agent_id)
         self.stats = AgentStats()
         self.context = Context(self)
+        # Upstream loom-py's names for the agent's own context (its sensor example uses `_ctx`).
+        self._ctx = self.context
 
         self._channel: Optional[grpc.aio.Channel] = None
         self._stub: Optional[pbg.BridgeStub] = None
@@ -381,6 +542,11 @@ class Agent:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def ctx(self) -> Context:
+        """The agent's own context (upstream loom-py's ``agent.ctx``): emit outside handlers."""
+        return self.context
+
     async def start(self) -> "Agent":
         """Connects, registers and opens the event stream. Raises ``LoomConnectionError`` when the
         bridge cannot be reached within ``retry.start_attempts`` attempts."""
@@ -388,6 +554,7 @@ class Agent:
             return self
         self._started = True
         self._stopping = False
+        _exit_cleanly_on_sigterm()
         loop = asyncio.get_running_loop()
         target, tls = _target(self.bridge_addr)
         self._channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials()) if tls else grpc.aio.insecure_channel(target)
@@ -509,6 +676,8 @@ class Agent:
         assert self._stub is not None
         subs = [pb.Subscription(pattern=t, qos=self._qos) for t in self.topics]
         subs.append(pb.Subscription(pattern=self.reply_topic, qos=pb.QOS_RELIABLE))
+        if self.upstream_reply_topic not in self.topics:
+            subs.append(pb.Subscription(pattern=self.upstream_reply_topic, qos=pb.QOS_RELIABLE))
         resp = await self._stub.RegisterAgent(
             pb.RegisterAgentRequest(
                 agent_id=self.agent_id,
@@ -614,9 +783,15 @@ class Agent:
             log.warning("agent %s: bridge refused event %s (code %d): %s", self.agent_id, ack.event_id, ack.code, ack.message)
 
     async def _on_delivery(self, d: "pb.Delivery") -> None:
-        msg = Message.from_proto(d.topic, d.event)
+        msg = Event.from_proto(d.topic, d.event)
         self.stats.delivered += 1
-        if d.topic == self.reply_topic:
+        if d.topic == self.upstream_reply_topic and self.upstream_reply_topic in self.topics:
+            # Subscribed on purpose: a matching reply resolves its request, the rest are events.
+            fut = self._pending_requests.get(msg.envelope.correlation_id or "")
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+                return
+        elif d.topic in (self.reply_topic, self.upstream_reply_topic):
             fut = self._pending_requests.get(msg.envelope.correlation_id or "")
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -744,6 +919,38 @@ class Agent:
         if res.status == pb.ACTION_STATUS_TIMEOUT:
             raise ActionTimeout(name, res.error, call.capability)
         raise ActionError(name, res.error, call.capability)
+
+
+def _serve_spec(spec: CapabilitySpec) -> CapabilityFn:
+    """This SDK's capability shape around an upstream-style one: JSON object in, keyword
+    arguments to the function, its result JSON-encoded."""
+
+    async def serve(ctx: Context, request: ActionRequest) -> bytes:
+        return await spec.invoke(request.args)
+
+    serve.__name__ = getattr(spec.func, "__name__", spec.name)
+    return serve
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (how `loom run` and process managers stop an agent) leaves by ``SystemExit``
+    instead of the default instant death, so the tracer provider's exit hook still exports the
+    last spans. Agents that handle SIGTERM themselves (``run_forever``, ``loop.add_signal_handler``)
+    keep their handler: this only replaces the default, from the main thread."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def leave(signum: int, _frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, leave)
+    except (ValueError, OSError, AttributeError):
+        pass
 
 
 def _consume(fut: asyncio.Future) -> None:

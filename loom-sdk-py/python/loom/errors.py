@@ -1,4 +1,11 @@
-"""Errors the Loom SDK raises."""
+"""Errors the Loom SDK raises.
+
+Two also carry the built-in type upstream loom-py raised in the same place, so upstream code that
+catches those keeps working: ``ActionError`` is a ``RuntimeError`` (upstream's failed
+``ctx.tool``) and ``RequestTimeout`` an ``asyncio.TimeoutError`` (upstream's ``ctx.request``).
+"""
+
+import asyncio
 
 
 class LoomError(Exception):
@@ -19,7 +26,7 @@ class PublishError(LoomError):
         self.event_id = event_id
 
 
-class ActionError(LoomError):
+class ActionError(LoomError, RuntimeError):
     """An action call failed; ``status`` is the loom.v1.ActionStatus name."""
 
     def __init__(self, status: str, message: str, capability: str = "") -> None:
@@ -37,5 +44,5 @@ class ActionTimeout(ActionError):
     pass
 
 
-class RequestTimeout(LoomError):
+class RequestTimeout(LoomError, asyncio.TimeoutError):
     """No reply arrived for a request within its timeout."""
