@@ -1,5 +1,10 @@
 """Starts a Loom project from its `loom.toml`: loom-sidecar, loom-bridge and the agents as child
-processes, with prefixed logs, a live trace view, and an orderly shutdown on Ctrl-C."""
+processes, with prefixed logs, a live trace view, and an orderly shutdown on Ctrl-C.
+
+Two `loom.toml` schemas are read: this project's (`[project]`, `[[agents]]` with `script`,
+`[sidecar]`) and upstream loom-py's (top-level `name`, `[agents.<id>]` tables with `command` /
+`args` and free settings, `[llm.<provider>]`, `[dashboard]`, discovery of `agents/*.py`); both
+with `${VAR}` expansion and a `.env` file (docs/migrating-from-upstream.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
+
+from loom import _config
 
 try:
     import tomllib  # Python 3.11+
@@ -29,10 +36,25 @@ class RunnerError(RuntimeError):
 @dataclass
 class AgentSpec:
     name: str
-    script: Path
+    # A Python script run with the runner's interpreter (`args` follow it) …
+    script: Optional[Path]
     env: Dict[str, str] = field(default_factory=dict)
     # A regex the agent prints once it is connected; the runner waits for it before the next.
     wait_for: Optional[str] = None
+    # … or, for upstream's `command` that is not Python, the program and its arguments.
+    command: Optional[str] = None
+    args: List[str] = field(default_factory=list)
+
+    def argv(self, python: str) -> List[str]:
+        if self.script is not None:
+            return [python, str(self.script), *self.args]
+        assert self.command is not None
+        return [self.command, *self.args]
+
+
+# Upstream `[agents.<id>]` keys the runner uses itself; every other key is a free setting.
+_UPSTREAM_AGENT_KEYS = ("command", "args", "env", "wait_for")
+_PYTHON_COMMANDS = re.compile(r"^python(3(\.\d+)?)?$")
 
 
 @dataclass
@@ -40,10 +62,21 @@ class Project:
     root: Path
     name: str
     bridge_address: str
-    sidecar_config: Path
+    # None: the built-in default sidecar config (`default_sidecar_yaml`), written into `.loom/`.
+    sidecar_config: Optional[Path]
     sidecar_jaeger_config: Optional[Path]
     trace_file: Path
     agents: List[AgentSpec]
+    # "loom" (this project's schema) or "upstream" (loom-py's).
+    schema: str = "loom"
+    version: str = ""
+    description: str = ""
+    # Environment every child gets from `.env` (the shell's own variables win).
+    dotenv: Dict[str, str] = field(default_factory=dict)
+    # `host:port` or "off" for the bridge's dashboard, from upstream's `[dashboard]`; None: default.
+    dashboard: Optional[str] = None
+    # `${VAR}` references that were unset (key path and variable name only, never values).
+    unset_vars: List[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, root: os.PathLike) -> "Project":
@@ -52,21 +85,75 @@ class Project:
         if not manifest.is_file():
             raise RunnerError(f"{manifest}: not found (a Loom project needs a loom.toml)")
         try:
-            data = tomllib.loads(manifest.read_text(encoding="utf-8"))
+            raw = tomllib.loads(manifest.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise RunnerError(f"{manifest}: {exc}") from exc
+        try:
+            dotenv = _config.read_dotenv(root / ".env")
+        except _config.ConfigError as exc:
+            raise RunnerError(str(exc)) from exc
+        unset: List[str] = []
+        data = _config.expand(raw, {**dotenv, **os.environ}, missing=unset)
+        agents = data.get("agents")
+        upstream = isinstance(agents, dict) or (agents is None and "project" not in data)
+        loader = cls._load_upstream if upstream else cls._load_native
+        project = loader(root, manifest, data)
+        project.dotenv = dotenv
+        project.unset_vars = unset
+        return project
 
+    @classmethod
+    def _common(cls, root: Path, manifest: Path, data: Dict[str, Any], agents: List[AgentSpec],
+                schema: str) -> "Project":
+        project = data.get("project", {})
+        bridge = data.get("bridge", {})
+        sidecar = data.get("sidecar")
+        for key, table in (("project", project), ("bridge", bridge), ("sidecar", sidecar or {})):
+            if not isinstance(table, dict):
+                raise RunnerError(f"{manifest}: {key} must be a table")
+        if "address" in bridge:
+            address = str(bridge["address"])
+        elif "host" in bridge or "port" in bridge:
+            # Upstream's trace-test form: [bridge] host / port.
+            address = f"{bridge.get('host', '127.0.0.1')}:{bridge.get('port', 50051)}"
+        else:
+            address = "127.0.0.1:50051"
+        if sidecar is None:
+            # A sidecar.yaml beside loom.toml is still the project's own (as before [sidecar]
+            # became optional); otherwise the built-in default.
+            config: Optional[Path] = root / "sidecar.yaml" if (root / "sidecar.yaml").is_file() else None
+            jaeger = None
+            trace_file = ".loom/spans.jsonl"
+        else:
+            config = root / str(sidecar.get("config", "sidecar.yaml"))
+            jaeger = sidecar.get("jaeger_config")
+            trace_file = str(sidecar.get("trace_file", ".loom/spans.jsonl"))
+        return cls(
+            root=root,
+            name=str(project.get("name") or data.get("name") or root.name),
+            bridge_address=address,
+            sidecar_config=config,
+            sidecar_jaeger_config=(root / str(jaeger)) if jaeger else None,
+            trace_file=root / trace_file,
+            agents=agents,
+            schema=schema,
+            version=str(project.get("version") or data.get("version") or ""),
+            description=str(project.get("description") or data.get("description") or ""),
+            dashboard=_dashboard_address(manifest, data.get("dashboard")),
+        )
+
+    @classmethod
+    def _load_native(cls, root: Path, manifest: Path, data: Dict[str, Any]) -> "Project":
         def req(table: dict, key: str, where: str) -> object:
             if key not in table:
                 raise RunnerError(f"{manifest}: {where}.{key} is required")
             return table[key]
 
-        project = data.get("project", {})
-        bridge = data.get("bridge", {})
-        sidecar = data.get("sidecar", {})
         agents = []
-        for i, a in enumerate(data.get("agents", [])):
+        for i, a in enumerate(data.get("agents") or []):
             where = f"agents[{i}]"
+            if not isinstance(a, dict):
+                raise RunnerError(f"{manifest}: {where} must be a table")
             script = root / str(req(a, "script", where))
             if not script.is_file():
                 raise RunnerError(f"{manifest}: {where}.script: {script} does not exist")
@@ -76,16 +163,94 @@ class Project:
                                     wait_for=str(wait_for) if wait_for else None))
         if not agents:
             raise RunnerError(f"{manifest}: no [[agents]] defined")
-        jaeger = sidecar.get("jaeger_config")
-        return cls(
-            root=root,
-            name=str(project.get("name", root.name)),
-            bridge_address=str(bridge.get("address", "127.0.0.1:50051")),
-            sidecar_config=root / str(sidecar.get("config", "sidecar.yaml")),
-            sidecar_jaeger_config=(root / str(jaeger)) if jaeger else None,
-            trace_file=root / str(sidecar.get("trace_file", ".loom/spans.jsonl")),
-            agents=agents,
-        )
+        return cls._common(root, manifest, data, agents, "loom")
+
+    @classmethod
+    def _load_upstream(cls, root: Path, manifest: Path, data: Dict[str, Any]) -> "Project":
+        tables = data.get("agents") or {}
+        llm = data.get("llm") or {}
+        if not isinstance(llm, dict) or not all(isinstance(v, dict) for v in llm.values()):
+            raise RunnerError(f"{manifest}: llm: expected [llm.<provider>] tables")
+        for agent_id, table in tables.items():
+            if not isinstance(table, dict):
+                raise RunnerError(f"{manifest}: agents.{agent_id} must be a table")
+        specs: List[AgentSpec] = []
+        with_command = {k: v for k, v in tables.items() if "command" in v}
+        if with_command:
+            for agent_id, table in with_command.items():
+                specs.append(cls._upstream_agent(root, manifest, agent_id, table, llm))
+            for agent_id, table in tables.items():
+                if agent_id in with_command:
+                    continue
+                script = _agent_script(root, agent_id)
+                if script is None:
+                    raise RunnerError(f"{manifest}: agents.{agent_id} has no command and agents/{agent_id}.py "
+                                      "does not exist")
+                specs.append(cls._upstream_agent(root, manifest, agent_id, table, llm, script))
+        else:
+            # No agent says how to start it: upstream's discovery of agents/*.py, each getting the
+            # settings of the [agents.<id>] table of its name.
+            agents_dir = root / "agents"
+            scripts = sorted(p for p in agents_dir.glob("*.py") if not p.name.startswith("_")) \
+                if agents_dir.is_dir() else []
+            for script in scripts:
+                agent_id = next((k for k in tables if _agent_script(root, k) == script), script.stem)
+                specs.append(cls._upstream_agent(root, manifest, agent_id, tables.get(agent_id, {}), llm, script))
+        if not specs:
+            raise RunnerError(f"{manifest}: no agents: add [agents.<id>] tables with a command, or put "
+                              "agent scripts in agents/*.py")
+        return cls._common(root, manifest, data, specs, "upstream")
+
+    @staticmethod
+    def _upstream_agent(root: Path, manifest: Path, agent_id: str, table: Dict[str, Any],
+                        llm: Dict[str, Dict[str, Any]], script: Optional[Path] = None) -> AgentSpec:
+        where = f"agents.{agent_id}"
+        args = table.get("args", [])
+        if not isinstance(args, list):
+            raise RunnerError(f"{manifest}: {where}.args must be a list of strings")
+        args = [str(a) for a in args]
+        command: Optional[str] = None
+        if script is None:
+            command = str(table["command"])
+            # `python agents/x.py`: run with the runner's interpreter, which has this SDK.
+            if _PYTHON_COMMANDS.match(Path(command).name) and args and args[0].endswith(".py"):
+                script = root / args[0]
+                if not script.is_file():
+                    raise RunnerError(f"{manifest}: {where}.args: {script} does not exist")
+                args, command = args[1:], None
+        extra_env = table.get("env", {})
+        if not isinstance(extra_env, dict):
+            raise RunnerError(f"{manifest}: {where}.env must be a table")
+        settings = {k: v for k, v in table.items() if k not in _UPSTREAM_AGENT_KEYS}
+        env = _config.agent_settings_env(agent_id, settings)
+        provider = settings.get("llm_provider")
+        env.update(_config.llm_env(llm, str(provider) if provider is not None else None))
+        env.update({str(k): str(v) for k, v in extra_env.items()})
+        wait_for = table.get("wait_for")
+        return AgentSpec(name=agent_id, script=script, env=env, wait_for=str(wait_for) if wait_for else None,
+                         command=command, args=args)
+
+
+def _agent_script(root: Path, agent_id: str) -> Optional[Path]:
+    """`agents/<id>.py`, also with `-` written as `_`."""
+    for stem in dict.fromkeys((agent_id, agent_id.replace("-", "_"))):
+        cand = root / "agents" / f"{stem}.py"
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _dashboard_address(manifest: Path, table: Any) -> Optional[str]:
+    """Upstream's `[dashboard] enabled / host / port` as the bridge's dashboard listen address."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise RunnerError(f"{manifest}: dashboard must be a table")
+    if table.get("enabled", True) is False:
+        return "off"
+    if "host" in table or "port" in table:
+        return f"{table.get('host', '127.0.0.1')}:{table.get('port', 3030)}"
+    return None
 
 
 def find_binary(name: str, start: Path) -> str:
@@ -199,7 +364,8 @@ class Runner:
         self.out = (lambda line: None if line.startswith("[sidecar] span ") else out(line)) if quiet_span_lines else out
         self.python = python
         self.use_sidecar = use_sidecar
-        self.base_env = dict(os.environ)
+        # `.env` fills in what the shell does not set.
+        self.base_env = {**project.dotenv, **os.environ}
         # Spans should reach the sidecar within a second, not the SDKs' default 5 s.
         self.base_env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
         self.base_env.update(env or {})
@@ -226,16 +392,37 @@ class Runner:
         return f"http://{self.otlp_grpc}"
 
     def _sidecar_config(self) -> Path:
-        if self.base_env.get("JAEGER_OTLP_ENDPOINT") and self.project.sidecar_jaeger_config:
+        """The project's config (its Jaeger variant when `JAEGER_OTLP_ENDPOINT` is set), or the
+        built-in default written into `.loom/`. With `JAEGER_OTLP_ENDPOINT` and no Jaeger variant,
+        an OTLP exporter to it is added to whichever config is used."""
+        jaeger = bool(self.base_env.get("JAEGER_OTLP_ENDPOINT"))
+        if jaeger and self.project.sidecar_jaeger_config:
             return self.project.sidecar_jaeger_config
-        return self.project.sidecar_config
+        out_dir = self.project.root / ".loom"
+        if self.project.sidecar_config is None:
+            text = _config.default_sidecar_yaml(jaeger)
+            name = "sidecar-default.yaml"
+        elif jaeger:
+            try:
+                text = _config.add_jaeger_exporter(self.project.sidecar_config.read_text(encoding="utf-8"),
+                                                   self.project.sidecar_config)
+            except (OSError, _config.ConfigError) as exc:
+                raise RunnerError(str(exc)) from exc
+            name = "sidecar-jaeger.yaml"
+        else:
+            return self.project.sidecar_config
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / name
+        path.write_text(text, encoding="utf-8")
+        return path
 
-    def start(self) -> None:
+    def start(self, agents: bool = True) -> None:
+        """Starts the sidecar and the bridge, then (with ``agents``) every agent in order."""
         try:
             if self.use_sidecar:
                 self._start_sidecar()
             self._start_bridge()
-            for spec in self.project.agents:
+            for spec in self.project.agents if agents else []:
                 self.start_agent(spec.name)
         except BaseException:
             self.stop()
@@ -271,6 +458,8 @@ class Runner:
         binary = find_binary("loom-bridge", self.project.root)
         env = self._telemetry_env()
         env["OTEL_SERVICE_NAME"] = self.base_env.get("LOOM_BRIDGE_SERVICE_NAME", "loom-bridge")
+        if self.project.dashboard is not None:
+            env.setdefault("LOOM_BRIDGE_DASHBOARD", self.project.dashboard)
         self.bridge = Child("bridge", [binary, "--listen", self.bridge_address], env, self.project.root, self.out)
         self.bridge.start()
         self.bridge.wait_for(r"loom-bridge listening on", timeout=30)
@@ -290,7 +479,7 @@ class Runner:
         env.update(self.agent_env.get(name, {}))
         env["LOOM_BRIDGE_ADDR"] = f"http://{self.bridge_address}"
         env["PYTHONUNBUFFERED"] = "1"
-        child = Child(name, [self.python, str(spec.script)], env, self.project.root, self.out)
+        child = Child(name, spec.argv(self.python), env, self.project.root, self.out)
         child.start()
         self.agents[name] = child
         if spec.wait_for:

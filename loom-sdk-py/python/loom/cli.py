@@ -42,6 +42,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     jaeger_ui = os.environ.get("JAEGER_UI_URL")
     return_code = 0
     try:
+        for ref in project.unset_vars:
+            out(f"[loom] warning: loom.toml {ref} is not set (environment or .env); using an empty value")
+        if project.sidecar_config is None:
+            out("[loom] no [sidecar] in loom.toml: using the built-in sidecar config (.loom/sidecar-default.yaml)")
         out(f"[loom] starting {project.name}: sidecar, bridge, {len(project.agents)} agents (Ctrl-C stops)")
         runner.start()
         out(f"[loom] running; spans → {runner.otlp_endpoint} → sidecar → {trace_file}")
