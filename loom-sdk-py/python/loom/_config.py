@@ -100,7 +100,7 @@ def llm_env(providers: Mapping[str, Mapping[str, Any]], chosen: Optional[str]) -
         return {}
     env = {"LOOM_LLM_PROVIDERS": json.dumps({k: dict(v) for k, v in providers.items()}, separators=(",", ":"),
                                             default=str)}
-    name = chosen if chosen in providers else next(iter(providers))
+    name = chosen if chosen is not None and chosen in providers else next(iter(providers))
     p = providers[name]
     env["LOOM_LLM_PROVIDER"] = name
     for key, names in (("api_key", ("LOOM_LLM_API_KEY", "OPENAI_API_KEY")),

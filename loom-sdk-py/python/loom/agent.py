@@ -842,7 +842,7 @@ class Agent:
             finally:
                 self._handler_q.task_done()
 
-    async def _dispatch(self, msg: Message) -> None:
+    async def _dispatch(self, msg: Event) -> None:
         parent = msg.envelope.parent_context()
         ev = pb.Event(id=msg.id, type=msg.type)
         attrs = _event_attrs(self.agent_id, msg.topic, ev, msg.envelope, "process")
