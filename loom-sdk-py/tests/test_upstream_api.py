@@ -125,7 +125,8 @@ def test_upstream_style_handler_gets_upstreams_event_fields_and_emits_with_its_k
     async def processor(ctx, topic: str, event) -> None:
         inside["span"] = trace.get_current_span().get_span_context()
         data = json.loads(event.payload.decode("utf-8"))
-        await ctx.emit("out.data", type="processed", payload=json.dumps({"v": data["v"] * 2}).encode())
+        await ctx.emit("out.data", type="processed", payload=json.dumps({"v": data["v"] * 2}).encode(),
+                       envelope=loom.Envelope(thread_id="th-9", correlation_id="c-9"))
 
     async def sink(ctx, topic, event):
         got.append(event)
@@ -156,7 +157,7 @@ def test_upstream_style_handler_gets_upstreams_event_fields_and_emits_with_its_k
     assert event.trace_id == tid and len(event.span_id or "") == 16
     # Two hex digits as upstream reports them; sampled (the bridge may add W3C's random-id bit).
     assert re.fullmatch(r"[0-9a-f]{2}", event.trace_flags or "") and int(event.trace_flags, 16) & 1
-    assert event.thread_id is None and event.correlation_id is None and event.reply_to is None
+    assert (event.thread_id, event.correlation_id, event.reply_to) == ("th-9", "c-9", None), "envelope= lent them"
     assert event.metadata["traceparent"] == f"00-{event.trace_id}-{event.span_id}-{event.trace_flags}"
     assert event.timestamp_ms > 0 and event.envelope.sender == "proc-agent"
     assert f"{inside['span'].trace_id:032x}" == tid
