@@ -260,7 +260,8 @@ def test_an_event_with_only_upstreams_bare_trace_keys_continues_its_trace_throug
     event, sc = by_topic["legacy.valid"]
     assert f"{sc.trace_id:032x}" == TRACE, "the bridge took the bare keys as the parent"
     assert event.trace_id == TRACE and event.span_id != SPAN, "bridge spans sit between"
-    assert event.sender == "legacy-agent"
+    # The bridge stamps loom.sender with the publishing session's agent, which wins over a bare key.
+    assert event.sender == "raw" and event.metadata["sender"] == "legacy-agent"
     consumer = [s for s in spans.get_finished_spans() if s.name == "agent.on_event"
                 and s.attributes.get("loom.topic") == "legacy.valid"]
     assert len(consumer) == 1 and f"{consumer[0].context.trace_id:032x}" == TRACE
