@@ -198,3 +198,34 @@ def test_jaeger_endpoint_adds_an_otlp_exporter_to_the_default_and_to_a_projects_
     # Without the variable, the default has no Jaeger exporter.
     plain = Runner(Project.load(project_copy), auto_ports=True)._sidecar_config()
     assert "otlp/jaeger" not in re.sub(r"#.*", "", plain.read_text())
+
+
+def test_the_bridge_parents_an_event_with_only_bare_trace_keys_on_its_span(
+        project_copy: Path, tmp_path: Path, runners: List[Runner]) -> None:
+    import asyncio
+    import time
+    import uuid
+
+    import loom
+    from loom.v1 import loom_pb2 as pb
+
+    trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    lines: List[str] = []
+    runner = make_runner(Project.load(project_copy), tmp_path, runners, lines)
+    runner.start(agents=False)
+
+    async def publish() -> None:
+        async with loom.Agent("legacy-writer", bridge_addr=runner.bridge_address, telemetry=False) as agent:
+            md = {"trace_id": trace_id, "span_id": span_id, "trace_flags": "01"}
+            ev = pb.Event(id=str(uuid.uuid4()), type="reading", topic="legacy.data", payload=b"{}", metadata=md,
+                          timestamp_unix_nano=time.time_ns())
+            await agent._publish("legacy.data", ev, True)
+
+    asyncio.run(publish())
+    run = Run(runner, lines)
+    wait_until(lambda: trace_id in run.traces(), 30, "the bridge's spans of the bare-key event")
+    settle(run)
+    spans = run.traces()[trace_id]
+    publish_span = next(s for s in spans if s.name == "bridge.publish")
+    assert publish_span.parent_span_id == span_id, "bridge.publish's parent is the span the bare keys name"
+    assert {s.name for s in spans} >= {"bridge.publish", "event_bus.publish"}
