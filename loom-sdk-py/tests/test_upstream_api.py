@@ -10,7 +10,7 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 from opentelemetry import trace
@@ -51,6 +51,15 @@ def test_capability_decorator_derives_the_schema_and_checks_keyword_arguments() 
     }
     assert json.loads(spec.metadata["capability.weather.get.input_schema"]) == spec.input_schema
     assert asyncio.run(spec.invoke(b'{"city":"Oslo","days":3}')) == b'{"city":"Oslo","days":3}'
+
+    @loom.capability("opt")
+    def opt(n: Optional[int] = None, m: int = 0) -> None:
+        return None
+
+    assert opt.__loom_capability__.bind(b'{"n": null}') == {"n": None}
+    assert asyncio.run(opt.__loom_capability__.invoke(b"")) == b""
+    with pytest.raises(ValueError, match="m must be integer"):
+        opt.__loom_capability__.bind(b'{"m": null}')
     for raw, problem in [
         (b"{}", "missing argument(s) city"),
         (b'{"city":"x","days":"3"}', "days must be integer"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
@@ -36,7 +37,7 @@ def _json_type(annotation: Any) -> Optional[str]:
     if annotation is inspect.Parameter.empty or annotation is Any:
         return None
     origin = typing.get_origin(annotation)
-    if origin is typing.Union:
+    if origin is typing.Union or (origin is not None and origin is getattr(types, "UnionType", None)):
         kinds = {_json_type(a) for a in typing.get_args(annotation) if a is not type(None)}
         return kinds.pop() if len(kinds) == 1 else None
     return _JSON_TYPES.get(origin or annotation)
@@ -53,6 +54,8 @@ class CapabilitySpec:
     params: Dict[str, Tuple[Optional[str], bool]] = field(default_factory=dict)
     # True when the function takes **kwargs: unknown argument names are passed through.
     open_args: bool = False
+    # Parameters that take JSON null (annotated Optional, or defaulting to None).
+    nullable: Tuple[str, ...] = ()
 
     @property
     def input_schema(self) -> Dict[str, Any]:
@@ -95,6 +98,8 @@ class CapabilitySpec:
             raise ValueError(f"capability {self.name}: unknown argument(s) {', '.join(unknown[:10])}")
         for key, value in data.items():
             jtype = self.params.get(key, (None, False))[0]
+            if value is None and key in self.nullable:
+                continue
             if jtype and not _matches(jtype, value):
                 raise ValueError(f"capability {self.name}: argument {key[:64]} must be {jtype}, got {type(value).__name__}")
         return data
@@ -144,6 +149,7 @@ def capability(name: str, version: str = "1.0") -> Callable[[F], F]:
     def deco(func: F) -> F:
         sig = inspect.signature(func)
         params: Dict[str, Tuple[Optional[str], bool]] = {}
+        nullable: List[str] = []
         open_args = False
         try:
             hints = typing.get_type_hints(func)
@@ -160,9 +166,12 @@ def capability(name: str, version: str = "1.0") -> Callable[[F], F]:
             if p.kind is inspect.Parameter.POSITIONAL_ONLY:
                 raise TypeError(f"@capability({name!r}): {func.__name__} takes {pname} positionally only; "
                                 "capabilities are called with keyword arguments")
-            params[pname] = (_json_type(hints.get(pname, p.annotation)), p.default is inspect.Parameter.empty)
+            annotation = hints.get(pname, p.annotation)
+            params[pname] = (_json_type(annotation), p.default is inspect.Parameter.empty)
+            if p.default is None or type(None) in typing.get_args(annotation):
+                nullable.append(pname)
         setattr(func, ATTR, CapabilitySpec(name=name, version=str(version), func=func, params=params,
-                                           open_args=open_args))
+                                           open_args=open_args, nullable=tuple(nullable)))
         return func
 
     return deco
