@@ -229,3 +229,25 @@ def test_the_bridge_parents_an_event_with_only_bare_trace_keys_on_its_span(
     publish_span = next(s for s in spans if s.name == "bridge.publish")
     assert publish_span.parent_span_id == span_id, "bridge.publish's parent is the span the bare keys name"
     assert {s.name for s in spans} >= {"bridge.publish", "event_bus.publish"}
+
+
+def test_the_loom_command_runs_the_upstream_project(project_copy: Path, tmp_path: Path) -> None:
+    """`loom run DIR` itself (the console script), on free ports, for a few seconds."""
+    from loom._runner import free_port
+
+    toml = project_copy / "loom.toml"
+    toml.write_text(toml.read_text().replace("port = 50051", f"port = {free_port()}"))
+    env = {k: v for k, v in os.environ.items() if k not in ("UPSTREAM_TEST_API_KEY", "OTEL_SERVICE_NAME")}
+    env.update({f"LOOM_{k}_ENDPOINT": f"127.0.0.1:{free_port()}" for k in ("OTLP_GRPC", "OTLP_HTTP", "HEALTH",
+                                                                             "METRICS")})
+    env.update({"LOOM_BRIDGE_DASHBOARD": "off", "RUST_LOG": "warn", "SENSOR_INTERVAL_S": "0.4"})
+    loom_cmd = Path(sys.executable).parent / "loom"
+    proc = subprocess.run([str(loom_cmd), "run", str(project_copy), "--duration", "8", "--quiet", "0.8"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "loom.toml llm.local.api_key: ${UPSTREAM_TEST_API_KEY} is not set" in out
+    assert "using the built-in sidecar config" in out
+    complete = re.findall(r"trace ([0-9a-f]{32})  \(9 spans\)", out)
+    assert len(complete) == 3, out[-3000:]
+    assert "ORPHAN" not in out
