@@ -276,3 +276,35 @@ def test_an_event_with_only_upstreams_bare_trace_keys_continues_its_trace_throug
     assert len(consumer) == 1 and f"{consumer[0].context.trace_id:032x}" == TRACE
     invalid, isc = by_topic["legacy.invalid"]
     assert f"{isc.trace_id:032x}" != TRACE and invalid.trace_id not in (None, TRACE)
+
+
+def test_reply_without_reply_to_goes_to_the_senders_upstream_reply_topic(bridge, spans) -> None:
+    got: List[Any] = []
+
+    async def asker_events(ctx, topic, event):
+        got.append((topic, event))
+
+    async def answerer(ctx, topic, event):
+        # Upstream's reply: no reply_to on the request → agent.{sender}.replies; no correlation
+        # id → the request's own event id.
+        await ctx.reply(event, type="answer", payload=b"ok")
+
+    async def scenario() -> List[str]:
+        b = loom.Agent(agent_id="b", topics=["ask.b"], on_event=answerer, address=bridge.url)
+        # Listing agent.a.replies in its own topics hands unmatched replies to on_event.
+        a = loom.Agent(agent_id="a", topics=["agent.a.replies"], on_event=asker_events, address=bridge.url)
+        for x in (b, a):
+            x.retry = FAST
+        async with b, a:
+            await asyncio.sleep(0.2)
+            first = await a.ctx.emit("ask.b", type="q", payload=b"", envelope=loom.Envelope(correlation_id="c-42"))
+            second = await a.ctx.emit("ask.b", type="q", payload=b"")
+            await wait_for(lambda: len(got) == 2, what="both replies")
+            return [first, second]
+
+    first, second = asyncio.run(scenario())
+    by_corr = {e.correlation_id: (topic, e) for topic, e in got}
+    assert set(by_corr) == {"c-42", second}, "the second request is matched by its event id"
+    for topic, e in by_corr.values():
+        assert (topic, e.type, e.payload, e.sender) == ("agent.a.replies", "answer", b"ok", "b")
+    assert first not in by_corr
