@@ -699,6 +699,13 @@ class Agent:
                 yield m
 
         call = self._stub.EventStream(requests())
+        # The bridge answers with headers only once it has read the Hello, attached the stream
+        # and subscribed it: until then a publish could find no subscriber here and a capability
+        # call would find this agent "not connected".
+        await call.initial_metadata()
+        if call.done():
+            await call.read()  # raises the bridge's refusal; an empty end reads as a disconnect
+            raise LoomConnectionError(f"agent {self.agent_id}: the bridge ended the stream at once")
         self._outbound = outbound
         interval = max(0.05, (resp.heartbeat_interval_ms or 5000) / 1000.0)
         hb = asyncio.get_running_loop().create_task(self._heartbeat(call, resp.session_id, interval))
