@@ -2,11 +2,19 @@
 //!
 //! Data path: receivers (OTLP gRPC/HTTP) → processors (memory_limiter, sampler, enrich) →
 //! batch → per-exporter bounded queues → exporters (otlp, otlphttp, debug, file). Components are
-//! wired by name from the YAML config ([`config`]); [`service::Service`] owns the lifecycle.
+//! wired by name from the YAML config ([`load`]); [`service::start`] owns the lifecycle.
+//!
+//! Layers, bottom up (each imports only from the layers below it; `tests/layers.rs` checks):
+//! 1. [`config`], [`model`], [`memory`], [`metrics`]: no component in sight.
+//! 2. [`component`]: the traits, contexts and values components share.
+//! 3. [`receivers`], [`processors`], [`exporters`], [`extensions`]: each only its own folder.
+//! 4. [`pipeline`], [`service`], [`load`]: the wiring.
 
+pub mod component;
 pub mod config;
 pub mod exporters;
 pub mod extensions;
+pub mod load;
 pub mod memory;
 pub mod metrics;
 pub mod model;
@@ -15,15 +23,5 @@ pub mod processors;
 pub mod receivers;
 pub mod service;
 
-use config::{ComponentId, ConfigError, ParseCtx};
-
-/// Parses and checks one component's YAML (its id, its value, its YAML path).
-pub type ParseFn<S> =
-    fn(&ComponentId, &serde_yaml::Value, &str, &ParseCtx<'_>) -> Result<Box<S>, ConfigError>;
-
-/// How a component type registers itself: its YAML type name and its config parser.
-/// Adding a component = one file with a `FACTORY`, plus one line in its folder's `FACTORIES`.
-pub struct Factory<S: ?Sized> {
-    pub kind: &'static str,
-    pub parse: ParseFn<S>,
-}
+pub use component::{Config, Factory, ParseFn};
+pub use load::{from_yaml, load_file};

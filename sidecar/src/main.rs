@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use loom_sidecar::config::Config;
 use loom_sidecar::service;
+use loom_sidecar::Config;
 
 /// OpenTelemetry-Collector-style trace pipeline for Loom: OTLP in, sample, enrich, batch, export.
 #[derive(Debug, Parser)]
@@ -35,7 +35,7 @@ fn config_path(cli: &Cli) -> PathBuf {
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load_file(path).map_err(|errs| {
+    loom_sidecar::load_file(path).map_err(|errs| {
         eprintln!("loom-sidecar: invalid configuration {}:", path.display());
         for e in &errs.0 {
             eprintln!("  {e}");

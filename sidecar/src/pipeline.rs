@@ -12,71 +12,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::component::{BatchSettings, BoxFuture, Consumer, Processor, Refusal};
 use crate::exporters::disk_queue::{AppendError, DiskQueue, FULL_RETRY_AFTER};
 use crate::exporters::{encoded, ExporterQueue};
 use crate::memory::{MemoryTicket, MemoryTracker};
 use crate::metrics::Metrics;
 use crate::model::{self, Batch, ResourceSpans};
-use crate::processors::batch::BatchSettings;
-use crate::processors::Processor;
-
-/// Why a request was not accepted. Every variant is retryable for the client and carries a hint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    MemoryLimit {
-        retry_after: Duration,
-        detail: String,
-    },
-    QueueFull {
-        retry_after: Duration,
-    },
-    /// An exporter's persistent queue reached `storage.max_bytes` (`when_full: refuse`).
-    StorageFull {
-        retry_after: Duration,
-    },
-    /// An exporter's persistent queue could not write (disk full, I/O error).
-    StorageError,
-    ShuttingDown,
-}
-
-impl Refusal {
-    pub fn retry_after(&self) -> Duration {
-        match self {
-            Refusal::MemoryLimit { retry_after, .. }
-            | Refusal::QueueFull { retry_after }
-            | Refusal::StorageFull { retry_after } => *retry_after,
-            Refusal::StorageError => Duration::from_secs(5),
-            Refusal::ShuttingDown => Duration::from_secs(5),
-        }
-    }
-
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::MemoryLimit { .. } => "memory_limit",
-            Refusal::QueueFull { .. } => "queue_full",
-            Refusal::StorageFull { .. } => "exporter_queue_full",
-            Refusal::StorageError => "storage_error",
-            Refusal::ShuttingDown => "shutting_down",
-        }
-    }
-
-    pub fn message(&self) -> String {
-        match self {
-            Refusal::MemoryLimit { detail, .. } => detail.clone(),
-            Refusal::QueueFull { .. } => "the sidecar's pipeline queue is full; retry later".into(),
-            Refusal::StorageFull { .. } => {
-                "an exporter's persistent queue is full (its backend is behind); retry later".into()
-            }
-            // No detail: paths and OS errors are for the sidecar's log, not for clients.
-            Refusal::StorageError => {
-                "the sidecar cannot persist data right now; retry later".into()
-            }
-            Refusal::ShuttingDown => {
-                "the sidecar is shutting down; retry against another instance or later".into()
-            }
-        }
-    }
-}
 
 /// Hands batches to every exporter of a pipeline. A full exporter queue drops the batch for
 /// that exporter only (counted), so one slow backend never holds up the others.
@@ -121,6 +62,38 @@ impl From<AppendError> for Refusal {
             AppendError::Io(_) => Refusal::StorageError,
             AppendError::Closed => Refusal::ShuttingDown,
         }
+    }
+}
+
+/// The pipelines one receiver feeds; each gets every span.
+pub struct Fanin {
+    pub pipelines: Vec<Arc<Pipeline>>,
+}
+
+impl Fanin {
+    /// Returns the spans kept by the last pipeline, or the first refusal.
+    pub async fn consume(
+        &self,
+        rs: Vec<ResourceSpans>,
+        encoded_len: usize,
+    ) -> Result<usize, Refusal> {
+        let Some((last, rest)) = self.pipelines.split_last() else {
+            return Ok(0);
+        };
+        for p in rest {
+            p.consume(rs.clone(), encoded_len).await?;
+        }
+        last.consume(rs, encoded_len).await
+    }
+}
+
+impl Consumer for Fanin {
+    fn consume(
+        &self,
+        spans: Vec<ResourceSpans>,
+        encoded_len: usize,
+    ) -> BoxFuture<'_, Result<usize, Refusal>> {
+        Box::pin(Fanin::consume(self, spans, encoded_len))
     }
 }
 

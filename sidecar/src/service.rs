@@ -2,29 +2,22 @@
 //! on shutdown drain in the reverse direction within the grace period.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{parse_endpoint, ComponentId, Config};
+pub use crate::component::install_crypto_provider;
+use crate::component::{
+    Config, ExporterCtx, ExtensionCtx, Health, Listening, ProcessorCtx, ReceiverCtx, Stage,
+};
+use crate::config::{parse_endpoint, ComponentId};
 use crate::exporters::disk_queue::{self, DiskQueue};
 use crate::exporters::{self, ExporterQueue};
-use crate::extensions::{ExtensionCtx, Health};
 use crate::memory::MemoryTracker;
 use crate::metrics::Metrics;
-use crate::pipeline::{Fanout, Pipeline};
-use crate::processors::{self, Stage};
-use crate::receivers::{Fanin, Listening, ReceiverCtx};
-
-/// rustls needs one process-wide crypto provider for the HTTP exporter's TLS.
-pub fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+use crate::pipeline::{Fanin, Fanout, Pipeline};
 
 /// A running sidecar.
 pub struct Running {
@@ -96,7 +89,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let built = spec
             .build(
                 &id,
-                &exporters::BuildCtx {
+                &ExporterCtx {
                     metrics: metrics.clone(),
                 },
             )
@@ -126,7 +119,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let mut pipelines = Vec::new();
     let mut batchers = Vec::new();
     let mut fanins: BTreeMap<ComponentId, Vec<Arc<Pipeline>>> = BTreeMap::new();
-    let pctx = processors::BuildCtx {
+    let pctx = ProcessorCtx {
         metrics: metrics.clone(),
         memory: memory.clone(),
     };

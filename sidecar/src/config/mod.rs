@@ -3,18 +3,13 @@
 
 pub mod expand;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
-
-use crate::exporters::{self, ExporterSpec};
-use crate::extensions::{self, ExtensionSpec};
-use crate::processors::{self, ProcessorSpec};
-use crate::receivers::{self, ReceiverSpec};
 
 /// A configuration problem at a YAML path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,28 +218,6 @@ fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
 }
 
-/// A loaded, validated configuration.
-pub struct Config {
-    pub receivers: BTreeMap<ComponentId, Box<dyn ReceiverSpec>>,
-    pub processors: BTreeMap<ComponentId, Box<dyn ProcessorSpec>>,
-    pub exporters: BTreeMap<ComponentId, Box<dyn ExporterSpec>>,
-    pub extensions: BTreeMap<ComponentId, Box<dyn ExtensionSpec>>,
-    pub service: ServiceConfig,
-    /// The env-expanded document, for `print-config`.
-    pub expanded: Value,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("receivers", &self.receivers.keys().collect::<Vec<_>>())
-            .field("processors", &self.processors.keys().collect::<Vec<_>>())
-            .field("exporters", &self.exporters.keys().collect::<Vec<_>>())
-            .field("extensions", &self.extensions.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
 const SECTIONS: [&str; 5] = [
     "receivers",
     "processors",
@@ -253,23 +226,22 @@ const SECTIONS: [&str; 5] = [
     "service",
 ];
 
-impl Config {
-    /// Reads and validates a config file with the process environment.
-    pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::at(
-                "",
-                format!("cannot read config file {}: {e}", path.display()),
-            )
-        })?;
-        Config::from_yaml(&text, &|k| std::env::var(k).ok())
-    }
+/// A YAML document read and env-expanded, before the components parse their sections.
+pub struct Document {
+    /// The env-expanded document, for `print-config`.
+    pub expanded: Value,
+    /// Env variables each expanded value came from, by YAML path.
+    pub origins: BTreeMap<String, Vec<String>>,
+}
 
-    /// Parses, expands and validates a YAML document; every problem found is reported.
-    pub fn from_yaml(
+impl Document {
+    /// Parses and expands a YAML document. Unknown top-level sections go to `errors`; a
+    /// document that is not YAML or not a mapping fails at once.
+    pub fn parse(
         text: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigErrors> {
+        errors: &mut Vec<ConfigError>,
+    ) -> Result<Document, ConfigErrors> {
         let mut doc: Value = serde_yaml::from_str(text)
             .map_err(|e| ConfigError::at("", format!("not valid YAML: {e}")))?;
         if doc.is_null() {
@@ -280,7 +252,6 @@ impl Config {
         let Value::Mapping(top) = &doc else {
             return Err(ConfigError::at("", "the config must be a YAML mapping").into());
         };
-        let mut errors = Vec::new();
         for k in top.keys() {
             let key = expand::key_text(k);
             if !SECTIONS.contains(&key.as_str()) {
@@ -293,97 +264,76 @@ impl Config {
                 ));
             }
         }
-        let ctx = ParseCtx {
-            origins: &origins,
-            lookup,
-        };
-        let section = |name: &str| top.get(name).cloned().unwrap_or(Value::Null);
+        Ok(Document {
+            expanded: doc,
+            origins,
+        })
+    }
 
-        let receivers = parse_section(
-            &section("receivers"),
-            "receivers",
-            receivers::FACTORIES,
-            &ctx,
-            &mut errors,
-        );
-        let processors = parse_section(
-            &section("processors"),
-            "processors",
-            processors::FACTORIES,
-            &ctx,
-            &mut errors,
-        );
-        let exporters = parse_section(
-            &section("exporters"),
-            "exporters",
-            exporters::FACTORIES,
-            &ctx,
-            &mut errors,
-        );
-        let extensions = parse_section(
-            &section("extensions"),
-            "extensions",
-            extensions::FACTORIES,
-            &ctx,
-            &mut errors,
-        );
-        let service: ServiceConfig = match parse_as(&section("service"), "service") {
+    /// A top-level section (null when absent).
+    pub fn section(&self, name: &str) -> Value {
+        self.expanded.get(name).cloned().unwrap_or(Value::Null)
+    }
+
+    /// The `service` section, typed; its parse error goes to `errors`.
+    pub fn service(&self, errors: &mut Vec<ConfigError>) -> ServiceConfig {
+        match parse_as(&self.section("service"), "service") {
             Ok(s) => s,
             Err(e) => {
                 errors.push(e);
                 ServiceConfig::default()
             }
-        };
-
-        // Ids whose own config failed: pipelines naming them get no second, misleading error.
-        let failed: std::collections::HashSet<String> = errors
-            .iter()
-            .filter_map(|e| {
-                let mut parts = e.path.splitn(3, '.');
-                match (parts.next(), parts.next()) {
-                    (Some("receivers" | "processors" | "exporters" | "extensions"), Some(id)) => {
-                        Some(id.to_owned())
-                    }
-                    _ => None,
-                }
-            })
-            .collect();
-        let cfg = Config {
-            receivers,
-            processors,
-            exporters,
-            extensions,
-            service,
-            expanded: doc.clone(),
-        };
-        cfg.validate_service(&failed, &mut errors);
-        if errors.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigErrors(errors))
         }
     }
 
-    fn validate_service(
+    /// The expanded document with secrets replaced by `<redacted>`.
+    pub fn redacted_yaml(&self) -> String {
+        let mut doc = self.expanded.clone();
+        redact(&mut doc, false);
+        serde_yaml::to_string(&doc).unwrap_or_default()
+    }
+}
+
+/// Ids whose own config failed: pipelines naming them get no second, misleading error.
+pub fn failed_ids(errors: &[ConfigError]) -> HashSet<String> {
+    errors
+        .iter()
+        .filter_map(|e| {
+            let mut parts = e.path.splitn(3, '.');
+            match (parts.next(), parts.next()) {
+                (Some("receivers" | "processors" | "exporters" | "extensions"), Some(id)) => {
+                    Some(id.to_owned())
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+impl ServiceConfig {
+    /// Checks the `service` section against the components defined: `defined(section, id)`
+    /// says whether `id` is defined under `section`; ids in `failed` already have an error.
+    pub fn validate(
         &self,
-        failed: &std::collections::HashSet<String>,
+        defined: &dyn Fn(&str, &ComponentId) -> bool,
+        failed: &HashSet<String>,
         errors: &mut Vec<ConfigError>,
     ) {
-        if self.service.pipelines.is_empty() {
+        if self.pipelines.is_empty() {
             errors.push(ConfigError::at(
                 "service.pipelines",
                 "no pipeline defined; add `traces: {receivers: [...], exporters: [...]}`",
             ));
         }
-        for (i, ext) in self.service.extensions.iter().enumerate() {
-            if !ComponentId::parse(ext).is_some_and(|id| self.extensions.contains_key(&id)) {
+        for (i, ext) in self.extensions.iter().enumerate() {
+            if !ComponentId::parse(ext).is_some_and(|id| defined("extensions", &id)) {
                 errors.push(ConfigError::at(
                     format!("service.extensions[{i}]"),
                     format!("extension {ext:?} is not defined under `extensions`"),
                 ));
             }
         }
-        for (name, p) in &self.service.pipelines {
+        for (name, p) in &self.pipelines {
             let base = format!("service.pipelines.{name}");
             if name != "traces" && !name.starts_with("traces/") {
                 errors.push(ConfigError::at(
@@ -401,7 +351,7 @@ impl Config {
                         format!("a pipeline needs at least one of its {what}"),
                     ));
                 }
-                let mut seen = std::collections::HashSet::new();
+                let mut seen = HashSet::new();
                 for (i, id) in list.iter().enumerate() {
                     let at = format!("{base}.{what}[{i}]");
                     match ComponentId::parse(id) {
@@ -421,19 +371,19 @@ impl Config {
             check(
                 &p.receivers,
                 "receivers",
-                &|id| self.receivers.contains_key(id),
+                &|id| defined("receivers", id),
                 errors,
             );
             check(
                 &p.processors,
                 "processors",
-                &|id| self.processors.contains_key(id),
+                &|id| defined("processors", id),
                 errors,
             );
             check(
                 &p.exporters,
                 "exporters",
-                &|id| self.exporters.contains_key(id),
+                &|id| defined("exporters", id),
                 errors,
             );
             // The batch processor hands data to the exporters, so it has to come last.
@@ -450,30 +400,23 @@ impl Config {
                 }
             }
         }
-        let addr = &self.service.telemetry.metrics.address;
+        let addr = &self.telemetry.metrics.address;
         if addr != "none" && !addr.is_empty() && parse_endpoint(addr).is_err() {
             errors.push(ConfigError::at(
                 "service.telemetry.metrics.address",
                 format!("{addr:?} is not host:port (or `none`)"),
             ));
         }
-        let level = self.service.telemetry.logs.level.to_ascii_lowercase();
+        let level = self.telemetry.logs.level.to_ascii_lowercase();
         if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
             errors.push(ConfigError::at(
                 "service.telemetry.logs.level",
                 format!(
                     "{:?} is not a log level (error, warn, info, debug, trace)",
-                    self.service.telemetry.logs.level
+                    self.telemetry.logs.level
                 ),
             ));
         }
-    }
-
-    /// The expanded document with secrets replaced by `<redacted>`.
-    pub fn redacted_yaml(&self) -> String {
-        let mut doc = self.expanded.clone();
-        redact(&mut doc, false);
-        serde_yaml::to_string(&doc).unwrap_or_default()
     }
 }
 
@@ -517,60 +460,6 @@ fn redact(v: &mut Value, all: bool) {
     }
 }
 
-fn parse_section<S: ?Sized>(
-    section: &Value,
-    name: &str,
-    factories: &[crate::Factory<S>],
-    ctx: &ParseCtx<'_>,
-    errors: &mut Vec<ConfigError>,
-) -> BTreeMap<ComponentId, Box<S>> {
-    let mut out = BTreeMap::new();
-    let map = match section {
-        Value::Null => return out,
-        Value::Mapping(m) => m,
-        _ => {
-            errors.push(ConfigError::at(
-                name,
-                "expected a mapping of component ids to their settings",
-            ));
-            return out;
-        }
-    };
-    for (k, v) in map {
-        let key = expand::key_text(k);
-        let path = format!("{name}.{key}");
-        let Some(id) = ComponentId::parse(&key) else {
-            errors.push(ConfigError::at(
-                path,
-                "invalid component id; expected `type` or `type/name`",
-            ));
-            continue;
-        };
-        match factories.iter().find(|f| f.kind == id.kind) {
-            Some(f) => match (f.parse)(&id, v, &path, ctx) {
-                Ok(spec) => {
-                    out.insert(id, spec);
-                }
-                Err(e) => errors.push(e),
-            },
-            None => errors.push(ConfigError::at(
-                path,
-                format!(
-                    "unknown {} type {:?}; available: {}",
-                    name.trim_end_matches('s'),
-                    id.kind,
-                    factories
-                        .iter()
-                        .map(|f| f.kind)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-        }
-    }
-    out
-}
-
 /// Parses `host:port` (IPv6 in brackets; `localhost` allowed) into a socket address.
 pub fn parse_endpoint(s: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
@@ -596,111 +485,6 @@ pub fn parse_endpoint(s: &str) -> Result<std::net::SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
-        let env: BTreeMap<String, String> = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        Config::from_yaml(yaml, &|k| env.get(k).cloned())
-    }
-
-    const GOOD: &str = r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: { endpoint: 127.0.0.1:0 }
-      http: { endpoint: 127.0.0.1:0 }
-processors:
-  memory_limiter: { limit_mib: 256, spike_limit_mib: 64 }
-  sampler:
-    default: { sampler: "${env:OTEL_TRACE_SAMPLER:-parentbased_always_on}", arg: "${env:OTEL_TRACE_SAMPLER_ARG:-1.0}" }
-    rules:
-      - match: { agent: "sensor-*", topic: "sensor.*" }
-        sampler: traceidratio
-        arg: 0.1
-  enrich: {}
-  batch: { send_batch_size: 8192, timeout: 200ms }
-exporters:
-  otlp/jaeger: { endpoint: "${env:JAEGER_OTLP_ENDPOINT:-http://localhost:14317}", compression: gzip }
-  otlphttp/vendor: { endpoint: https://example.invalid, headers: { x-api-key: "${env:API_KEY}" } }
-  debug: { verbosity: basic }
-  file: { path: /tmp/loom-test-spans.jsonl }
-extensions:
-  health_check: { endpoint: 127.0.0.1:0 }
-service:
-  extensions: [health_check]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [memory_limiter, sampler, enrich, batch]
-      exporters: [otlp/jaeger]
-  telemetry:
-    metrics: { address: 127.0.0.1:0 }
-    logs: { level: info }
-"#;
-
-    #[test]
-    fn the_design_example_loads() {
-        let cfg = load(GOOD, &[("API_KEY", "s3cr3t")]).unwrap();
-        assert_eq!(cfg.exporters.len(), 4);
-        let printed = cfg.redacted_yaml();
-        assert!(!printed.contains("s3cr3t"), "{printed}");
-        assert!(printed.contains("x-api-key: <redacted>"), "{printed}");
-        assert!(printed.contains("http://localhost:14317"));
-    }
-
-    #[test]
-    fn errors_name_the_yaml_path() {
-        let cases: &[(&str, &str)] = &[
-            ("receivers:\n  otlp:\n    protocols:\n      grpc: { endpoint: 127.0.0.1:0, bogus: 1 }\n", "receivers.otlp.protocols.grpc.bogus: unknown field `bogus`"),
-            ("exporters:\n  otlp/jaeger: { endpoint: 'not a url' }\n", "exporters.otlp/jaeger.endpoint:"),
-            ("exporters:\n  kafka: {}\n", "exporters.kafka: unknown exporter type \"kafka\""),
-            ("processors:\n  batch: { timeout: soon }\n", "processors.batch.timeout:"),
-            ("service:\n  pipelines:\n    traces: { receivers: [otlp], exporters: [nope] }\n", "service.pipelines.traces.receivers[0]: \"otlp\" is not defined"),
-            ("service:\n  pipelines:\n    traces: { receivers: [otlp], exporters: [nope] }\n", "service.pipelines.traces.exporters[0]: \"nope\" is not defined"),
-            ("bogus: 1\n", "bogus: unknown top-level section"),
-            ("service:\n  telemetry:\n    logs: { level: loud }\n", "service.telemetry.logs.level:"),
-            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { storage: { directory: /tmp/q, max_bytes: 10 } } }\n", "exporters.otlp.sending_queue.storage.max_bytes: 10 is below the minimum"),
-            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { storage: { directory: /tmp/q, fsync: sometimes } } }\n", "exporters.otlp.sending_queue.storage.fsync: unknown variant `sometimes`"),
-            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { storage: { directory: /tmp/q, bogus: 1 } } }\n", "exporters.otlp.sending_queue.storage.bogus: unknown field"),
-            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { when_full: drop_oldest } }\n", "exporters.otlp.sending_queue.when_full: only with storage"),
-            ("exporters:\n  otlp: { endpoint: 'http://h:1', sending_queue: { queue_size: 5, storage: { directory: /tmp/q } } }\n", "exporters.otlp.sending_queue.queue_size: not used with storage"),
-            ("exporters:\n  otlp: { endpoint: 'http://h:1', retry_on_failure: { initial_interval: 0s } }\n", "exporters.otlp.retry_on_failure:"),
-            ("exporters:\n  otlp: { endpoint: 'http://h:1', tls: { insecure: false } }\n", "exporters.otlp.tls.insecure: false contradicts"),
-            ("exporters:\n  otlphttp: { endpoint: 'https://h:1', tls: { insecure: true } }\n", "exporters.otlphttp.tls.insecure: true contradicts"),
-            ("receivers:\n  otlp:\n    auth: { bearer_token: '' }\n    protocols: { grpc: }\n", "receivers.otlp.auth.bearer_token: the token is empty"),
-            ("receivers:\n  otlp:\n    auth: { token: x }\n    protocols: { grpc: }\n", "receivers.otlp.auth.token: unknown field"),
-            ("receivers:\n  otlp:\n    protocols: { grpc: { tls: { cert_file: /nonexistent.pem, key_file: /k } } }\n", "receivers.otlp.protocols.grpc.tls.cert_file: cannot read"),
-        ];
-        for (yaml, want) in cases {
-            let err = load(yaml, &[]).unwrap_err().to_string();
-            assert!(err.contains(want), "want {want:?} in:\n{err}");
-        }
-    }
-
-    #[test]
-    fn unknown_sampler_from_env_names_the_variable_and_choices() {
-        let err = load(GOOD, &[("OTEL_TRACE_SAMPLER", "sometimes")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("processors.sampler.default.sampler"), "{err}");
-        assert!(err.contains("${env:OTEL_TRACE_SAMPLER}"), "{err}");
-        assert!(err.contains("parentbased_traceidratio"), "{err}");
-    }
-
-    #[test]
-    fn batch_must_be_last() {
-        let yaml = GOOD.replace(
-            "[memory_limiter, sampler, enrich, batch]",
-            "[memory_limiter, batch, sampler]",
-        );
-        let err = load(&yaml, &[]).unwrap_err().to_string();
-        assert!(
-            err.contains("processors[1]: `batch` must be the last"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn component_ids() {

@@ -14,9 +14,9 @@ use super::{
     BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter, ExporterSpec, QueueConfig,
     RetryConfig,
 };
+use crate::component::Factory;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::model::Batch;
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
     kind: "debug",
@@ -154,7 +154,7 @@ fn line(span: &Span, service: &str) -> String {
 }
 
 impl Exporter for DebugExporter {
-    fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
+    fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>> {
         let verbosity = self.verbosity;
         Box::pin(async move {
             // Printing reads every field: decode the spans (bytes until here).

@@ -40,12 +40,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use prost::Message as _;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{send_with_retry, Built, Outcome};
-use crate::config::ConfigError;
+pub use crate::component::sending_queue::{FsyncPolicy, StorageConfig, WhenFull, MIN_MAX_BYTES};
 use crate::metrics::Metrics;
 use crate::model::{span_count, Batch, TraceRequest};
 
@@ -64,87 +63,6 @@ const WRITER_CHANNEL: usize = 1024;
 pub const IDLE_ROLL_BYTES: u64 = 64 * 1024;
 /// Retry hint given to clients while the queue is full.
 pub const FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
-
-/// When data reaches the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FsyncPolicy {
-    /// Sync every group of appended records before the clients are answered: an acknowledged
-    /// span survives a crash of the machine, at the cost of one fsync per group.
-    Batch,
-    /// Answer once the data is written to the OS, sync every `fsync_interval`: an acknowledged
-    /// span survives the sidecar's crash (even `kill -9`), but up to one interval of data can be
-    /// lost if the machine itself goes down.
-    Interval,
-}
-
-/// What happens when the queue reaches `storage.max_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Refuse new data: the receivers answer RESOURCE_EXHAUSTED / 429 with a retry hint.
-    Refuse,
-    /// Delete the oldest segments to make room (their unsent spans are counted as dropped).
-    DropOldest,
-}
-
-/// `sending_queue.storage`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageConfig {
-    /// Parent folder; each exporter gets its own sub-folder named after its id.
-    pub directory: PathBuf,
-    /// Upper bound of the queue's files, in bytes.
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: u64,
-    #[serde(default = "default_fsync")]
-    pub fsync: FsyncPolicy,
-    /// Sync period with `fsync: interval`.
-    #[serde(default = "default_fsync_interval", with = "humantime_serde")]
-    pub fsync_interval: Duration,
-}
-
-fn default_max_bytes() -> u64 {
-    256 * 1024 * 1024
-}
-fn default_fsync() -> FsyncPolicy {
-    FsyncPolicy::Batch
-}
-fn default_fsync_interval() -> Duration {
-    Duration::from_secs(1)
-}
-
-/// The smallest cap that still holds a few segments.
-pub const MIN_MAX_BYTES: u64 = 64 * 1024;
-
-impl StorageConfig {
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let at = |k: &str| format!("{path}.sending_queue.storage.{k}");
-        if self.directory.as_os_str().is_empty() {
-            return Err(ConfigError::at(at("directory"), "must not be empty"));
-        }
-        if self.max_bytes < MIN_MAX_BYTES {
-            return Err(ConfigError::at(
-                at("max_bytes"),
-                format!("{} is below the minimum of {MIN_MAX_BYTES}", self.max_bytes),
-            ));
-        }
-        if self.fsync == FsyncPolicy::Interval && self.fsync_interval.is_zero() {
-            return Err(ConfigError::at(
-                at("fsync_interval"),
-                "must be greater than 0",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Segments are a sixteenth of the cap (4 KiB to 16 MiB): small enough that `drop_oldest`
-    /// frees little at a time and a replay after a crash resends little, large enough that
-    /// creating files costs nothing that matters.
-    pub fn segment_size(&self) -> u64 {
-        (self.max_bytes / 16).clamp(4 * 1024, 16 * 1024 * 1024)
-    }
-}
 
 /// Why an append failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1043,7 +961,7 @@ mod tests {
     }
 
     impl Exporter for Recorder {
-        fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
+        fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>> {
             let up = self.up.load(Ordering::SeqCst);
             if up {
                 let mut names = self.names.lock();

@@ -13,9 +13,9 @@ use super::{
     BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter, ExporterSpec, QueueConfig,
     RetryConfig,
 };
+use crate::component::Factory;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::model::Batch;
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
     kind: "file",
@@ -83,7 +83,7 @@ fn write_line(w: &mut impl Write, batch: &Batch) -> std::io::Result<()> {
 }
 
 impl Exporter for FileExporter {
-    fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
+    fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>> {
         let out = self.out.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || write_line(&mut *out.lock(), &batch))

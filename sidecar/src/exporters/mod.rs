@@ -8,8 +8,6 @@ pub mod file;
 pub mod otlp;
 pub mod otlphttp;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,10 +17,15 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ComponentId, ConfigError};
+pub use crate::component::exporter::{
+    BuildCtx, Built, ExportError, ExportOk, Exporter, ExporterSpec,
+};
+pub use crate::component::sending_queue::{QueueConfig, RetryConfig};
+pub use crate::component::BoxFuture;
+use crate::component::Factory;
+use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::model::Batch;
-use crate::Factory;
 
 /// Every exporter type, by YAML name.
 pub const FACTORIES: &[Factory<dyn ExporterSpec>] = &[
@@ -31,213 +34,6 @@ pub const FACTORIES: &[Factory<dyn ExporterSpec>] = &[
     debug::FACTORY,
     file::FACTORY,
 ];
-
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// What a backend said about a delivered batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ExportOk {
-    /// `partial_success.rejected_spans`.
-    pub rejected_spans: u64,
-}
-
-/// A failed export, classified per the OTLP spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportError {
-    pub retryable: bool,
-    /// The backend's hint (gRPC RetryInfo / HTTP Retry-After).
-    pub retry_after: Option<Duration>,
-    /// Metric label, e.g. `grpc_unavailable`, `http_400`, `connect`.
-    pub reason: String,
-    pub message: String,
-}
-
-impl ExportError {
-    pub fn permanent(reason: impl Into<String>, message: impl Into<String>) -> ExportError {
-        ExportError {
-            retryable: false,
-            retry_after: None,
-            reason: reason.into(),
-            message: message.into(),
-        }
-    }
-
-    pub fn retryable(
-        reason: impl Into<String>,
-        message: impl Into<String>,
-        retry_after: Option<Duration>,
-    ) -> ExportError {
-        ExportError {
-            retryable: true,
-            retry_after,
-            reason: reason.into(),
-            message: message.into(),
-        }
-    }
-}
-
-pub trait Exporter: Send + Sync {
-    fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>>;
-}
-
-/// What an exporter may use when it is built.
-pub struct BuildCtx {
-    pub metrics: Arc<Metrics>,
-}
-
-/// A checked exporter config, ready to build.
-pub trait ExporterSpec: Send + Sync {
-    fn build(&self, id: &ComponentId, ctx: &BuildCtx) -> Result<Built, String>;
-}
-
-pub struct Built {
-    pub exporter: Arc<dyn Exporter>,
-    pub queue: QueueConfig,
-    pub retry: RetryConfig,
-}
-
-/// `sending_queue`: in memory (batches), or on disk with `storage` (a write-ahead log).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueConfig {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    #[serde(default = "default_consumers")]
-    pub num_consumers: usize,
-    /// In memory: batches the queue holds before new ones are dropped for this exporter
-    /// (counted). Not used with `storage`, whose bound is `storage.max_bytes`.
-    #[serde(default)]
-    pub queue_size: Option<usize>,
-    /// Persist the queue on disk.
-    #[serde(default)]
-    pub storage: Option<disk_queue::StorageConfig>,
-    /// With `storage`: what to do at `max_bytes` (default `refuse`).
-    #[serde(default)]
-    pub when_full: Option<disk_queue::WhenFull>,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_consumers() -> usize {
-    2
-}
-fn default_queue_size() -> usize {
-    1000
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig {
-            enabled: true,
-            num_consumers: default_consumers(),
-            queue_size: None,
-            storage: None,
-            when_full: None,
-        }
-    }
-}
-
-impl QueueConfig {
-    /// Batches an in-memory queue holds.
-    pub fn memory_size(&self) -> usize {
-        self.queue_size.unwrap_or_else(default_queue_size)
-    }
-
-    pub fn when_full(&self) -> disk_queue::WhenFull {
-        self.when_full.unwrap_or(disk_queue::WhenFull::Refuse)
-    }
-
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        if !self.enabled {
-            return Err(ConfigError::at(
-                format!("{path}.sending_queue.enabled"),
-                "false is not supported: the queue is what keeps a slow backend from blocking the receivers",
-            ));
-        }
-        if self.num_consumers == 0 {
-            return Err(ConfigError::at(
-                format!("{path}.sending_queue.num_consumers"),
-                "must be greater than 0",
-            ));
-        }
-        if self.queue_size == Some(0) {
-            return Err(ConfigError::at(
-                format!("{path}.sending_queue.queue_size"),
-                "must be greater than 0",
-            ));
-        }
-        match &self.storage {
-            Some(storage) => {
-                if self.queue_size.is_some() {
-                    return Err(ConfigError::at(
-                        format!("{path}.sending_queue.queue_size"),
-                        "not used with storage: the disk queue is bounded by storage.max_bytes",
-                    ));
-                }
-                storage.validate(path)?;
-            }
-            None => {
-                if self.when_full.is_some() {
-                    return Err(ConfigError::at(
-                        format!("{path}.sending_queue.when_full"),
-                        "only with storage; a full in-memory queue drops the new batch for this exporter (counted)",
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    #[serde(default = "default_initial", with = "humantime_serde")]
-    pub initial_interval: Duration,
-    #[serde(default = "default_max_interval", with = "humantime_serde")]
-    pub max_interval: Duration,
-    /// Give up on a batch after retrying this long (0: never give up).
-    #[serde(default = "default_max_elapsed", with = "humantime_serde")]
-    pub max_elapsed_time: Duration,
-}
-
-fn default_initial() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_max_interval() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_elapsed() -> Duration {
-    Duration::from_secs(300)
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            enabled: true,
-            initial_interval: default_initial(),
-            max_interval: default_max_interval(),
-            max_elapsed_time: default_max_elapsed(),
-        }
-    }
-}
-
-impl RetryConfig {
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        if self.enabled
-            && (self.initial_interval.is_zero() || self.max_interval < self.initial_interval)
-        {
-            return Err(ConfigError::at(
-                format!("{path}.retry_on_failure"),
-                "initial_interval must be > 0 and max_interval at least initial_interval",
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// TLS settings of a network exporter (Collector names).
 #[derive(Debug, Clone, Default, Deserialize)]

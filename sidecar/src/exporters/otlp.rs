@@ -16,10 +16,10 @@ use super::{
     gzip_setting, validate_headers, BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter,
     ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
 };
+use crate::component::Factory;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::model::otlp::{EXPORT_PATH, TRACE_SERVICE};
 use crate::model::Batch;
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
     kind: "otlp",
@@ -244,7 +244,7 @@ pub fn classify(status: &tonic::Status) -> ExportError {
 }
 
 impl Exporter for OtlpExporter {
-    fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
+    fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>> {
         let mut client =
             tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(self.max_recv);
         if self.gzip {

@@ -13,9 +13,9 @@ use super::{
     gzip_setting, validate_headers, BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter,
     ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
 };
+use crate::component::Factory;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::model::Batch;
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
     kind: "otlphttp",
@@ -121,7 +121,7 @@ fn parse(
 
 impl ExporterSpec for Spec {
     fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, String> {
-        crate::service::install_crypto_provider();
+        crate::component::install_crypto_provider();
         let mut b = reqwest::Client::builder()
             .timeout(self.c.timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -244,7 +244,7 @@ pub fn classify_http(status: u16, headers: &http::HeaderMap, body: &str) -> Expo
 }
 
 impl Exporter for OtlpHttpExporter {
-    fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
+    fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>> {
         let json = self.json;
         let gzip = self.gzip;
         let client = self.client.clone();

@@ -11,10 +11,10 @@ use axum::Router;
 use serde::Deserialize;
 
 use super::{ExtensionCtx, ExtensionSpec, Health};
+use crate::component::BoxFuture;
+use crate::component::Factory;
+use crate::component::{Listening, Started};
 use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
-use crate::exporters::BoxFuture;
-use crate::receivers::{Listening, Started};
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ExtensionSpec> = Factory {
     kind: "health_check",
@@ -73,7 +73,11 @@ async fn health(State(h): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 impl ExtensionSpec for Spec {
-    fn start(&self, id: &ComponentId, ctx: ExtensionCtx) -> BoxFuture<Result<Started, String>> {
+    fn start(
+        &self,
+        id: &ComponentId,
+        ctx: ExtensionCtx,
+    ) -> BoxFuture<'static, Result<Started, String>> {
         let addr = self.addr;
         let path = self.path.clone();
         let id = id.to_string();

@@ -1,58 +1,14 @@
 //! batch: groups spans into export requests of `send_batch_size`, never above
 //! `send_batch_max_size`, flushing after `timeout` and on shutdown.
 
-use std::time::Duration;
-
-use serde::Deserialize;
-
 use super::{BuildCtx, ProcessorSpec, Stage};
+use crate::component::{BatchSettings, Factory};
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
     kind: "batch",
     parse,
 };
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchSettings {
-    /// Flush once this many spans are pending.
-    #[serde(default = "default_size")]
-    pub send_batch_size: usize,
-    /// Upper bound of one export request (0: no bound beyond send_batch_size's flushes).
-    #[serde(default)]
-    pub send_batch_max_size: usize,
-    /// Flush pending spans at least this often.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Requests queued between the receivers and the batcher before receivers refuse.
-    #[serde(default = "default_queue")]
-    pub queue_size: usize,
-}
-
-fn default_size() -> usize {
-    8192
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_millis(200)
-}
-
-fn default_queue() -> usize {
-    1024
-}
-
-impl Default for BatchSettings {
-    fn default() -> Self {
-        BatchSettings {
-            send_batch_size: default_size(),
-            send_batch_max_size: 0,
-            timeout: default_timeout(),
-            queue_size: default_queue(),
-        }
-    }
-}
 
 fn parse(
     _id: &ComponentId,

@@ -13,10 +13,10 @@ use serde::Deserialize;
 
 use super::sampler::resource_agent;
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
+use crate::component::Factory;
+use crate::component::Refusal;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::model::ResourceSpans;
-use crate::pipeline::Refusal;
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
     kind: "enrich",

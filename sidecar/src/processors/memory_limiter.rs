@@ -16,10 +16,10 @@ use crate::model::ResourceSpans;
 use serde::Deserialize;
 
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
+use crate::component::Factory;
+use crate::component::Refusal;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::memory::MemoryTracker;
-use crate::pipeline::Refusal;
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
     kind: "memory_limiter",

@@ -18,11 +18,11 @@ use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use serde::Deserialize;
 
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
+use crate::component::Factory;
+use crate::component::Refusal;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::metrics::Metrics;
 use crate::model::{ResourceSpans, Span};
-use crate::pipeline::Refusal;
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
     kind: "sampler",

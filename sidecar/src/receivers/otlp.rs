@@ -27,14 +27,12 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::{AuthConfig, BearerAuth, UNAUTHENTICATED};
 use super::tls::{ServerTls, ServerTlsConfig};
-use super::{Fanin, Listening, ReceiverCtx, ReceiverSpec, Started};
+use super::{Consumer, Listening, ReceiverCtx, ReceiverSpec, Started};
+use crate::component::{BoxFuture, Factory, Refusal};
 use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
-use crate::exporters::BoxFuture;
 use crate::metrics::Metrics;
 use crate::model::otlp::{EXPORT_PATH, TRACE_SERVICE};
 use crate::model::{span_count, TraceRequest};
-use crate::pipeline::Refusal;
-use crate::Factory;
 
 pub const FACTORY: Factory<dyn ReceiverSpec> = Factory {
     kind: "otlp",
@@ -195,7 +193,7 @@ fn parse(
 /// Shared by both transports: counts, consumes, and maps refusals.
 struct Intake {
     id: String,
-    consumer: Arc<Fanin>,
+    consumer: Arc<dyn Consumer>,
     metrics: Arc<Metrics>,
 }
 
@@ -302,7 +300,7 @@ struct Export(Arc<Intake>);
 
 impl tonic::server::UnaryService<TraceRequest> for Export {
     type Response = ExportTraceServiceResponse;
-    type Future = BoxFuture<Result<tonic::Response<ExportTraceServiceResponse>, Status>>;
+    type Future = BoxFuture<'static, Result<tonic::Response<ExportTraceServiceResponse>, Status>>;
 
     fn call(&mut self, request: Request<TraceRequest>) -> Self::Future {
         let intake = self.0.clone();
@@ -326,7 +324,7 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(
         &mut self,
@@ -578,7 +576,11 @@ async fn method_not_allowed() -> Response {
 }
 
 impl ReceiverSpec for Spec {
-    fn start(&self, id: &ComponentId, ctx: ReceiverCtx) -> BoxFuture<Result<Started, String>> {
+    fn start(
+        &self,
+        id: &ComponentId,
+        ctx: ReceiverCtx,
+    ) -> BoxFuture<'static, Result<Started, String>> {
         let grpc = self.grpc.clone();
         let http = self.http.clone();
         let auth = self.auth.clone();
@@ -681,7 +683,7 @@ impl ReceiverSpec for Spec {
                             axum::serve(l, app)
                                 .with_graceful_shutdown(stop.cancelled_owned())
                                 .await
-                        }) as BoxFuture<std::io::Result<()>>
+                        }) as BoxFuture<'static, std::io::Result<()>>
                     }
                     None => Box::pin(async move {
                         use axum::serve::ListenerExt as _;
