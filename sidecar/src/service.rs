@@ -10,14 +10,47 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::component::install_crypto_provider;
 use crate::component::{
-    Config, ExporterCtx, ExtensionCtx, Health, Listening, ProcessorCtx, ReceiverCtx, Stage,
+    BuildError, Config, ExporterCtx, ExtensionCtx, Health, ListenError, Listening, ProcessorCtx,
+    ReceiverCtx, Stage,
 };
-use crate::config::{parse_endpoint, ComponentId};
+use crate::config::{parse_endpoint, ComponentId, EndpointError};
 use crate::exporters::disk_queue::{self, DiskQueue};
 use crate::exporters::{self, ExporterQueue};
 use crate::memory::MemoryTracker;
 use crate::metrics::Metrics;
 use crate::pipeline::{Fanin, Fanout, Pipeline};
+
+/// Why the sidecar could not start; each variant names the component (by YAML path).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An id the checked config does not define (a config built without validation).
+    #[error("{section}.{id}: not defined")]
+    Undefined { section: &'static str, id: String },
+    /// A receiver's or extension's listener (its error names the component).
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("exporters.{id}: {source}")]
+    Exporter {
+        id: ComponentId,
+        #[source]
+        source: BuildError,
+    },
+    #[error("exporters.{id}.sending_queue.storage: {source}")]
+    Storage {
+        id: ComponentId,
+        #[source]
+        source: disk_queue::OpenError,
+    },
+    #[error("service.telemetry.metrics.address: {0}")]
+    MetricsAddress(#[from] EndpointError),
+}
+
+fn undefined(section: &'static str, id: impl ToString) -> StartError {
+    StartError::Undefined {
+        section,
+        id: id.to_string(),
+    }
+}
 
 /// A running sidecar.
 pub struct Running {
@@ -38,7 +71,7 @@ pub struct Running {
 }
 
 /// Starts everything the config describes. Errors name the component that failed.
-pub async fn start(config: Config) -> Result<Running, String> {
+pub async fn start(config: Config) -> Result<Running, StartError> {
     install_crypto_provider();
     let metrics = Metrics::new();
     let memory = MemoryTracker::new();
@@ -52,12 +85,11 @@ pub async fn start(config: Config) -> Result<Running, String> {
 
     // Extensions first, so health answers 503 while the rest starts.
     for ext in &config.service.extensions {
-        let id =
-            ComponentId::parse(ext).ok_or_else(|| format!("service.extensions: bad id {ext}"))?;
+        let id = ComponentId::parse(ext).ok_or_else(|| undefined("extensions", ext))?;
         let spec = config
             .extensions
             .get(&id)
-            .ok_or_else(|| format!("extension {id} not defined"))?;
+            .ok_or_else(|| undefined("extensions", &id))?;
         let started = spec
             .start(
                 &id,
@@ -85,7 +117,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let spec = config
             .exporters
             .get(&id)
-            .ok_or_else(|| format!("exporter {id} not defined"))?;
+            .ok_or_else(|| undefined("exporters", &id))?;
         let built = spec
             .build(
                 &id,
@@ -93,7 +125,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
                     metrics: metrics.clone(),
                 },
             )
-            .map_err(|e| format!("exporters.{id}: {e}"))?;
+            .map_err(|source| StartError::Exporter {
+                id: id.clone(),
+                source,
+            })?;
         if let Some(storage) = built.queue.storage.clone() {
             let when_full = built.queue.when_full();
             let (q, tasks) = disk_queue::start(
@@ -104,7 +139,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
                 metrics.clone(),
                 hard_stop.clone(),
             )
-            .map_err(|e| format!("exporters.{id}.sending_queue.storage: {e}"))?;
+            .map_err(|source| StartError::Storage {
+                id: id.clone(),
+                source,
+            })?;
             disk_queues.insert(id, q);
             consumers.extend(tasks);
             continue;
@@ -127,11 +165,11 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let mut stages = Vec::new();
         let mut batch = None;
         for pid in &p.processors {
-            let id = ComponentId::parse(pid).ok_or_else(|| format!("bad processor id {pid}"))?;
+            let id = ComponentId::parse(pid).ok_or_else(|| undefined("processors", pid))?;
             let spec = config
                 .processors
                 .get(&id)
-                .ok_or_else(|| format!("processor {id} not defined"))?;
+                .ok_or_else(|| undefined("processors", &id))?;
             match spec.build(&id, &pctx) {
                 Stage::Inline(proc_) => stages.push(proc_),
                 Stage::Batch(s) => batch = Some(s),
@@ -165,7 +203,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let spec = config
             .receivers
             .get(&id)
-            .ok_or_else(|| format!("receiver {id} not defined"))?;
+            .ok_or_else(|| undefined("receivers", &id))?;
         let started = spec
             .start(
                 &id,
@@ -183,12 +221,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
     // Own metrics.
     let maddr = &config.service.telemetry.metrics.address;
     if !maddr.is_empty() && maddr != "none" {
-        let addr =
-            parse_endpoint(maddr).map_err(|e| format!("service.telemetry.metrics.address: {e}"))?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("service.telemetry.metrics: cannot listen on {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let addr = parse_endpoint(maddr)?;
+        let (listener, local) = ListenError::bind("service.telemetry.metrics", addr).await?;
         let m = metrics.clone();
         let app = axum::Router::new().route(
             "/metrics",

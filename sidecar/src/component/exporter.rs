@@ -63,7 +63,40 @@ pub struct BuildCtx {
 
 /// A checked exporter config, ready to build.
 pub trait ExporterSpec: Send + Sync {
-    fn build(&self, id: &ComponentId, ctx: &BuildCtx) -> Result<Built, String>;
+    fn build(&self, id: &ComponentId, ctx: &BuildCtx) -> Result<Built, BuildError>;
+}
+
+/// Why an exporter could not be built from its checked config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A file the config names cannot be read, created or opened.
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting the client library refused (endpoint, header, TLS material).
+    #[error("{what}: {message}")]
+    Refused { what: String, message: String },
+}
+
+impl BuildError {
+    pub fn file(what: &'static str, path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        BuildError::File {
+            what,
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    pub fn refused(what: impl Into<String>, error: impl std::fmt::Display) -> Self {
+        BuildError::Refused {
+            what: what.into(),
+            message: error.to_string(),
+        }
+    }
 }
 
 pub struct Built {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Started};
+use super::{BoxFuture, ListenError, Started};
 use crate::config::ComponentId;
 
 /// The sidecar's lifecycle state as health checks report it.
@@ -40,5 +40,5 @@ pub trait ExtensionSpec: Send + Sync {
         &self,
         id: &ComponentId,
         ctx: ExtensionCtx,
-    ) -> BoxFuture<'static, Result<Started, String>>;
+    ) -> BoxFuture<'static, Result<Started, ListenError>>;
 }

@@ -16,10 +16,12 @@ pub mod sending_queue;
 
 pub use futures::future::BoxFuture;
 
-pub use exporter::{BuildCtx as ExporterCtx, Built, ExportError, ExportOk, Exporter, ExporterSpec};
+pub use exporter::{
+    BuildCtx as ExporterCtx, BuildError, Built, ExportError, ExportOk, Exporter, ExporterSpec,
+};
 pub use extension::{ExtensionCtx, ExtensionSpec, Health};
 pub use processor::{BatchSettings, BuildCtx as ProcessorCtx, Processor, ProcessorSpec, Stage};
-pub use receiver::{Consumer, Listening, ReceiverCtx, ReceiverSpec, Started};
+pub use receiver::{Consumer, ListenError, Listening, ReceiverCtx, ReceiverSpec, Started};
 pub use refusal::Refusal;
 pub use registry::{Config, Registry};
 pub use sending_queue::{QueueConfig, RetryConfig};

@@ -19,6 +19,36 @@ pub struct Listening {
     pub addr: SocketAddr,
 }
 
+/// Why a receiver or extension could not start: its listener, named by YAML path.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Binding the socket (or reading its address back) failed.
+    #[error("{at}: cannot listen on {addr}: {source}")]
+    Bind {
+        at: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listener's TLS could not be set up.
+    #[error("{at}.tls: {message}")]
+    Tls { at: String, message: String },
+}
+
+impl ListenError {
+    /// Binds a TCP listener at `addr`; errors name `at`.
+    pub async fn bind(
+        at: impl Into<String>,
+        addr: SocketAddr,
+    ) -> Result<(tokio::net::TcpListener, SocketAddr), ListenError> {
+        let at = at.into();
+        let bound = tokio::net::TcpListener::bind(addr)
+            .await
+            .and_then(|l| l.local_addr().map(|local| (l, local)));
+        bound.map_err(|source| ListenError::Bind { at, addr, source })
+    }
+}
+
 /// What a started receiver or extension leaves running.
 pub struct Started {
     pub listening: Vec<Listening>,
@@ -49,5 +79,5 @@ pub trait ReceiverSpec: Send + Sync {
         &self,
         id: &ComponentId,
         ctx: ReceiverCtx,
-    ) -> BoxFuture<'static, Result<Started, String>>;
+    ) -> BoxFuture<'static, Result<Started, ListenError>>;
 }

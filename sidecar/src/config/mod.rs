@@ -460,26 +460,42 @@ fn redact(v: &mut Value, all: bool) {
     }
 }
 
+/// Why an endpoint is not a usable `host:port`.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{0:?} is not host:port")]
+    NotHostPort(String),
+    #[error("{0:?}: port {1:?} is not a number from 0 to 65535")]
+    BadPort(String, String),
+    #[error("{0:?}: empty host (use 0.0.0.0 or 127.0.0.1)")]
+    EmptyHost(String),
+    #[error("{0:?}: {1}")]
+    Resolve(String, #[source] std::io::Error),
+    #[error("{0:?}: host resolves to no address")]
+    NoAddress(String),
+}
+
 /// Parses `host:port` (IPv6 in brackets; `localhost` allowed) into a socket address.
-pub fn parse_endpoint(s: &str) -> Result<std::net::SocketAddr, String> {
+pub fn parse_endpoint(s: &str) -> Result<std::net::SocketAddr, EndpointError> {
     use std::net::ToSocketAddrs;
     let s = s.trim();
     if let Ok(a) = s.parse::<std::net::SocketAddr>() {
         return Ok(a);
     }
-    let (host, port) = s
+    let (host, port_text) = s
         .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} is not host:port"))?;
-    port.parse::<u16>()
-        .map_err(|_| format!("{s:?}: port {port:?} is not a number from 0 to 65535"))?;
+        .ok_or_else(|| EndpointError::NotHostPort(s.to_owned()))?;
+    let port = port_text
+        .parse::<u16>()
+        .map_err(|_| EndpointError::BadPort(s.to_owned(), port_text.to_owned()))?;
     if host.is_empty() {
-        return Err(format!("{s:?}: empty host (use 0.0.0.0 or 127.0.0.1)"));
+        return Err(EndpointError::EmptyHost(s.to_owned()));
     }
-    (host, port.parse::<u16>().unwrap_or(0))
+    (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("{s:?}: {e}"))?
+        .map_err(|e| EndpointError::Resolve(s.to_owned(), e))?
         .next()
-        .ok_or_else(|| format!("{s:?}: host resolves to no address"))
+        .ok_or_else(|| EndpointError::NoAddress(s.to_owned()))
 }
 
 #[cfg(test)]

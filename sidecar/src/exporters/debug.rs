@@ -11,8 +11,8 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use serde::Deserialize;
 
 use super::{
-    BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter, ExporterSpec, QueueConfig,
-    RetryConfig,
+    BoxFuture, BuildCtx, BuildError, Built, ExportError, ExportOk, Exporter, ExporterSpec,
+    QueueConfig, RetryConfig,
 };
 use crate::component::Factory;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
@@ -52,7 +52,7 @@ fn parse(
 }
 
 impl ExporterSpec for DebugConfig {
-    fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, String> {
+    fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, BuildError> {
         Ok(Built {
             exporter: Arc::new(DebugExporter {
                 verbosity: self.verbosity,

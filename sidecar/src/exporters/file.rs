@@ -10,8 +10,8 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 use super::{
-    BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter, ExporterSpec, QueueConfig,
-    RetryConfig,
+    BoxFuture, BuildCtx, BuildError, Built, ExportError, ExportOk, Exporter, ExporterSpec,
+    QueueConfig, RetryConfig,
 };
 use crate::component::Factory;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
@@ -42,15 +42,16 @@ fn parse(
 }
 
 impl ExporterSpec for FileConfig {
-    fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, String> {
+    fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, BuildError> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BuildError::file("creating", dir.display(), e))?;
         }
         let f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
-            .map_err(|e| format!("opening {}: {e}", self.path.display()))?;
+            .map_err(|e| BuildError::file("opening", self.path.display(), e))?;
         Ok(Built {
             exporter: Arc::new(FileExporter {
                 out: Arc::new(Mutex::new(BufWriter::new(f))),

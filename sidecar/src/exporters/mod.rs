@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::component::exporter::{
-    BuildCtx, Built, ExportError, ExportOk, Exporter, ExporterSpec,
+    BuildCtx, BuildError, Built, ExportError, ExportOk, Exporter, ExporterSpec,
 };
 pub use crate::component::sending_queue::{QueueConfig, RetryConfig};
 pub use crate::component::BoxFuture;

@@ -13,8 +13,8 @@ use tonic_types::StatusExt;
 
 use super::encoded::{self, ExportCodec};
 use super::{
-    gzip_setting, validate_headers, BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter,
-    ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
+    gzip_setting, validate_headers, BoxFuture, BuildCtx, BuildError, Built, ExportError, ExportOk,
+    Exporter, ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
 };
 use crate::component::Factory;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
@@ -142,35 +142,38 @@ fn parse(
 }
 
 impl ExporterSpec for Spec {
-    fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, String> {
+    fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, BuildError> {
         let mut ep = Endpoint::from_shared(self.uri.clone())
-            .map_err(|e| format!("endpoint {}: {e}", self.uri))?
+            .map_err(|e| BuildError::refused(format!("endpoint {}", self.uri), e))?
             .timeout(self.c.timeout)
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         if self.tls {
             let mut tls = ClientTlsConfig::new().with_native_roots();
             if let Some(ca) = &self.c.tls.ca_file {
-                let pem = std::fs::read(ca).map_err(|e| format!("tls.ca_file {ca}: {e}"))?;
+                let pem = std::fs::read(ca).map_err(|e| BuildError::file("tls.ca_file", ca, e))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             if let (Some(cert), Some(key)) = (&self.c.tls.cert_file, &self.c.tls.key_file) {
-                let c = std::fs::read(cert).map_err(|e| format!("tls.cert_file {cert}: {e}"))?;
-                let k = std::fs::read(key).map_err(|e| format!("tls.key_file {key}: {e}"))?;
+                let c =
+                    std::fs::read(cert).map_err(|e| BuildError::file("tls.cert_file", cert, e))?;
+                let k = std::fs::read(key).map_err(|e| BuildError::file("tls.key_file", key, e))?;
                 tls = tls.identity(Identity::from_pem(c, k));
             }
             if let Some(name) = &self.c.tls.server_name_override {
                 tls = tls.domain_name(name.clone());
             }
-            ep = ep.tls_config(tls).map_err(|e| format!("tls: {e}"))?;
+            ep = ep
+                .tls_config(tls)
+                .map_err(|e| BuildError::refused("tls", e))?;
         }
         let channel = ep.connect_lazy();
         let mut headers = Vec::new();
         for (k, v) in &self.c.headers {
             let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                .map_err(|e| format!("header {k}: {e}"))?;
-            let val =
-                MetadataValue::try_from(v.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+                .map_err(|e| BuildError::refused(format!("header {k}"), e))?;
+            let val = MetadataValue::try_from(v.as_str())
+                .map_err(|e| BuildError::refused(format!("header {k}"), e))?;
             headers.push((key, val));
         }
         Ok(Built {

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::encoded;
 use super::{
-    gzip_setting, validate_headers, BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter,
-    ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
+    gzip_setting, validate_headers, BoxFuture, BuildCtx, BuildError, Built, ExportError, ExportOk,
+    Exporter, ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
 };
 use crate::component::Factory;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
@@ -120,35 +120,39 @@ fn parse(
 }
 
 impl ExporterSpec for Spec {
-    fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, String> {
+    fn build(&self, _id: &ComponentId, _ctx: &BuildCtx) -> Result<Built, BuildError> {
         crate::component::install_crypto_provider();
         let mut b = reqwest::Client::builder()
             .timeout(self.c.timeout)
             .connect_timeout(Duration::from_secs(5))
             .tls_danger_accept_invalid_certs(self.c.tls.insecure_skip_verify);
         if let Some(ca) = &self.c.tls.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("tls.ca_file {ca}: {e}"))?;
+            let pem = std::fs::read(ca).map_err(|e| BuildError::file("tls.ca_file", ca, e))?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("tls.ca_file {ca}: {e}"))?
+                .map_err(|e| BuildError::refused(format!("tls.ca_file {ca}"), e))?
             {
                 b = b.tls_certs_merge([cert]);
             }
         }
         if let (Some(cert), Some(key)) = (&self.c.tls.cert_file, &self.c.tls.key_file) {
-            let mut pem = std::fs::read(cert).map_err(|e| format!("tls.cert_file {cert}: {e}"))?;
-            pem.extend(std::fs::read(key).map_err(|e| format!("tls.key_file {key}: {e}"))?);
+            let mut pem =
+                std::fs::read(cert).map_err(|e| BuildError::file("tls.cert_file", cert, e))?;
+            pem.extend(std::fs::read(key).map_err(|e| BuildError::file("tls.key_file", key, e))?);
             b = b.identity(
                 reqwest::Identity::from_pem(&pem)
-                    .map_err(|e| format!("tls client identity: {e}"))?,
+                    .map_err(|e| BuildError::refused("tls client identity", e))?,
             );
         }
-        let client = b.build().map_err(|e| format!("http client: {e}"))?;
+        let client = b
+            .build()
+            .map_err(|e| BuildError::refused("http client", e))?;
         let mut headers = http::HeaderMap::new();
         for (k, v) in &self.c.headers {
             headers.insert(
                 http::HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|e| format!("header {k}: {e}"))?,
-                http::HeaderValue::from_str(v).map_err(|e| format!("header {k}: {e}"))?,
+                    .map_err(|e| BuildError::refused(format!("header {k}"), e))?,
+                http::HeaderValue::from_str(v)
+                    .map_err(|e| BuildError::refused(format!("header {k}"), e))?,
             );
         }
         Ok(Built {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::{ExtensionCtx, ExtensionSpec, Health};
 use crate::component::BoxFuture;
 use crate::component::Factory;
-use crate::component::{Listening, Started};
+use crate::component::{ListenError, Listening, Started};
 use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
 
 pub const FACTORY: Factory<dyn ExtensionSpec> = Factory {
@@ -50,8 +50,8 @@ fn parse(
     _ctx: &ParseCtx<'_>,
 ) -> Result<Box<dyn ExtensionSpec>, ConfigError> {
     let c: HealthConfig = parse_as(v, path)?;
-    let addr =
-        parse_endpoint(&c.endpoint).map_err(|m| ConfigError::at(format!("{path}.endpoint"), m))?;
+    let addr = parse_endpoint(&c.endpoint)
+        .map_err(|m| ConfigError::at(format!("{path}.endpoint"), m.to_string()))?;
     if !c.path.starts_with('/') {
         return Err(ConfigError::at(format!("{path}.path"), "must start with /"));
     }
@@ -77,15 +77,12 @@ impl ExtensionSpec for Spec {
         &self,
         id: &ComponentId,
         ctx: ExtensionCtx,
-    ) -> BoxFuture<'static, Result<Started, String>> {
+    ) -> BoxFuture<'static, Result<Started, ListenError>> {
         let addr = self.addr;
         let path = self.path.clone();
         let id = id.to_string();
         Box::pin(async move {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("extensions.{id}: cannot listen on {addr}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            let (listener, local) = ListenError::bind(format!("extensions.{id}"), addr).await?;
             let mut app = Router::new().route(&path, get(health));
             if path != "/" {
                 app = app.route("/", get(health));

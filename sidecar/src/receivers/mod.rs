@@ -6,7 +6,9 @@ pub mod auth;
 pub mod otlp;
 pub mod tls;
 
-pub use crate::component::receiver::{Consumer, Listening, ReceiverCtx, ReceiverSpec, Started};
+pub use crate::component::receiver::{
+    Consumer, ListenError, Listening, ReceiverCtx, ReceiverSpec, Started,
+};
 use crate::component::Factory;
 
 /// Every receiver type, by YAML name.

@@ -27,7 +27,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::{AuthConfig, BearerAuth, UNAUTHENTICATED};
 use super::tls::{ServerTls, ServerTlsConfig};
-use super::{Consumer, Listening, ReceiverCtx, ReceiverSpec, Started};
+use super::{Consumer, ListenError, Listening, ReceiverCtx, ReceiverSpec, Started};
 use crate::component::{BoxFuture, Factory, Refusal};
 use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
 use crate::metrics::Metrics;
@@ -147,8 +147,9 @@ fn parse(
         None => None,
         Some(g) => {
             let g = g.unwrap_or_else(default_grpc_config);
-            let addr = parse_endpoint(&g.endpoint)
-                .map_err(|m| ConfigError::at(format!("{path}.protocols.grpc.endpoint"), m))?;
+            let addr = parse_endpoint(&g.endpoint).map_err(|m| {
+                ConfigError::at(format!("{path}.protocols.grpc.endpoint"), m.to_string())
+            })?;
             if g.max_recv_msg_size_mib == 0 {
                 return Err(ConfigError::at(
                     format!("{path}.protocols.grpc.max_recv_msg_size_mib"),
@@ -166,8 +167,9 @@ fn parse(
         None => None,
         Some(h) => {
             let h = h.unwrap_or_else(default_http_config);
-            let addr = parse_endpoint(&h.endpoint)
-                .map_err(|m| ConfigError::at(format!("{path}.protocols.http.endpoint"), m))?;
+            let addr = parse_endpoint(&h.endpoint).map_err(|m| {
+                ConfigError::at(format!("{path}.protocols.http.endpoint"), m.to_string())
+            })?;
             if h.max_request_body_size == 0 {
                 return Err(ConfigError::at(
                     format!("{path}.protocols.http.max_request_body_size"),
@@ -393,14 +395,24 @@ fn http_error(enc: Encoding, status: StatusCode, grpc_code: Code, message: &str)
         .into_response()
 }
 
+/// Why a gzip body was not decompressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum GunzipError {
+    #[error("request body exceeds {max} bytes after decompression")]
+    TooLarge { max: usize },
+    #[error("invalid gzip body")]
+    Invalid,
+}
+
 /// Decompresses with a cap: reads at most `max + 1` bytes, so a gzip bomb costs `max` bytes
 /// of memory before it is refused.
-fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>, &'static str> {
+fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max));
     let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
-    dec.read_to_end(&mut out).map_err(|_| "invalid gzip body")?;
+    dec.read_to_end(&mut out)
+        .map_err(|_| GunzipError::Invalid)?;
     if out.len() > max {
-        return Err("too large");
+        return Err(GunzipError::TooLarge { max });
     }
     Ok(out)
 }
@@ -440,18 +452,23 @@ async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Byte
         "" | "identity" => body,
         "gzip" | "x-gzip" => match gunzip_capped(&body, st.max) {
             Ok(b) => Bytes::from(b),
-            Err("too large") => {
+            Err(e @ GunzipError::TooLarge { .. }) => {
                 st.intake.refused_bad("http", "too_large");
                 return http_error(
                     enc,
                     StatusCode::PAYLOAD_TOO_LARGE,
                     Code::ResourceExhausted,
-                    &format!("request body exceeds {} bytes after decompression", st.max),
+                    &e.to_string(),
                 );
             }
-            Err(m) => {
+            Err(e @ GunzipError::Invalid) => {
                 st.intake.refused_bad("http", "bad_request");
-                return http_error(enc, StatusCode::BAD_REQUEST, Code::InvalidArgument, m);
+                return http_error(
+                    enc,
+                    StatusCode::BAD_REQUEST,
+                    Code::InvalidArgument,
+                    &e.to_string(),
+                );
             }
         },
         other => {
@@ -580,7 +597,7 @@ impl ReceiverSpec for Spec {
         &self,
         id: &ComponentId,
         ctx: ReceiverCtx,
-    ) -> BoxFuture<'static, Result<Started, String>> {
+    ) -> BoxFuture<'static, Result<Started, ListenError>> {
         let grpc = self.grpc.clone();
         let http = self.http.clone();
         let auth = self.auth.clone();
@@ -594,10 +611,8 @@ impl ReceiverSpec for Spec {
             let mut listening = Vec::new();
             let mut tasks = Vec::new();
             if let Some((addr, max, tls)) = grpc {
-                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                    format!("receivers.{id}.protocols.grpc: cannot listen on {addr}: {e}")
-                })?;
-                let local = listener.local_addr().map_err(|e| e.to_string())?;
+                let at = format!("receivers.{id}.protocols.grpc");
+                let (listener, local) = ListenError::bind(&at, addr).await?;
                 let svc = TraceServer {
                     intake: intake.clone(),
                     max,
@@ -626,9 +641,10 @@ impl ReceiverSpec for Spec {
                 let name = id.clone();
                 let mut server = tonic::transport::Server::builder();
                 if let Some(t) = &tls {
-                    server = server
-                        .tls_config(t.tonic())
-                        .map_err(|e| format!("receivers.{id}.protocols.grpc.tls: {e}"))?;
+                    server = server.tls_config(t.tonic()).map_err(|e| ListenError::Tls {
+                        at: at.clone(),
+                        message: e.to_string(),
+                    })?;
                 }
                 tasks.push(tokio::spawn(async move {
                     let r = server
@@ -653,10 +669,8 @@ impl ReceiverSpec for Spec {
                 });
             }
             if let Some((addr, max, tls)) = http {
-                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                    format!("receivers.{id}.protocols.http: cannot listen on {addr}: {e}")
-                })?;
-                let local = listener.local_addr().map_err(|e| e.to_string())?;
+                let at = format!("receivers.{id}.protocols.http");
+                let (listener, local) = ListenError::bind(&at, addr).await?;
                 let state = HttpState {
                     intake: intake.clone(),
                     max,
@@ -678,7 +692,10 @@ impl ReceiverSpec for Spec {
                 let name = id.clone();
                 let serve = match &tls {
                     Some(t) => {
-                        let l = t.listener(listener).map_err(|e| e.to_string())?;
+                        let l = t.listener(listener).map_err(|e| ListenError::Tls {
+                            at: at.clone(),
+                            message: e.to_string(),
+                        })?;
                         Box::pin(async move {
                             axum::serve(l, app)
                                 .with_graceful_shutdown(stop.cancelled_owned())
@@ -724,8 +741,11 @@ mod tests {
         enc.write_all(&vec![0u8; 1 << 20]).unwrap();
         let bomb = enc.finish().unwrap();
         assert!(bomb.len() < 10_000);
-        assert_eq!(gunzip_capped(&bomb, 1000), Err("too large"));
+        assert_eq!(
+            gunzip_capped(&bomb, 1000),
+            Err(GunzipError::TooLarge { max: 1000 })
+        );
         assert_eq!(gunzip_capped(&bomb, 1 << 20).unwrap().len(), 1 << 20);
-        assert_eq!(gunzip_capped(b"not gzip", 1000), Err("invalid gzip body"));
+        assert_eq!(gunzip_capped(b"not gzip", 1000), Err(GunzipError::Invalid));
     }
 }
