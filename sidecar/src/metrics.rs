@@ -23,67 +23,165 @@ struct Histogram {
     sum: f64,
 }
 
-struct Help {
-    kind: &'static str,
-    text: &'static str,
+/// Every metric the sidecar exports. Names, kinds and help text are exhaustive matches, so a
+/// new metric cannot ship without its HELP/TYPE lines, and a typo is a compile error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    ReceiverAcceptedSpans,
+    ReceiverRefusedSpans,
+    SamplerDroppedSpans,
+    SamplerKeptSpans,
+    ExporterSentSpans,
+    ExporterSendFailedSpans,
+    ExporterRejectedSpans,
+    ExporterRetries,
+    ExporterQueueSize,
+    ExporterQueueBytes,
+    ExporterQueueCorruptRecords,
+    ExporterQueueReplayedRecords,
+    BatchSize,
+    MemoryInUseBytes,
+    ProcessRssBytes,
 }
 
-fn help(name: &str) -> Help {
-    let (kind, text) = match name {
-        "loom_sidecar_receiver_accepted_spans_total" => {
-            ("counter", "Spans accepted by a receiver.")
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
-        "loom_sidecar_receiver_refused_spans_total" => (
-            "counter",
-            "Spans refused by a receiver (memory limit, queue full, bad request).",
-        ),
-        "loom_sidecar_sampler_dropped_spans_total" => (
-            "counter",
-            "Spans dropped by the sampler, per rule (`default` when no rule matched).",
-        ),
-        "loom_sidecar_sampler_kept_spans_total" => {
-            ("counter", "Spans kept by the sampler, per rule.")
+    }
+}
+
+impl Metric {
+    pub const ALL: [Metric; 15] = [
+        Metric::ReceiverAcceptedSpans,
+        Metric::ReceiverRefusedSpans,
+        Metric::SamplerDroppedSpans,
+        Metric::SamplerKeptSpans,
+        Metric::ExporterSentSpans,
+        Metric::ExporterSendFailedSpans,
+        Metric::ExporterRejectedSpans,
+        Metric::ExporterRetries,
+        Metric::ExporterQueueSize,
+        Metric::ExporterQueueBytes,
+        Metric::ExporterQueueCorruptRecords,
+        Metric::ExporterQueueReplayedRecords,
+        Metric::BatchSize,
+        Metric::MemoryInUseBytes,
+        Metric::ProcessRssBytes,
+    ];
+
+    /// The exported name (dashboards and tests read these: never rename one).
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::ReceiverAcceptedSpans => "loom_sidecar_receiver_accepted_spans_total",
+            Metric::ReceiverRefusedSpans => "loom_sidecar_receiver_refused_spans_total",
+            Metric::SamplerDroppedSpans => "loom_sidecar_sampler_dropped_spans_total",
+            Metric::SamplerKeptSpans => "loom_sidecar_sampler_kept_spans_total",
+            Metric::ExporterSentSpans => "loom_sidecar_exporter_sent_spans_total",
+            Metric::ExporterSendFailedSpans => "loom_sidecar_exporter_send_failed_spans_total",
+            Metric::ExporterRejectedSpans => "loom_sidecar_exporter_rejected_spans_total",
+            Metric::ExporterRetries => "loom_sidecar_exporter_retries_total",
+            Metric::ExporterQueueSize => "loom_sidecar_exporter_queue_size",
+            Metric::ExporterQueueBytes => "loom_sidecar_exporter_queue_bytes",
+            Metric::ExporterQueueCorruptRecords => {
+                "loom_sidecar_exporter_queue_corrupt_records_total"
+            }
+            Metric::ExporterQueueReplayedRecords => {
+                "loom_sidecar_exporter_queue_replayed_records_total"
+            }
+            Metric::BatchSize => "loom_sidecar_batch_size",
+            Metric::MemoryInUseBytes => "loom_sidecar_memory_in_use_bytes",
+            Metric::ProcessRssBytes => "loom_sidecar_process_rss_bytes",
         }
-        "loom_sidecar_exporter_sent_spans_total" => ("counter", "Spans an exporter delivered."),
-        "loom_sidecar_exporter_send_failed_spans_total" => {
-            ("counter", "Spans an exporter gave up on, by reason.")
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Metric::ReceiverAcceptedSpans
+            | Metric::ReceiverRefusedSpans
+            | Metric::SamplerDroppedSpans
+            | Metric::SamplerKeptSpans
+            | Metric::ExporterSentSpans
+            | Metric::ExporterSendFailedSpans
+            | Metric::ExporterRejectedSpans
+            | Metric::ExporterRetries
+            | Metric::ExporterQueueCorruptRecords
+            | Metric::ExporterQueueReplayedRecords => Kind::Counter,
+            Metric::ExporterQueueSize
+            | Metric::ExporterQueueBytes
+            | Metric::MemoryInUseBytes
+            | Metric::ProcessRssBytes => Kind::Gauge,
+            Metric::BatchSize => Kind::Histogram,
         }
-        "loom_sidecar_exporter_rejected_spans_total" => (
-            "counter",
-            "Spans a backend reported as rejected in partial_success.",
-        ),
-        "loom_sidecar_exporter_retries_total" => (
-            "counter",
-            "Export attempts retried after a retryable failure.",
-        ),
-        "loom_sidecar_exporter_queue_size" => (
-            "gauge",
-            "Batches (in memory) or records (on disk) waiting in an exporter's sending queue.",
-        ),
-        "loom_sidecar_exporter_queue_bytes" => {
-            ("gauge", "Bytes of an exporter's persistent queue files.")
+    }
+
+    pub fn help(self) -> &'static str {
+        match self {
+            Metric::ReceiverAcceptedSpans => "Spans accepted by a receiver.",
+            Metric::ReceiverRefusedSpans => {
+                "Spans refused by a receiver (memory limit, queue full, bad request)."
+            }
+            Metric::SamplerDroppedSpans => {
+                "Spans dropped by the sampler, per rule (`default` when no rule matched)."
+            }
+            Metric::SamplerKeptSpans => "Spans kept by the sampler, per rule.",
+            Metric::ExporterSentSpans => "Spans an exporter delivered.",
+            Metric::ExporterSendFailedSpans => "Spans an exporter gave up on, by reason.",
+            Metric::ExporterRejectedSpans => {
+                "Spans a backend reported as rejected in partial_success."
+            }
+            Metric::ExporterRetries => "Export attempts retried after a retryable failure.",
+            Metric::ExporterQueueSize => {
+                "Batches (in memory) or records (on disk) waiting in an exporter's sending queue."
+            }
+            Metric::ExporterQueueBytes => "Bytes of an exporter's persistent queue files.",
+            Metric::ExporterQueueCorruptRecords => {
+                "Damaged records found in a persistent queue (skipped with the rest of their segment)."
+            }
+            Metric::ExporterQueueReplayedRecords => {
+                "Records found in a persistent queue at start, to be sent again."
+            }
+            Metric::BatchSize => "Spans per batch sent to the exporters.",
+            Metric::MemoryInUseBytes => "Bytes of span data held by the pipeline.",
+            Metric::ProcessRssBytes => "Resident set size of the sidecar process.",
         }
-        "loom_sidecar_exporter_queue_corrupt_records_total" => (
-            "counter",
-            "Damaged records found in a persistent queue (skipped with the rest of their segment).",
-        ),
-        "loom_sidecar_exporter_queue_replayed_records_total" => (
-            "counter",
-            "Records found in a persistent queue at start, to be sent again.",
-        ),
-        "loom_sidecar_batch_size" => ("histogram", "Spans per batch sent to the exporters."),
-        "loom_sidecar_memory_in_use_bytes" => ("gauge", "Bytes of span data held by the pipeline."),
-        "loom_sidecar_process_rss_bytes" => ("gauge", "Resident set size of the sidecar process."),
-        _ => ("counter", ""),
-    };
-    Help { kind, text }
+    }
+
+    /// The metric of an exported name, for the string-named shim.
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+// By name, so `/metrics` lists metrics in the same (alphabetical) order as before.
+impl Ord for Metric {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
+impl PartialOrd for Metric {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// The registry. Cheap to share (`Arc`).
 #[derive(Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
-    gauges: Mutex<BTreeMap<(&'static str, Labels), i64>>,
+    counters: Mutex<BTreeMap<(Metric, Labels), u64>>,
+    gauges: Mutex<BTreeMap<(Metric, Labels), i64>>,
     batch_sizes: Mutex<Histogram>,
     memory: Mutex<Option<Arc<MemoryTracker>>>,
 }
@@ -97,35 +195,53 @@ impl Metrics {
         *self.memory.lock() = Some(tracker);
     }
 
-    pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], v: u64) {
+    /// Adds `v` to a counter.
+    pub fn count(&self, metric: Metric, labels: &[(&'static str, &str)], v: u64) {
+        debug_assert_eq!(metric.kind(), Kind::Counter, "{}", metric.name());
         if v == 0 {
             return;
         }
-        let key = (
-            name,
-            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-        );
-        *self.counters.lock().entry(key).or_insert(0) += v;
+        *self.counters.lock().entry(key(metric, labels)).or_insert(0) += v;
     }
 
-    pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], v: i64) {
-        let key = (
-            name,
-            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-        );
-        self.gauges.lock().insert(key, v);
+    /// Sets a gauge.
+    pub fn gauge(&self, metric: Metric, labels: &[(&'static str, &str)], v: i64) {
+        debug_assert_eq!(metric.kind(), Kind::Gauge, "{}", metric.name());
+        self.gauges.lock().insert(key(metric, labels), v);
     }
 
     /// The current value of a counter (0 when never incremented); for tests and logs.
+    pub fn counter(&self, metric: Metric, labels: &[(&'static str, &str)]) -> u64 {
+        self.counters
+            .lock()
+            .get(&key(metric, labels))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The current value of a gauge (None when never set); for tests.
+    pub fn gauge_value(&self, metric: Metric, labels: &[(&'static str, &str)]) -> Option<i64> {
+        self.gauges.lock().get(&key(metric, labels)).copied()
+    }
+
+    /// Deprecated string-named form of [`Metrics::count`], kept until the exporters' call sites
+    /// use [`Metric`]. An unknown name panics in debug builds and is dropped in release builds.
+    pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], v: u64) {
+        if let Some(m) = named(name) {
+            self.count(m, labels, v);
+        }
+    }
+
+    /// Deprecated string-named form of [`Metrics::gauge`] (see [`Metrics::add`]).
+    pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], v: i64) {
+        if let Some(m) = named(name) {
+            self.gauge(m, labels, v);
+        }
+    }
+
+    /// Deprecated string-named form of [`Metrics::counter`] (see [`Metrics::add`]).
     pub fn get(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
-        let key = (
-            name,
-            labels
-                .iter()
-                .map(|(k, v)| (*k, (*v).to_owned()))
-                .collect::<Labels>(),
-        );
-        self.counters.lock().get(&key).copied().unwrap_or(0)
+        named(name).map_or(0, |m| self.counter(m, labels))
     }
 
     pub fn observe_batch(&self, spans: usize) {
@@ -142,48 +258,54 @@ impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut last = "";
-        let mut header = |out: &mut String, name: &'static str| {
-            if name != last {
-                let h = help(name);
-                let _ = writeln!(out, "# HELP {name} {}", h.text);
-                let _ = writeln!(out, "# TYPE {name} {}", h.kind);
-                last = name;
+        let mut last = None;
+        let mut header = |out: &mut String, m: Metric| {
+            if last != Some(m) {
+                let name = m.name();
+                let _ = writeln!(out, "# HELP {name} {}", m.help());
+                let _ = writeln!(out, "# TYPE {name} {}", m.kind().as_str());
+                last = Some(m);
             }
         };
-        for ((name, labels), v) in self.counters.lock().iter() {
-            header(&mut out, name);
-            let _ = writeln!(out, "{name}{} {v}", fmt_labels(labels));
+        for ((m, labels), v) in self.counters.lock().iter() {
+            header(&mut out, *m);
+            let _ = writeln!(out, "{}{} {v}", m.name(), fmt_labels(labels));
         }
-        for ((name, labels), v) in self.gauges.lock().iter() {
-            header(&mut out, name);
-            let _ = writeln!(out, "{name}{} {v}", fmt_labels(labels));
+        for ((m, labels), v) in self.gauges.lock().iter() {
+            header(&mut out, *m);
+            let _ = writeln!(out, "{}{} {v}", m.name(), fmt_labels(labels));
         }
         if let Some(mem) = self.memory.lock().as_ref() {
-            header(&mut out, "loom_sidecar_memory_in_use_bytes");
-            let _ = writeln!(out, "loom_sidecar_memory_in_use_bytes {}", mem.in_use());
+            header(&mut out, Metric::MemoryInUseBytes);
+            let _ = writeln!(out, "{} {}", Metric::MemoryInUseBytes.name(), mem.in_use());
             mem.sample_rss();
-            header(&mut out, "loom_sidecar_process_rss_bytes");
-            let _ = writeln!(out, "loom_sidecar_process_rss_bytes {}", mem.rss());
+            header(&mut out, Metric::ProcessRssBytes);
+            let _ = writeln!(out, "{} {}", Metric::ProcessRssBytes.name(), mem.rss());
         }
         let h = self.batch_sizes.lock();
-        header(&mut out, "loom_sidecar_batch_size");
+        header(&mut out, Metric::BatchSize);
+        let name = Metric::BatchSize.name();
         for (i, le) in BATCH_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "loom_sidecar_batch_size_bucket{{le=\"{le}\"}} {}",
-                h.buckets[i]
-            );
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", h.buckets[i]);
         }
-        let _ = writeln!(
-            out,
-            "loom_sidecar_batch_size_bucket{{le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(out, "loom_sidecar_batch_size_sum {}", h.sum);
-        let _ = writeln!(out, "loom_sidecar_batch_size_count {}", h.count);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum {}", h.sum);
+        let _ = writeln!(out, "{name}_count {}", h.count);
         out
     }
+}
+
+fn key(metric: Metric, labels: &[(&'static str, &str)]) -> (Metric, Labels) {
+    (
+        metric,
+        labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+    )
+}
+
+fn named(name: &str) -> Option<Metric> {
+    let m = Metric::from_name(name);
+    debug_assert!(m.is_some(), "unknown metric {name}");
+    m
 }
 
 fn fmt_labels(labels: &Labels) -> String {
@@ -210,18 +332,11 @@ mod tests {
     #[test]
     fn renders_counters_histogram_and_escapes_labels() {
         let m = Metrics::new();
-        m.add(
-            "loom_sidecar_receiver_accepted_spans_total",
-            &[("receiver", "otlp"), ("transport", "grpc")],
-            5,
-        );
-        m.add(
-            "loom_sidecar_receiver_accepted_spans_total",
-            &[("receiver", "otlp"), ("transport", "grpc")],
-            2,
-        );
-        m.add(
-            "loom_sidecar_exporter_send_failed_spans_total",
+        let grpc = [("receiver", "otlp"), ("transport", "grpc")];
+        m.count(Metric::ReceiverAcceptedSpans, &grpc, 5);
+        m.count(Metric::ReceiverAcceptedSpans, &grpc, 2);
+        m.count(
+            Metric::ExporterSendFailedSpans,
             &[("exporter", "otlp"), ("reason", "a\"b")],
             1,
         );
@@ -234,12 +349,75 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE loom_sidecar_batch_size histogram"));
-        assert_eq!(
-            m.get(
-                "loom_sidecar_receiver_accepted_spans_total",
-                &[("receiver", "otlp"), ("transport", "grpc")]
-            ),
-            7
+        assert_eq!(m.counter(Metric::ReceiverAcceptedSpans, &grpc), 7);
+    }
+
+    /// The exact text the string-keyed registry rendered before metrics were typed: Python
+    /// tests and dashboards parse it, so names, order, HELP and TYPE lines must not move.
+    #[test]
+    fn text_output_is_unchanged() {
+        let m = Metrics::new();
+        m.count(
+            Metric::SamplerKeptSpans,
+            &[("processor", "sampler"), ("rule", "default")],
+            3,
         );
+        m.count(
+            Metric::ReceiverAcceptedSpans,
+            &[("receiver", "otlp"), ("transport", "http")],
+            3,
+        );
+        // The string-named shim the exporters still use lands on the same series.
+        m.add(
+            "loom_sidecar_exporter_sent_spans_total",
+            &[("exporter", "debug")],
+            3,
+        );
+        m.gauge(Metric::ExporterQueueSize, &[("exporter", "debug")], 0);
+        m.observe_batch(3);
+        let want = "\
+# HELP loom_sidecar_exporter_sent_spans_total Spans an exporter delivered.
+# TYPE loom_sidecar_exporter_sent_spans_total counter
+loom_sidecar_exporter_sent_spans_total{exporter=\"debug\"} 3
+# HELP loom_sidecar_receiver_accepted_spans_total Spans accepted by a receiver.
+# TYPE loom_sidecar_receiver_accepted_spans_total counter
+loom_sidecar_receiver_accepted_spans_total{receiver=\"otlp\",transport=\"http\"} 3
+# HELP loom_sidecar_sampler_kept_spans_total Spans kept by the sampler, per rule.
+# TYPE loom_sidecar_sampler_kept_spans_total counter
+loom_sidecar_sampler_kept_spans_total{processor=\"sampler\",rule=\"default\"} 3
+# HELP loom_sidecar_exporter_queue_size Batches (in memory) or records (on disk) waiting in an exporter's sending queue.
+# TYPE loom_sidecar_exporter_queue_size gauge
+loom_sidecar_exporter_queue_size{exporter=\"debug\"} 0
+# HELP loom_sidecar_batch_size Spans per batch sent to the exporters.
+# TYPE loom_sidecar_batch_size histogram
+loom_sidecar_batch_size_bucket{le=\"1\"} 0
+loom_sidecar_batch_size_bucket{le=\"10\"} 1
+loom_sidecar_batch_size_bucket{le=\"100\"} 1
+loom_sidecar_batch_size_bucket{le=\"500\"} 1
+loom_sidecar_batch_size_bucket{le=\"1000\"} 1
+loom_sidecar_batch_size_bucket{le=\"5000\"} 1
+loom_sidecar_batch_size_bucket{le=\"10000\"} 1
+loom_sidecar_batch_size_bucket{le=\"50000\"} 1
+loom_sidecar_batch_size_bucket{le=\"+Inf\"} 1
+loom_sidecar_batch_size_sum 3
+loom_sidecar_batch_size_count 1
+";
+        assert_eq!(m.render(), want);
+    }
+
+    #[test]
+    fn every_metric_has_a_unique_prefixed_name_and_help() {
+        let mut names = std::collections::HashSet::new();
+        for m in Metric::ALL {
+            assert!(m.name().starts_with("loom_sidecar_"), "{m:?}");
+            assert!(!m.help().is_empty(), "{m:?}");
+            assert_eq!(
+                m.kind() == Kind::Counter,
+                m.name().ends_with("_total"),
+                "{m:?}"
+            );
+            assert!(names.insert(m.name()), "{} twice", m.name());
+            assert_eq!(Metric::from_name(m.name()), Some(m));
+        }
     }
 }

@@ -21,7 +21,7 @@ use super::{BuildCtx, Processor, ProcessorSpec, Stage};
 use crate::component::Factory;
 use crate::component::Refusal;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::model::{ResourceSpans, Span};
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
@@ -347,8 +347,8 @@ impl Processor for Sampler {
         let spec = &self.spec;
         if spec.rules.is_empty() && spec.default == Kind::AlwaysOn {
             let n = crate::model::span_count(spans) as u64;
-            self.metrics.add(
-                "loom_sidecar_sampler_kept_spans_total",
+            self.metrics.count(
+                Metric::SamplerKeptSpans,
                 &[("processor", &self.id), ("rule", "default")],
                 n,
             );
@@ -413,13 +413,13 @@ impl Processor for Sampler {
                 .get(slot)
                 .map(|r| r.name.as_str())
                 .unwrap_or("default");
-            self.metrics.add(
-                "loom_sidecar_sampler_dropped_spans_total",
+            self.metrics.count(
+                Metric::SamplerDroppedSpans,
                 &[("processor", &self.id), ("rule", rule)],
                 *d,
             );
-            self.metrics.add(
-                "loom_sidecar_sampler_kept_spans_total",
+            self.metrics.count(
+                Metric::SamplerKeptSpans,
                 &[("processor", &self.id), ("rule", rule)],
                 *k,
             );

@@ -30,7 +30,7 @@ use super::tls::{ServerTls, ServerTlsConfig};
 use super::{Consumer, ListenError, Listening, ReceiverCtx, ReceiverSpec, Started};
 use crate::component::{BoxFuture, Factory, Refusal};
 use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::model::otlp::{EXPORT_PATH, TRACE_SERVICE};
 use crate::model::{span_count, TraceRequest};
 
@@ -209,16 +209,16 @@ impl Intake {
         let n = span_count(&req.resource_spans) as u64;
         match self.consumer.consume(req.resource_spans, encoded_len).await {
             Ok(_) => {
-                self.metrics.add(
-                    "loom_sidecar_receiver_accepted_spans_total",
+                self.metrics.count(
+                    Metric::ReceiverAcceptedSpans,
                     &[("receiver", &self.id), ("transport", transport)],
                     n,
                 );
                 Ok(())
             }
             Err(r) => {
-                self.metrics.add(
-                    "loom_sidecar_receiver_refused_spans_total",
+                self.metrics.count(
+                    Metric::ReceiverRefusedSpans,
                     &[
                         ("receiver", &self.id),
                         ("transport", transport),
@@ -233,8 +233,8 @@ impl Intake {
 
     fn refused_bad(&self, transport: &'static str, reason: &'static str) {
         // The span count of an undecodable request is unknown: count the request.
-        self.metrics.add(
-            "loom_sidecar_receiver_refused_spans_total",
+        self.metrics.count(
+            Metric::ReceiverRefusedSpans,
             &[
                 ("receiver", &self.id),
                 ("transport", transport),
