@@ -1,0 +1,330 @@
+//! OTLP/HTTP: `POST /v1/traces`, protobuf or JSON, optionally gzip (capped after
+//! decompression), with bearer-token checks before the body is read.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use super::config::Listener;
+use super::status::refusal_status;
+use super::Intake;
+use crate::component::{BoxFuture, ListenError};
+use crate::model::TraceRequest;
+use crate::receivers::auth::{BearerAuth, UNAUTHENTICATED};
+
+#[derive(Clone)]
+struct HttpState {
+    intake: Arc<Intake>,
+    max: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Proto,
+    Json,
+}
+
+/// OTLP/HTTP error body: a google.rpc.Status in the request's encoding.
+fn http_error(enc: Encoding, status: StatusCode, grpc_code: Code, message: &str) -> Response {
+    let (ctype, body) = match enc {
+        Encoding::Json => (
+            "application/json",
+            serde_json::json!({ "code": grpc_code as i32, "message": message })
+                .to_string()
+                .into_bytes(),
+        ),
+        Encoding::Proto => (
+            "application/x-protobuf",
+            tonic_types::pb::Status {
+                code: grpc_code as i32,
+                message: message.to_owned(),
+                details: Vec::new(),
+            }
+            .encode_to_vec(),
+        ),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))],
+        body,
+    )
+        .into_response()
+}
+
+/// Why a gzip body was not decompressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum GunzipError {
+    #[error("request body exceeds {max} bytes after decompression")]
+    TooLarge { max: usize },
+    #[error("invalid gzip body")]
+    Invalid,
+}
+
+/// Decompresses with a cap: reads at most `max + 1` bytes, so a gzip bomb costs `max` bytes
+/// of memory before it is refused.
+fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max));
+    let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|_| GunzipError::Invalid)?;
+    if out.len() > max {
+        return Err(GunzipError::TooLarge { max });
+    }
+    Ok(out)
+}
+
+async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let enc = match ctype.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Encoding::Proto,
+        "application/json" => Encoding::Json,
+        _ => {
+            st.intake.refused_bad("http", "unsupported_media_type");
+            return http_error(
+                Encoding::Json,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Code::InvalidArgument,
+                &format!("unsupported content type {ctype:?}; use application/x-protobuf or application/json"),
+            );
+        }
+    };
+    let content_encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    // Bytes all the way: decoded spans are slices of this buffer.
+    let raw: Bytes = match content_encoding.as_str() {
+        "" | "identity" => body,
+        "gzip" | "x-gzip" => match gunzip_capped(&body, st.max) {
+            Ok(b) => Bytes::from(b),
+            Err(e @ GunzipError::TooLarge { .. }) => {
+                st.intake.refused_bad("http", "too_large");
+                return http_error(
+                    enc,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Code::ResourceExhausted,
+                    &e.to_string(),
+                );
+            }
+            Err(e @ GunzipError::Invalid) => {
+                st.intake.refused_bad("http", "bad_request");
+                return http_error(
+                    enc,
+                    StatusCode::BAD_REQUEST,
+                    Code::InvalidArgument,
+                    &e.to_string(),
+                );
+            }
+        },
+        other => {
+            st.intake.refused_bad("http", "unsupported_encoding");
+            return http_error(
+                enc,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Code::InvalidArgument,
+                &format!("unsupported Content-Encoding {other:?}; use gzip or none"),
+            );
+        }
+    };
+    if raw.len() > st.max {
+        st.intake.refused_bad("http", "too_large");
+        return http_error(
+            enc,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            &format!("request body exceeds {} bytes", st.max),
+        );
+    }
+    let decoded = match enc {
+        Encoding::Proto => TraceRequest::decode(raw.clone())
+            .map_err(|e| format!("invalid protobuf ExportTraceServiceRequest: {e}")),
+        Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
+            .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
+            .and_then(|req| {
+                TraceRequest::from_proto(&req)
+                    .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
+            }),
+    };
+    let req = match decoded {
+        Ok(r) => r,
+        Err(m) => {
+            st.intake.refused_bad("http", "bad_request");
+            return http_error(enc, StatusCode::BAD_REQUEST, Code::InvalidArgument, &m);
+        }
+    };
+    match st.intake.take(req, raw.len(), "http").await {
+        Ok(()) => {
+            let resp = ExportTraceServiceResponse {
+                partial_success: None,
+            };
+            match enc {
+                Encoding::Proto => (
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                    resp.encode_to_vec(),
+                )
+                    .into_response(),
+                Encoding::Json => (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    serde_json::to_vec(&resp).unwrap_or_else(|_| b"{}".to_vec()),
+                )
+                    .into_response(),
+            }
+        }
+        Err(r) => {
+            let (code, status) = refusal_status(&r);
+            let mut resp = http_error(enc, status, code, &r.message());
+            let secs = r.retry_after().as_secs().max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        }
+    }
+}
+
+#[derive(Clone)]
+struct HttpAuth {
+    auth: Arc<BearerAuth>,
+    intake: Arc<Intake>,
+}
+
+/// Runs before the body is read: an unauthenticated client never gets its payload decoded.
+async fn http_auth(
+    State(a): State<HttpAuth>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if a.auth.check(header) {
+        return next.run(req).await;
+    }
+    a.intake.refused_bad("http", "unauthenticated");
+    let enc = match req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(c) if c.starts_with("application/x-protobuf") => Encoding::Proto,
+        _ => Encoding::Json,
+    };
+    let mut resp = http_error(
+        enc,
+        StatusCode::UNAUTHORIZED,
+        Code::Unauthenticated,
+        UNAUTHENTICATED,
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST")],
+        "only POST is allowed on /v1/traces",
+    )
+        .into_response()
+}
+
+/// Serves OTLP/HTTP on a bound listener until `stop`.
+pub(super) fn serve(
+    tcp: TcpListener,
+    listener: &Listener,
+    at: &str,
+    intake: Arc<Intake>,
+    auth: Option<Arc<BearerAuth>>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ListenError> {
+    let max = listener.max;
+    let state = HttpState {
+        intake: intake.clone(),
+        max,
+    };
+    let mut app = Router::new().route("/v1/traces", post(http_export).fallback(method_not_allowed));
+    if let Some(a) = auth {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            HttpAuth { auth: a, intake },
+            http_auth,
+        ));
+    }
+    // The compressed body may not exceed the limit either.
+    let app = app.layer(DefaultBodyLimit::max(max)).with_state(state);
+    let serve = match &listener.tls {
+        Some(t) => {
+            let l = t.listener(tcp).map_err(|e| ListenError::Tls {
+                at: at.to_owned(),
+                message: e.to_string(),
+            })?;
+            Box::pin(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }) as BoxFuture<'static, std::io::Result<()>>
+        }
+        None => Box::pin(async move {
+            use axum::serve::ListenerExt as _;
+            let tcp = tcp.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+            });
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }),
+    };
+    let name = at.to_owned();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::error!(receiver = %name, "HTTP server failed: {e}");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn gunzip_is_capped() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 1 << 20]).unwrap();
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 10_000);
+        assert_eq!(
+            gunzip_capped(&bomb, 1000),
+            Err(GunzipError::TooLarge { max: 1000 })
+        );
+        assert_eq!(gunzip_capped(&bomb, 1 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(gunzip_capped(b"not gzip", 1000), Err(GunzipError::Invalid));
+    }
+}

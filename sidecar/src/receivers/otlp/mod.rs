@@ -1,0 +1,117 @@
+//! otlp receiver: OTLP/gRPC (`TraceService/Export`, [`grpc`]) and OTLP/HTTP
+//! (`POST /v1/traces`, protobuf or JSON, optionally gzip, [`http`]).
+//!
+//! Size limits apply after decompression; a refusal for load is always retryable and carries
+//! a hint (gRPC RetryInfo, HTTP Retry-After), mapped in [`status`].
+
+mod config;
+mod grpc;
+mod http;
+pub mod status;
+
+use std::sync::Arc;
+
+use super::{Consumer, ListenError, Listening, ReceiverCtx, ReceiverSpec, Started};
+use crate::component::{BoxFuture, Factory, Refusal};
+use crate::config::ComponentId;
+use crate::metrics::{Metric, Metrics};
+use crate::model::{span_count, TraceRequest};
+
+pub const FACTORY: Factory<dyn ReceiverSpec> = Factory {
+    kind: "otlp",
+    parse: config::parse,
+};
+
+/// Default limit on a request after decompression.
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Shared by both transports: counts, consumes, and maps refusals.
+struct Intake {
+    id: String,
+    consumer: Arc<dyn Consumer>,
+    metrics: Arc<Metrics>,
+}
+
+impl Intake {
+    async fn take(
+        &self,
+        req: TraceRequest,
+        encoded_len: usize,
+        transport: &'static str,
+    ) -> Result<(), Refusal> {
+        let n = span_count(&req.resource_spans) as u64;
+        match self.consumer.consume(req.resource_spans, encoded_len).await {
+            Ok(_) => {
+                self.metrics.count(
+                    Metric::ReceiverAcceptedSpans,
+                    &[("receiver", &self.id), ("transport", transport)],
+                    n,
+                );
+                Ok(())
+            }
+            Err(r) => {
+                self.metrics.count(
+                    Metric::ReceiverRefusedSpans,
+                    &[
+                        ("receiver", &self.id),
+                        ("transport", transport),
+                        ("reason", r.reason()),
+                    ],
+                    n,
+                );
+                Err(r)
+            }
+        }
+    }
+
+    fn refused_bad(&self, transport: &'static str, reason: &'static str) {
+        // The span count of an undecodable request is unknown: count the request.
+        self.metrics.count(
+            Metric::ReceiverRefusedSpans,
+            &[
+                ("receiver", &self.id),
+                ("transport", transport),
+                ("reason", reason),
+            ],
+            1,
+        );
+    }
+}
+
+impl ReceiverSpec for config::Spec {
+    fn start(
+        &self,
+        id: &ComponentId,
+        ctx: ReceiverCtx,
+    ) -> BoxFuture<'static, Result<Started, ListenError>> {
+        let protocols = [("grpc", self.grpc.clone()), ("http", self.http.clone())];
+        let auth = self.auth.clone();
+        let id = id.to_string();
+        Box::pin(async move {
+            let intake = Arc::new(Intake {
+                id: id.clone(),
+                consumer: ctx.consumer.clone(),
+                metrics: ctx.metrics.clone(),
+            });
+            let mut listening = Vec::new();
+            let mut tasks = Vec::new();
+            for (kind, listener) in protocols {
+                let Some(listener) = listener else { continue };
+                let at = format!("receivers.{id}.protocols.{kind}");
+                let (tcp, local) = ListenError::bind(&at, listener.addr).await?;
+                let (intake, auth, stop) = (intake.clone(), auth.clone(), ctx.shutdown.clone());
+                let task = match kind {
+                    "grpc" => grpc::serve(tcp, &listener, &at, intake, auth, stop)?,
+                    _ => http::serve(tcp, &listener, &at, intake, auth, stop)?,
+                };
+                tasks.push(task);
+                listening.push(Listening {
+                    component: id.clone(),
+                    kind,
+                    addr: local,
+                });
+            }
+            Ok(Started { listening, tasks })
+        })
+    }
+}
