@@ -1,5 +1,5 @@
-//! Pipelines: the receivers' entry point, the inline processor chain, the batcher task and the
-//! fan-out to every exporter's bounded queue.
+//! Pipelines: the receivers' entry point, the inline processor chain, the hand-off to the
+//! batcher task (`processors/batch.rs`) and the fan-out to every exporter's bounded queue.
 //!
 //! Exporters with a persistent queue (`sending_queue.storage`) are fed on the receiving task,
 //! before the batcher: the client's request is answered only once every such queue has it in its
@@ -15,9 +15,10 @@ use tokio::sync::mpsc;
 use crate::component::{BatchSettings, BoxFuture, Consumer, Processor, Refusal};
 use crate::exporters::disk_queue::{AppendError, DiskQueue, FULL_RETRY_AFTER};
 use crate::exporters::{encoded, ExporterQueue};
-use crate::memory::{MemoryTicket, MemoryTracker};
+use crate::memory::MemoryTracker;
 use crate::metrics::Metrics;
 use crate::model::{self, Batch, ResourceSpans};
+use crate::processors::batch::{self, Pending};
 
 /// Hands batches to every exporter of a pipeline. A full exporter queue drops the batch for
 /// that exporter only (counted), so one slow backend never holds up the others.
@@ -41,11 +42,6 @@ impl Fanout {
             q.offer(batch.clone());
         }
     }
-}
-
-struct Pending {
-    spans: Vec<ResourceSpans>,
-    ticket: Option<MemoryTicket>,
 }
 
 enum Sink {
@@ -124,7 +120,7 @@ impl Pipeline {
         let (sink, task) = match batch {
             Some(settings) => {
                 let (tx, rx) = mpsc::channel(settings.queue_size);
-                let task = tokio::spawn(run_batcher(rx, settings, fanout));
+                let task = tokio::spawn(batch::run(rx, settings, move |b| fanout.dispatch(b)));
                 (Sink::Batcher(tx), Some(task))
             }
             None => (Sink::Direct(fanout), None),
@@ -203,60 +199,144 @@ impl Pipeline {
     }
 }
 
-async fn run_batcher(mut rx: mpsc::Receiver<Pending>, s: BatchSettings, fanout: Arc<Fanout>) {
-    let mut pending: Vec<ResourceSpans> = Vec::new();
-    let mut count = 0usize;
-    let mut tickets: Vec<MemoryTicket> = Vec::new();
-    let mut deadline: Option<tokio::time::Instant> = None;
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1 as pb;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+    use tokio_util::sync::CancellationToken;
 
-    let flush =
-        |pending: &mut Vec<ResourceSpans>, count: &mut usize, tickets: &mut Vec<MemoryTicket>| {
-            if *count == 0 {
-                return;
-            }
-            let memory = Arc::new(std::mem::take(tickets));
-            let max = if s.send_batch_max_size == 0 {
-                usize::MAX
-            } else {
-                s.send_batch_max_size
-            };
-            for chunk in model::split(std::mem::take(pending), max) {
-                fanout.dispatch(Batch::new(chunk, memory.clone()));
-            }
-            *count = 0;
-        };
+    use super::*;
+    use crate::component::{
+        BoxFuture, Built, ExportError, ExportOk, Exporter, QueueConfig, RetryConfig,
+    };
+    use crate::exporters::start_queue;
+    use crate::metrics::Metric;
+    use crate::model::{ScopeSpans, Span};
 
-    loop {
-        let next = match deadline {
-            Some(d) => tokio::select! {
-                m = rx.recv() => Some(m),
-                _ = tokio::time::sleep_until(d) => None,
-            },
-            None => Some(rx.recv().await),
-        };
-        match next {
-            // Timer: flush whatever is pending.
-            None => {
-                flush(&mut pending, &mut count, &mut tickets);
-                deadline = None;
-            }
-            // Channel closed: the pipeline shut down; flush and end.
-            Some(None) => {
-                flush(&mut pending, &mut count, &mut tickets);
-                return;
-            }
-            Some(Some(p)) => {
-                count += model::span_count(&p.spans);
-                pending.extend(p.spans);
-                tickets.extend(p.ticket);
-                if deadline.is_none() {
-                    deadline = Some(tokio::time::Instant::now() + s.timeout);
+    fn spans(n: usize) -> Vec<ResourceSpans> {
+        vec![ResourceSpans {
+            resource: None,
+            scope_spans: vec![ScopeSpans {
+                scope: None,
+                spans: (0..n)
+                    .map(|i| {
+                        Span::from_proto(&pb::Span {
+                            name: format!("s{i}"),
+                            ..pb::Span::default()
+                        })
+                    })
+                    .collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }]
+    }
+
+    /// Reports the span count of every batch it is given; `stall` ones never finish.
+    struct Recorder {
+        seen: UnboundedSender<usize>,
+        stall: bool,
+    }
+
+    impl Exporter for Recorder {
+        fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>> {
+            let _ = self.seen.send(batch.span_count);
+            let stall = self.stall;
+            Box::pin(async move {
+                if stall {
+                    std::future::pending::<()>().await;
                 }
-                if count >= s.send_batch_size {
-                    flush(&mut pending, &mut count, &mut tickets);
-                    deadline = None;
-                }
-            }
+                Ok(ExportOk::default())
+            })
         }
+    }
+
+    fn queue(
+        id: &str,
+        stall: bool,
+        size: usize,
+        metrics: &Arc<Metrics>,
+    ) -> (Arc<ExporterQueue>, mpsc::UnboundedReceiver<usize>) {
+        let (tx, rx) = unbounded_channel();
+        let built = Built {
+            exporter: Arc::new(Recorder { seen: tx, stall }),
+            queue: QueueConfig {
+                num_consumers: 1,
+                queue_size: Some(size),
+                ..QueueConfig::default()
+            },
+            retry: RetryConfig::default(),
+        };
+        let (q, _tasks) = start_queue(id.into(), built, metrics.clone(), CancellationToken::new());
+        (q, rx)
+    }
+
+    #[tokio::test]
+    async fn every_exporter_gets_each_batch_and_a_full_queue_drops_only_its_own() {
+        let metrics = Metrics::new();
+        let (fast, mut fast_seen) = queue("debug", false, 10, &metrics);
+        let (slow, mut slow_seen) = queue("otlp/slow", true, 1, &metrics);
+        let fanout = Arc::new(Fanout::new(vec![fast, slow], metrics.clone()));
+        let (pipeline, batcher) = Pipeline::new(
+            "traces".into(),
+            Vec::new(),
+            None,
+            fanout,
+            Vec::new(),
+            MemoryTracker::new(),
+        );
+        assert!(
+            batcher.is_none(),
+            "no batch processor: handed straight to the queues"
+        );
+
+        // The slow exporter's one consumer takes the first batch and never finishes it...
+        assert_eq!(pipeline.consume(spans(1), 0).await, Ok(1));
+        assert_eq!(slow_seen.recv().await, Some(1));
+        // ...its queue (size 1) holds the second, and has no room for the third.
+        assert_eq!(pipeline.consume(spans(2), 0).await, Ok(2));
+        assert_eq!(pipeline.consume(spans(3), 0).await, Ok(3));
+
+        let mut fast_got = Vec::new();
+        for _ in 0..3 {
+            fast_got.push(fast_seen.recv().await.expect("fast exporter batch"));
+        }
+        assert_eq!(fast_got, [1, 2, 3], "the other exporter is not held up");
+        let dropped = |id| {
+            metrics.counter(
+                Metric::ExporterSendFailedSpans,
+                &[("exporter", id), ("reason", "queue_full")],
+            )
+        };
+        assert_eq!(
+            dropped("otlp/slow"),
+            3,
+            "the third batch, for the slow exporter only"
+        );
+        assert_eq!(dropped("debug"), 0);
+        assert!(
+            slow_seen.try_recv().is_err(),
+            "still stuck on the first batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_pipeline_refuses() {
+        let metrics = Metrics::new();
+        let (q, _seen) = queue("debug", false, 10, &metrics);
+        let fanout = Arc::new(Fanout::new(vec![q], metrics.clone()));
+        let (pipeline, _) = Pipeline::new(
+            "traces".into(),
+            Vec::new(),
+            Some(BatchSettings::default()),
+            fanout,
+            Vec::new(),
+            MemoryTracker::new(),
+        );
+        pipeline.close();
+        assert_eq!(
+            pipeline.consume(spans(1), 0).await,
+            Err(Refusal::ShuttingDown)
+        );
     }
 }
