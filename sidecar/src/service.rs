@@ -344,3 +344,67 @@ pub async fn wait_for_signal() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        crate::load::from_yaml(yaml, &|_| None).expect("valid config")
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_fails_naming_the_receiver_protocol() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let cfg = config(&format!(
+            "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: '{addr}' }}\n\
+             exporters:\n  debug: {{}}\n\
+             service:\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [debug] }}\n  \
+             telemetry: {{ metrics: {{ address: none }} }}\n"
+        ));
+        let err = match start(cfg).await {
+            Ok(_) => panic!("started on a taken port"),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(err, StartError::Listen(ListenError::Bind { .. })),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "receivers.otlp.protocols.grpc: cannot listen on {addr}: "
+            )),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exporter_that_cannot_build_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A regular file where the exporter needs a folder.
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"x").expect("write");
+        let out = blocker.join("spans.jsonl");
+        let cfg = config(&format!(
+            "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: '127.0.0.1:0' }}\n\
+             exporters:\n  file: {{ path: '{}' }}\n\
+             service:\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [file] }}\n  \
+             telemetry: {{ metrics: {{ address: none }} }}\n",
+            out.display()
+        ));
+        let err = match start(cfg).await {
+            Ok(_) => panic!("built a file exporter under a regular file"),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(&err, StartError::Exporter { id, source: BuildError::File { .. } } if id.to_string() == "file"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("exporters.file: creating "),
+            "{err}"
+        );
+    }
+}
