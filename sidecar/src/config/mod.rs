@@ -1,5 +1,8 @@
 //! Sidecar configuration: YAML in the OpenTelemetry Collector's shape, env-expanded, validated,
 //! with every error naming its YAML path (`exporters.otlp/jaeger.endpoint: ...`).
+//!
+//! This layer knows no component: each section's components are parsed by the factories of the
+//! registry handed to `component::Config::from_yaml_with` (assembled in `load.rs`).
 
 pub mod expand;
 
