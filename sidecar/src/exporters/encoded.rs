@@ -1,24 +1,19 @@
 //! A batch encoded once: the `ExportTraceServiceRequest` bytes that the network exporters send.
 //!
 //! Encoding (and, for OTLP/HTTP, gzip) happens at a batch's first export attempt. The bytes are
-//! then shared by every retry of that batch and by every exporter the same batch went to,
-//! instead of each attempt deep-cloning the spans into a new request and encoding that. The
-//! gRPC exporter sends them through [`ExportCodec`], whose encoder writes the bytes as they are.
-//!
-//! The shared bytes live in a small process-wide table keyed by the batch's `Arc` (held as a
-//! `Weak`, so an entry never keeps a batch alive and its address cannot be reused while the
-//! entry exists). An entry goes when its batch is gone: [`forget_dead`] runs after every
-//! `send_with_retry`, so the last exporter to finish a batch also frees its bytes. The table
-//! holds at most [`MAX_ENTRIES`] batches; an exporter far behind the others encodes again.
+//! kept in the batch itself ([`Batch::bodies`]) and shared by every retry of that batch and by
+//! every exporter the same batch went to, instead of each attempt deep-cloning the spans into a
+//! new request and encoding that. They are freed with the batch, when the last exporter is done
+//! with it. The gRPC exporter sends them through [`ExportCodec`], whose encoder writes the bytes
+//! as they are.
 
 use std::io::Write as _;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::OnceLock;
 
 use bytes::{BufMut as _, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use parking_lot::Mutex;
 use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -26,14 +21,17 @@ use tonic::Status;
 use super::ExportError;
 use crate::model::{Batch, ResourceSpans};
 
-/// Batches whose encodings are kept at once. More than the exports in flight of a usual
-/// configuration (exporters × `num_consumers`), so the table only evicts when one exporter
-/// lags far behind another.
-pub const MAX_ENTRIES: usize = 64;
+#[cfg(test)]
+thread_local! {
+    /// Protobuf encodings made on this thread: what tests count to show a batch is encoded once.
+    pub(crate) static ENCODES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 /// `ExportTraceServiceRequest { resource_spans }` encoded, without copying the spans into a
 /// request first: the request is just field 1, repeated (byte-for-byte what prost writes).
 pub fn encode_request(resource_spans: &[ResourceSpans]) -> Bytes {
+    #[cfg(test)]
+    ENCODES.with(|n| n.set(n.get() + 1));
     let len = prost::encoding::message::encoded_len_repeated(1, resource_spans);
     let mut buf = Vec::with_capacity(len);
     for rs in resource_spans {
@@ -64,16 +62,6 @@ fn gzip(body: &[u8]) -> Result<Bytes, ExportError> {
         .map_err(|e| ExportError::permanent("encode", e.to_string()))
 }
 
-/// The encodings of one batch, each made at most once (two exporters racing for the same one
-/// may both encode; one result is kept).
-#[derive(Default)]
-pub struct Bodies {
-    proto: OnceLock<Bytes>,
-    proto_gzip: OnceLock<Bytes>,
-    json: OnceLock<Bytes>,
-    json_gzip: OnceLock<Bytes>,
-}
-
 fn get_or_try(
     slot: &OnceLock<Bytes>,
     make: impl FnOnce() -> Result<Bytes, ExportError>,
@@ -85,71 +73,35 @@ fn get_or_try(
     Ok(slot.get_or_init(|| b).clone())
 }
 
-impl Bodies {
-    /// The protobuf request (what OTLP/gRPC sends; gRPC compression is tonic's).
-    pub fn proto(&self, batch: &Batch) -> Bytes {
-        self.proto
-            .get_or_init(|| encode_request(&batch.resource_spans))
-            .clone()
-    }
+/// The protobuf request (what OTLP/gRPC sends; gRPC compression is tonic's).
+pub fn proto(batch: &Batch) -> Bytes {
+    batch
+        .bodies
+        .proto
+        .get_or_init(|| encode_request(&batch.resource_spans))
+        .clone()
+}
 
-    /// The protobuf request when another exporter already made it, else a fresh one that is not
-    /// kept (only what is sent is kept: it is what retries send).
-    fn proto_unkept(&self, batch: &Batch) -> Bytes {
-        match self.proto.get() {
-            Some(p) => p.clone(),
-            None => encode_request(&batch.resource_spans),
-        }
-    }
-
-    /// The OTLP/HTTP request body: protobuf or JSON, gzipped or not.
-    pub fn http(&self, batch: &Batch, json: bool, gzipped: bool) -> Result<Bytes, ExportError> {
-        match (json, gzipped) {
-            (false, false) => Ok(self.proto(batch)),
-            (false, true) => get_or_try(&self.proto_gzip, || gzip(&self.proto_unkept(batch))),
-            (true, false) => get_or_try(&self.json, || encode_json(self.proto_unkept(batch))),
-            (true, true) => get_or_try(&self.json_gzip, || match self.json.get() {
-                Some(j) => gzip(j),
-                None => gzip(&encode_json(self.proto_unkept(batch))?),
-            }),
-        }
+/// The protobuf request when another exporter already made it, else a fresh one that is not
+/// kept (only what is sent is kept: it is what retries send).
+fn proto_unkept(batch: &Batch) -> Bytes {
+    match batch.bodies.proto.get() {
+        Some(p) => p.clone(),
+        None => encode_request(&batch.resource_spans),
     }
 }
 
-struct Entry {
-    batch: Weak<Batch>,
-    bodies: Arc<Bodies>,
-}
-
-/// Oldest first.
-static TABLE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
-
-/// The shared encodings of `batch` (empty at its first export attempt).
-pub fn bodies(batch: &Arc<Batch>) -> Arc<Bodies> {
-    let mut table = TABLE.lock();
-    table.retain(|e| e.batch.strong_count() > 0);
-    if let Some(e) = table
-        .iter()
-        .find(|e| std::ptr::eq(e.batch.as_ptr(), Arc::as_ptr(batch)))
-    {
-        return e.bodies.clone();
-    }
-    if table.len() >= MAX_ENTRIES {
-        table.remove(0);
-    }
-    let bodies = Arc::new(Bodies::default());
-    table.push(Entry {
-        batch: Arc::downgrade(batch),
-        bodies: bodies.clone(),
-    });
-    bodies
-}
-
-/// Frees the encodings of batches that no longer exist.
-pub fn forget_dead() {
-    let mut table = TABLE.lock();
-    if !table.is_empty() {
-        table.retain(|e| e.batch.strong_count() > 0);
+/// The OTLP/HTTP request body: protobuf or JSON, gzipped or not.
+pub fn http(batch: &Batch, json: bool, gzipped: bool) -> Result<Bytes, ExportError> {
+    let b = &batch.bodies;
+    match (json, gzipped) {
+        (false, false) => Ok(proto(batch)),
+        (false, true) => get_or_try(&b.proto_gzip, || gzip(&proto_unkept(batch))),
+        (true, false) => get_or_try(&b.json, || encode_json(proto_unkept(batch))),
+        (true, true) => get_or_try(&b.json_gzip, || match b.json.get() {
+            Some(j) => gzip(j),
+            None => gzip(&encode_json(proto_unkept(batch))?),
+        }),
     }
 }
 
@@ -207,6 +159,7 @@ mod tests {
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{self as pb, ScopeSpans, Span};
     use std::io::Read as _;
+    use std::sync::Arc;
 
     fn sample() -> Vec<ResourceSpans> {
         sample_proto()
@@ -254,14 +207,13 @@ mod tests {
         assert_eq!(encode_request(&rs).as_ref(), req.encode_to_vec().as_slice());
         assert!(encode_request(&[]).is_empty());
         let batch = Batch::new(rs, Arc::new(Vec::new()));
-        let b = Bodies::default();
         assert_eq!(
-            b.http(&batch, true, false).unwrap().as_ref(),
+            http(&batch, true, false).unwrap().as_ref(),
             serde_json::to_vec(&req).unwrap().as_slice()
         );
         for json in [false, true] {
-            let plain = b.http(&batch, json, false).unwrap();
-            let zipped = b.http(&batch, json, true).unwrap();
+            let plain = http(&batch, json, false).unwrap();
+            let zipped = http(&batch, json, true).unwrap();
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(zipped.as_ref())
                 .read_to_end(&mut out)
@@ -274,21 +226,18 @@ mod tests {
     fn one_encoding_per_batch_freed_with_the_batch() {
         let a = Arc::new(Batch::new(sample(), Arc::new(Vec::new())));
         let b = Arc::new(Batch::new(sample()[..1].to_vec(), Arc::new(Vec::new())));
-        let pa = bodies(&a).proto(&a);
-        // A retry or another exporter gets the very same bytes.
-        assert_eq!(bodies(&a).proto(&a).as_ptr(), pa.as_ptr());
-        let pb = bodies(&b).proto(&b);
+        let before = ENCODES.with(|n| n.get());
+        let pa = proto(&a);
+        // A retry or another exporter gets the very same bytes, without encoding again.
+        assert_eq!(proto(&a).as_ptr(), pa.as_ptr());
+        assert_eq!(http(&a, false, false).unwrap().as_ptr(), pa.as_ptr());
+        assert_eq!(ENCODES.with(|n| n.get()) - before, 1);
+        let pb = proto(&b);
         assert_ne!(pa, pb);
+        // The bytes live as long as the batch (or a body still being sent), no longer.
         let weak = Arc::downgrade(&a);
         drop(a);
-        forget_dead();
-        assert!(!TABLE
-            .lock()
-            .iter()
-            .any(|e| std::ptr::eq(e.batch.as_ptr(), weak.as_ptr())));
-        assert!(TABLE
-            .lock()
-            .iter()
-            .any(|e| std::ptr::eq(e.batch.as_ptr(), Arc::as_ptr(&b))));
+        assert!(weak.upgrade().is_none());
+        assert!(pa.is_unique(), "only the copy held here is left");
     }
 }

@@ -267,20 +267,6 @@ pub async fn send_with_retry(
     metrics: &Metrics,
     hard_stop: &CancellationToken,
 ) -> Outcome {
-    let outcome = send_batch(id, exporter, batch, retry, metrics, hard_stop).await;
-    // Our hold on the batch is gone: if it was the last, its shared encoding goes too.
-    encoded::forget_dead();
-    outcome
-}
-
-async fn send_batch(
-    id: &str,
-    exporter: &dyn Exporter,
-    batch: Arc<Batch>,
-    retry: &RetryConfig,
-    metrics: &Metrics,
-    hard_stop: &CancellationToken,
-) -> Outcome {
     let spans = batch.span_count as u64;
     let started = Instant::now();
     let mut backoff = retry.initial_interval;

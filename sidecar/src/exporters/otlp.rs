@@ -259,7 +259,7 @@ impl Exporter for OtlpExporter {
         let timeout = self.timeout;
         Box::pin(async move {
             // Encoded once per batch, shared by retries and by other exporters of this batch.
-            let body = encoded::bodies(&batch).proto(&batch);
+            let body = encoded::proto(&batch);
             let mut req = tonic::Request::new(body);
             req.set_timeout(timeout);
             for (k, v) in headers.iter() {

@@ -257,7 +257,7 @@ impl Exporter for OtlpHttpExporter {
         Box::pin(async move {
             // Encoded (and gzipped) once per batch, shared by retries and by other exporters of
             // this batch; reqwest sends the shared bytes without copying them.
-            let body = encoded::bodies(&batch).http(&batch, json, gzip)?;
+            let body = encoded::http(&batch, json, gzip)?;
             let mut rb = client.post(url).headers(headers).header(
                 http::header::CONTENT_TYPE,
                 if json {

@@ -2,19 +2,38 @@
 
 pub mod otlp;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 pub use otlp::{ResourceSpans, ScopeSpans, Span, TraceRequest};
 
 use crate::memory::MemoryTicket;
 
 /// Spans on their way to the exporters. Every exporter shares one `Arc<Batch>`; the memory it
-/// was accounted with (shared by all chunks of one flush) is released when the last one is done.
+/// was accounted with (shared by all chunks of one flush) is released when the last one is done,
+/// and so are its request bodies.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub resource_spans: Vec<ResourceSpans>,
     pub span_count: usize,
     pub memory: Arc<Vec<MemoryTicket>>,
+    /// The request bodies made from these spans, filled at the first export attempt that needs
+    /// each one and shared by every retry and every exporter of the batch
+    /// (`sidecar/src/exporters/encoded.rs` fills them).
+    pub bodies: Bodies,
+}
+
+/// The encodings of one batch's `ExportTraceServiceRequest`, each made at most once (two
+/// exporters racing for the same one may both encode; one result is kept).
+#[derive(Debug, Default)]
+pub struct Bodies {
+    /// Protobuf: what OTLP/gRPC sends (gRPC compression is tonic's) and OTLP/HTTP's default.
+    pub proto: OnceLock<Bytes>,
+    pub proto_gzip: OnceLock<Bytes>,
+    /// OTLP/JSON.
+    pub json: OnceLock<Bytes>,
+    pub json_gzip: OnceLock<Bytes>,
 }
 
 impl Batch {
@@ -24,6 +43,7 @@ impl Batch {
             resource_spans,
             span_count,
             memory,
+            bodies: Bodies::default(),
         }
     }
 }
