@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::component::{BatchSettings, BoxFuture, Consumer, Processor, Refusal};
-use crate::exporters::disk_queue::{AppendError, DiskQueue, FULL_RETRY_AFTER};
+use crate::exporters::persistent_queue::{AppendError, PersistentQueue, FULL_RETRY_AFTER};
 use crate::exporters::{encoded, ExporterQueue};
 use crate::memory::MemoryTracker;
 use crate::metrics::Metrics;
@@ -101,7 +101,7 @@ pub struct Pipeline {
     /// Whether any in-memory exporter waits behind `sink`.
     memory_exporters: bool,
     /// Exporters with a persistent queue, fed before the client is answered.
-    durable: Vec<Arc<DiskQueue>>,
+    persistent: Vec<Arc<PersistentQueue>>,
     memory: Arc<MemoryTracker>,
 }
 
@@ -113,7 +113,7 @@ impl Pipeline {
         stages: Vec<Arc<dyn Processor>>,
         batch: Option<BatchSettings>,
         fanout: Arc<Fanout>,
-        durable: Vec<Arc<DiskQueue>>,
+        persistent: Vec<Arc<PersistentQueue>>,
         memory: Arc<MemoryTracker>,
     ) -> (Arc<Pipeline>, Option<tokio::task::JoinHandle<()>>) {
         let memory_exporters = !fanout.exporters.is_empty();
@@ -131,7 +131,7 @@ impl Pipeline {
                 stages,
                 sink: Mutex::new(Some(sink)),
                 memory_exporters,
-                durable,
+                persistent,
                 memory,
             }),
             task,
@@ -159,11 +159,11 @@ impl Pipeline {
             return Err(Refusal::ShuttingDown);
         }
         let ticket = self.memory.take(encoded_len);
-        if !self.durable.is_empty() {
+        if !self.persistent.is_empty() {
             // Encoded once, shared by every persistent queue (Bytes is reference-counted).
             let payload = encoded::encode_request(&spans);
             let appends = self
-                .durable
+                .persistent
                 .iter()
                 .map(|q| q.append(payload.clone(), kept as u64));
             // Queues that took the data keep it even when another refuses: the client retries

@@ -14,7 +14,7 @@ use crate::component::{
     ReceiverCtx, Stage,
 };
 use crate::config::{parse_endpoint, ComponentId, EndpointError};
-use crate::exporters::disk_queue::{self, DiskQueue};
+use crate::exporters::persistent_queue::{self, PersistentQueue};
 use crate::exporters::{self, ExporterQueue};
 use crate::memory::MemoryTracker;
 use crate::metrics::Metrics;
@@ -39,7 +39,7 @@ pub enum StartError {
     Storage {
         id: ComponentId,
         #[source]
-        source: disk_queue::OpenError,
+        source: persistent_queue::OpenError,
     },
     #[error("service.telemetry.metrics.address: {0}")]
     MetricsAddress(#[from] EndpointError),
@@ -63,7 +63,7 @@ pub struct Running {
     pipelines: Vec<Arc<Pipeline>>,
     batchers: Vec<tokio::task::JoinHandle<()>>,
     queues: Vec<Arc<ExporterQueue>>,
-    disk_queues: Vec<Arc<DiskQueue>>,
+    persistent_queues: Vec<Arc<PersistentQueue>>,
     consumers: Vec<tokio::task::JoinHandle<()>>,
     hard_stop: CancellationToken,
     side_stop: CancellationToken,
@@ -105,7 +105,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     // Exporters: one queue per exporter id, shared by every pipeline that lists it.
     let mut queues: BTreeMap<ComponentId, Arc<ExporterQueue>> = BTreeMap::new();
-    let mut disk_queues: BTreeMap<ComponentId, Arc<DiskQueue>> = BTreeMap::new();
+    let mut persistent_queues: BTreeMap<ComponentId, Arc<PersistentQueue>> = BTreeMap::new();
     let mut consumers = Vec::new();
     let used_exporters: std::collections::BTreeSet<ComponentId> = config
         .service
@@ -131,7 +131,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             })?;
         if let Some(storage) = built.queue.storage.clone() {
             let when_full = built.queue.when_full();
-            let (q, tasks) = disk_queue::start(
+            let (q, tasks) = persistent_queue::start(
                 id.to_string(),
                 built,
                 &storage,
@@ -143,7 +143,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 id: id.clone(),
                 source,
             })?;
-            disk_queues.insert(id, q);
+            persistent_queues.insert(id, q);
             consumers.extend(tasks);
             continue;
         }
@@ -180,14 +180,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .iter()
             .filter_map(|e| ComponentId::parse(e).and_then(|id| queues.get(&id).cloned()))
             .collect();
-        let durable = p
+        let persistent = p
             .exporters
             .iter()
-            .filter_map(|e| ComponentId::parse(e).and_then(|id| disk_queues.get(&id).cloned()))
+            .filter_map(|e| {
+                ComponentId::parse(e).and_then(|id| persistent_queues.get(&id).cloned())
+            })
             .collect();
         let fanout = Arc::new(Fanout::new(exps, metrics.clone()));
-        let (pipeline, task) =
-            Pipeline::new(name.clone(), stages, batch, fanout, durable, memory.clone());
+        let (pipeline, task) = Pipeline::new(
+            name.clone(),
+            stages,
+            batch,
+            fanout,
+            persistent,
+            memory.clone(),
+        );
         batchers.extend(task);
         for r in &p.receivers {
             if let Some(id) = ComponentId::parse(r) {
@@ -263,7 +271,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         pipelines,
         batchers,
         queues: queues.into_values().collect(),
-        disk_queues: disk_queues.into_values().collect(),
+        persistent_queues: persistent_queues.into_values().collect(),
         consumers,
         hard_stop,
         side_stop,
@@ -290,7 +298,7 @@ impl Running {
         for q in &self.queues {
             q.close();
         }
-        for q in &self.disk_queues {
+        for q in &self.persistent_queues {
             q.close();
         }
         let mut clean = true;
@@ -304,7 +312,7 @@ impl Running {
             self.hard_stop.cancel();
         }
         // The writers' last sync: what is still queued on disk is sent after the next start.
-        for q in self.disk_queues {
+        for q in self.persistent_queues {
             let id = q.id.clone();
             let waiting = q.clone();
             // Bounded: a hung disk must not keep the process from exiting.

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 
-/// `sending_queue`: in memory (batches), or on disk with `storage` (a write-ahead log).
+/// `sending_queue`: in memory (batches), or the persistent queue with `storage` (a write-ahead
+/// log on disk; `storage` is the Collector's YAML key for it).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
@@ -85,7 +86,7 @@ impl QueueConfig {
                 if self.queue_size.is_some() {
                     return Err(ConfigError::at(
                         format!("{path}.sending_queue.queue_size"),
-                        "not used with storage: the disk queue is bounded by storage.max_bytes",
+                        "not used with storage: the persistent queue is bounded by storage.max_bytes",
                     ));
                 }
                 storage.validate(path)?;

@@ -2,11 +2,12 @@
 //! consumer tasks that retry retryable failures with exponential backoff and jitter.
 
 pub mod debug;
-pub mod disk_queue;
+
 pub mod encoded;
 pub mod file;
 pub mod otlp;
 pub mod otlphttp;
+pub mod persistent_queue;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

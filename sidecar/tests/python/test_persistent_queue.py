@@ -23,7 +23,7 @@ from otlp_gen import request, span
 pytestmark = pytest.mark.timeout(90)
 
 
-def disk_exporter(port: int, directory: Path, storage: str = "", queue_extra: str = "") -> str:
+def persistent_exporter(port: int, directory: Path, storage: str = "", queue_extra: str = "") -> str:
     return (f'  otlp/backend: {{ endpoint: "http://127.0.0.1:{port}", compression: none, timeout: 2s, '
             f'sending_queue: {{ storage: {{ directory: "{directory}"{storage} }}{queue_extra} }}, '
             f'retry_on_failure: {{ initial_interval: 100ms, max_interval: 500ms, max_elapsed_time: 10m }} }}')
@@ -48,7 +48,7 @@ def test_kill_9_mid_load_then_restart_delivers_every_acknowledged_span(fsync, tm
     port = free_port()  # the backend is down while the sidecar is killed
     qdir = tmp_path / "queue"
     storage = f", fsync: {fsync}, fsync_interval: 200ms"
-    cfg = base_config(disk_exporter(port, qdir, storage), "otlp/backend")
+    cfg = base_config(persistent_exporter(port, qdir, storage), "otlp/backend")
     sc = Sidecar(cfg, tmp_path).start()
     acked: set = set()
     refused = 0
@@ -121,7 +121,7 @@ def test_kill_9_mid_load_then_restart_delivers_every_acknowledged_span(fsync, tm
 def test_a_damaged_tail_record_is_skipped_counted_and_the_sidecar_starts(tmp_path) -> None:
     port = free_port()
     qdir = tmp_path / "queue"
-    cfg = base_config(disk_exporter(port, qdir), "otlp/backend")
+    cfg = base_config(persistent_exporter(port, qdir), "otlp/backend")
     sc = Sidecar(cfg, tmp_path).start()
     sent: set = set()
     with grpc.insecure_channel(sc.grpc) as ch:
@@ -165,10 +165,10 @@ def post(addr: str, body: bytes):
     return r.status, {k.lower(): v for k, v in r.getheaders()}
 
 
-def test_a_full_disk_queue_refuses_with_retry_hints(tmp_path) -> None:
+def test_a_full_persistent_queue_refuses_with_retry_hints(tmp_path) -> None:
     port = free_port()
     qdir = tmp_path / "queue"
-    cfg = base_config(disk_exporter(port, qdir, ", max_bytes: 65536"), "otlp/backend")
+    cfg = base_config(persistent_exporter(port, qdir, ", max_bytes: 65536"), "otlp/backend")
     sc = Sidecar(cfg, tmp_path).start()
     try:
         accepted, err = 0, None
@@ -201,10 +201,10 @@ def test_a_full_disk_queue_refuses_with_retry_hints(tmp_path) -> None:
         kill9(sc)
 
 
-def test_a_full_disk_queue_with_drop_oldest_keeps_accepting_and_counts_drops(tmp_path) -> None:
+def test_a_full_persistent_queue_with_drop_oldest_keeps_accepting_and_counts_drops(tmp_path) -> None:
     port = free_port()
     qdir = tmp_path / "queue"
-    cfg = base_config(disk_exporter(port, qdir, ", max_bytes: 65536", ", when_full: drop_oldest"), "otlp/backend")
+    cfg = base_config(persistent_exporter(port, qdir, ", max_bytes: 65536", ", when_full: drop_oldest"), "otlp/backend")
     sc = Sidecar(cfg, tmp_path).start()
     try:
         with grpc.insecure_channel(sc.grpc) as ch:
@@ -226,7 +226,7 @@ def test_after_a_crash_only_a_bounded_tail_of_delivered_data_is_sent_again(tmp_p
     of the newest segment (sealed early once it holds 64 KiB), not the whole queue history."""
     backend = GrpcCapture(workers=8)
     qdir = tmp_path / "queue"
-    cfg = base_config(disk_exporter(backend.port, qdir), "otlp/backend")
+    cfg = base_config(persistent_exporter(backend.port, qdir), "otlp/backend")
     try:
         sc = Sidecar(cfg, tmp_path).start()
         sent: set = set()
@@ -259,7 +259,7 @@ def test_after_a_crash_only_a_bounded_tail_of_delivered_data_is_sent_again(tmp_p
 def test_sigterm_with_the_backend_down_keeps_the_queue_for_the_next_start(tmp_path) -> None:
     port = free_port()
     qdir = tmp_path / "queue"
-    cfg = base_config(disk_exporter(port, qdir), "otlp/backend").replace("shutdown_grace: 5s", "shutdown_grace: 1s")
+    cfg = base_config(persistent_exporter(port, qdir), "otlp/backend").replace("shutdown_grace: 5s", "shutdown_grace: 1s")
     sc = Sidecar(cfg, tmp_path).start()
     sent: set = set()
     with grpc.insecure_channel(sc.grpc) as ch:
