@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::{send_with_retry, Outcome};
 use super::Built;
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::model::Batch;
 
 /// An exporter's sending queue: bounded, never blocks the caller.
@@ -38,15 +38,15 @@ impl ExporterQueue {
         match sent {
             Ok(()) => {
                 let d = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
-                self.metrics.set(
-                    "loom_sidecar_exporter_queue_size",
+                self.metrics.gauge(
+                    Metric::ExporterQueueSize,
                     &[("exporter", &self.id)],
                     d as i64,
                 );
             }
             Err(reason) => {
-                self.metrics.add(
-                    "loom_sidecar_exporter_send_failed_spans_total",
+                self.metrics.count(
+                    Metric::ExporterSendFailedSpans,
                     &[("exporter", &self.id), ("reason", reason)],
                     spans,
                 );
@@ -96,19 +96,15 @@ pub fn start_queue(
                 let next = { rx.lock().await.recv().await };
                 let Some(batch) = next else { return };
                 let d = depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-                metrics.set(
-                    "loom_sidecar_exporter_queue_size",
-                    &[("exporter", &id)],
-                    d as i64,
-                );
+                metrics.gauge(Metric::ExporterQueueSize, &[("exporter", &id)], d as i64);
                 let spans = batch.span_count as u64;
                 if send_with_retry(&id, exporter.as_ref(), batch, &retry, &metrics, &hard_stop)
                     .await
                     == Outcome::Interrupted
                 {
                     // Memory holds nothing past the process: count the loss where it happens.
-                    metrics.add(
-                        "loom_sidecar_exporter_send_failed_spans_total",
+                    metrics.count(
+                        Metric::ExporterSendFailedSpans,
                         &[("exporter", &id), ("reason", "shutdown")],
                         spans,
                     );

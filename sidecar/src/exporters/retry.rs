@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{Exporter, RetryConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::model::Batch;
 
 fn jitter(d: Duration) -> Duration {
@@ -69,14 +69,10 @@ pub async fn send_with_retry(
         };
         match outcome {
             Ok(ok) => {
-                metrics.add(
-                    "loom_sidecar_exporter_sent_spans_total",
-                    &[("exporter", id)],
-                    spans,
-                );
+                metrics.count(Metric::ExporterSentSpans, &[("exporter", id)], spans);
                 if ok.rejected_spans > 0 {
-                    metrics.add(
-                        "loom_sidecar_exporter_rejected_spans_total",
+                    metrics.count(
+                        Metric::ExporterRejectedSpans,
                         &[("exporter", id)],
                         ok.rejected_spans,
                     );
@@ -89,8 +85,8 @@ pub async fn send_with_retry(
                 let wait = e.retry_after.unwrap_or_else(|| jitter(backoff));
                 let elapsed = started.elapsed();
                 if !retry.max_elapsed_time.is_zero() && elapsed + wait > retry.max_elapsed_time {
-                    metrics.add(
-                        "loom_sidecar_exporter_send_failed_spans_total",
+                    metrics.count(
+                        Metric::ExporterSendFailedSpans,
                         &[("exporter", id), ("reason", "retries_exhausted")],
                         spans,
                     );
@@ -105,11 +101,7 @@ pub async fn send_with_retry(
                     );
                     return Outcome::Dropped;
                 }
-                metrics.add(
-                    "loom_sidecar_exporter_retries_total",
-                    &[("exporter", id)],
-                    1,
-                );
+                metrics.count(Metric::ExporterRetries, &[("exporter", id)], 1);
                 tracing::debug!(exporter = %id, wait_ms = wait.as_millis() as u64, reason = %e.reason, "export failed, retrying: {}", e.message);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -118,8 +110,8 @@ pub async fn send_with_retry(
                 backoff = (backoff * 2).min(retry.max_interval);
             }
             Err(e) => {
-                metrics.add(
-                    "loom_sidecar_exporter_send_failed_spans_total",
+                metrics.count(
+                    Metric::ExporterSendFailedSpans,
                     &[("exporter", id), ("reason", &e.reason)],
                     spans,
                 );
@@ -222,8 +214,8 @@ mod tests {
     }
 
     fn failed(m: &Metrics, reason: &str) -> u64 {
-        m.get(
-            "loom_sidecar_exporter_send_failed_spans_total",
+        m.counter(
+            Metric::ExporterSendFailedSpans,
             &[("exporter", "otlp/t"), ("reason", reason)],
         )
     }
@@ -256,10 +248,7 @@ mod tests {
         );
         assert_eq!(failed(&m, "http_400"), 3);
         assert_eq!(
-            m.get(
-                "loom_sidecar_exporter_retries_total",
-                &[("exporter", "otlp/t")]
-            ),
+            m.counter(Metric::ExporterRetries, &[("exporter", "otlp/t")]),
             0
         );
     }
@@ -290,24 +279,15 @@ mod tests {
             );
         }
         assert_eq!(
-            m.get(
-                "loom_sidecar_exporter_retries_total",
-                &[("exporter", "otlp/t")]
-            ),
+            m.counter(Metric::ExporterRetries, &[("exporter", "otlp/t")]),
             3
         );
         assert_eq!(
-            m.get(
-                "loom_sidecar_exporter_sent_spans_total",
-                &[("exporter", "otlp/t")]
-            ),
+            m.counter(Metric::ExporterSentSpans, &[("exporter", "otlp/t")]),
             3
         );
         assert_eq!(
-            m.get(
-                "loom_sidecar_exporter_rejected_spans_total",
-                &[("exporter", "otlp/t")]
-            ),
+            m.counter(Metric::ExporterRejectedSpans, &[("exporter", "otlp/t")]),
             1
         );
     }

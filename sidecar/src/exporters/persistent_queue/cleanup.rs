@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::record::segment_path;
 use super::{Shared, State};
+use crate::metrics::Metric;
 
 impl Shared {
     /// Deletes a segment that is sealed, fully read and has nothing in flight.
@@ -49,8 +50,8 @@ impl Shared {
         let fits = st.bytes + need <= max;
         drop(st);
         if spans > 0 {
-            self.metrics.add(
-                "loom_sidecar_exporter_send_failed_spans_total",
+            self.metrics.count(
+                Metric::ExporterSendFailedSpans,
                 &[("exporter", &self.id), ("reason", "queue_full")],
                 spans,
             );

@@ -64,7 +64,7 @@ use record::segment_path;
 use writer::{create_segment, writer_loop, WriterMsg};
 
 use super::Built;
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 
 /// Largest export request a consumer builds by merging records, in spans and payload bytes.
 /// Records are merged because one client request is often a handful of spans.
@@ -292,13 +292,13 @@ impl Shared {
             let st = self.state.lock();
             (st.pending, st.bytes)
         };
-        self.metrics.set(
-            "loom_sidecar_exporter_queue_size",
+        self.metrics.gauge(
+            Metric::ExporterQueueSize,
             &[("exporter", &self.id)],
             pending as i64,
         );
-        self.metrics.set(
-            "loom_sidecar_exporter_queue_bytes",
+        self.metrics.gauge(
+            Metric::ExporterQueueBytes,
             &[("exporter", &self.id)],
             bytes as i64,
         );

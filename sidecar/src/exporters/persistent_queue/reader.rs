@@ -14,7 +14,7 @@ use super::super::{send_with_retry, Exporter, Outcome, RetryConfig};
 use super::record::{segment_path, RECORD_HEADER};
 use super::writer::WriterMsg;
 use super::{Shared, State, IDLE_ROLL_BYTES, MAX_EXPORT_BYTES, MAX_EXPORT_SPANS};
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::model::{span_count, Batch, TraceRequest};
 
 /// Where the consumers read next: one cursor shared by all of them, so records go out in order.
@@ -94,8 +94,8 @@ impl Shared {
                 Err(reason) => {
                     // Damage after start (the disk changed under us): skip the rest of the
                     // segment, as a replay would.
-                    self.metrics.add(
-                        "loom_sidecar_exporter_queue_corrupt_records_total",
+                    self.metrics.count(
+                        Metric::ExporterQueueCorruptRecords,
                         &[("exporter", &self.id), ("reason", reason)],
                         1,
                     );

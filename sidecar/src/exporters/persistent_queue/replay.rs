@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::record::{scan, segment_path};
 use super::{OpenError, SegMeta, State};
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 
 /// Scans every segment in `dir`, truncating damaged tails (counted), removing empty files.
 pub(super) fn replay(id: &str, dir: &Path, metrics: &Metrics) -> Result<State, OpenError> {
@@ -32,8 +32,8 @@ pub(super) fn replay(id: &str, dir: &Path, metrics: &Metrics) -> Result<State, O
         })?;
         let s = scan(&data);
         if let Some(reason) = s.damage {
-            metrics.add(
-                "loom_sidecar_exporter_queue_corrupt_records_total",
+            metrics.count(
+                Metric::ExporterQueueCorruptRecords,
                 &[("exporter", id), ("reason", reason)],
                 1,
             );
@@ -74,8 +74,8 @@ pub(super) fn replay(id: &str, dir: &Path, metrics: &Metrics) -> Result<State, O
         );
     }
     if records > 0 {
-        metrics.add(
-            "loom_sidecar_exporter_queue_replayed_records_total",
+        metrics.count(
+            Metric::ExporterQueueReplayedRecords,
             &[("exporter", id)],
             records,
         );

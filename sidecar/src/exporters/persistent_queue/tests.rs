@@ -8,6 +8,7 @@ use prost::Message as _;
 
 use super::*;
 use crate::exporters::{BoxFuture, ExportError, ExportOk, Exporter, QueueConfig, RetryConfig};
+use crate::metrics::Metric;
 use crate::model::Batch;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -176,12 +177,12 @@ async fn unsent_records_survive_a_restart_and_damage_is_skipped() {
     }
     q2.join_writer();
     let names = up.names.lock().clone();
-    let corrupt = metrics2.get(
-        "loom_sidecar_exporter_queue_corrupt_records_total",
+    let corrupt = metrics2.counter(
+        Metric::ExporterQueueCorruptRecords,
         &[("exporter", "otlp/x"), ("reason", "truncated")],
     );
-    let replayed = metrics2.get(
-        "loom_sidecar_exporter_queue_replayed_records_total",
+    let replayed = metrics2.counter(
+        Metric::ExporterQueueReplayedRecords,
         &[("exporter", "otlp/x")],
     );
     let left = wal_files(dir.path());
@@ -225,8 +226,8 @@ async fn a_full_queue_refuses_or_drops_its_oldest_data() {
                 Err(e) => panic!("{e}"),
             }
         }
-        let dropped = metrics.get(
-            "loom_sidecar_exporter_send_failed_spans_total",
+        let dropped = metrics.counter(
+            Metric::ExporterSendFailedSpans,
             &[("exporter", "otlp/x"), ("reason", "queue_full")],
         );
         let bytes = q.bytes();
