@@ -1,7 +1,8 @@
 //! Loom runtime core: the wire types, the Envelope codec for W3C trace context, and the in-process bus.
 //!
-//! Without the default `runtime` feature only [`proto`] (messages) and [`envelope`] (the codec)
-//! are built; that is what the Python extension links.
+//! Without the default `runtime` feature only [`proto`] (messages), [`envelope`] (the codec) and
+//! [`sampler_spec`] (the sampler-variable parser) are built; that is what the Python extension
+//! and the sidecar link.
 
 /// Generated `loom.v1` wire types, and with `runtime` the `Bridge` gRPC client and server.
 pub mod proto {
@@ -10,6 +11,7 @@ pub mod proto {
 }
 
 pub mod envelope;
+pub mod sampler_spec;
 
 #[cfg(feature = "runtime")]
 pub mod action_broker;

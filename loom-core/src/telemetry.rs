@@ -1,7 +1,8 @@
 //! Telemetry set-up for Loom processes: `tracing` + OpenTelemetry + OTLP export, from the env.
 //!
-//! Environment (shared/design.md §3): `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
-//! `OTEL_TRACES_SAMPLER` (standard, wins) / `OTEL_TRACE_SAMPLER`, and their `_ARG` ratio.
+//! Environment (docs/contracts.md §3): `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `OTEL_TRACES_SAMPLER` (standard, wins) / `OTEL_TRACE_SAMPLER`, and their `_ARG` ratio, read
+//! by [`crate::sampler_spec`].
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -22,40 +23,22 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 
-/// Sampler names of the OpenTelemetry SDK environment spec.
-pub const SAMPLER_NAMES: [&str; 6] = [
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-];
+pub use crate::sampler_spec::{
+    sampler_spec_from, sampler_spec_from_env, SamplerSpec, SamplerSpecError, DEFAULT_SAMPLER,
+    SAMPLER_NAMES,
+};
 
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
-pub const DEFAULT_SAMPLER: &str = "parentbased_always_on";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("{var}={value:?} is not a known sampler; accepted values: always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio")]
-    UnknownSampler { var: String, value: String },
-    #[error("{var}={value:?} is not a sampling ratio; expected a number from 0.0 to 1.0")]
-    InvalidSamplerArg { var: String, value: String },
+    /// The sampler variables (parsed by [`crate::sampler_spec`]) cannot be used.
+    #[error(transparent)]
+    Sampler(#[from] SamplerSpecError),
     #[error("cannot build the OTLP exporter for {endpoint}: {message}")]
     Exporter { endpoint: String, message: String },
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInitialised(String),
-}
-
-/// A sampler choice read from the environment, before it becomes an SDK [`Sampler`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum SamplerSpec {
-    AlwaysOn,
-    AlwaysOff,
-    TraceIdRatio(f64),
-    ParentBasedAlwaysOn,
-    ParentBasedAlwaysOff,
-    ParentBasedTraceIdRatio(f64),
 }
 
 impl SamplerSpec {
@@ -73,66 +56,9 @@ impl SamplerSpec {
     }
 }
 
-/// Reads the sampler from variables looked up through `get` (the process env in production).
-///
-/// The standard `OTEL_TRACES_SAMPLER` wins over Loom's historical `OTEL_TRACE_SAMPLER`; each
-/// pairs with its own `_ARG`, falling back to the other spelling's. Names are matched after
-/// trimming and lower-casing; anything else is an error, never a silent default.
-pub fn sampler_spec_from(
-    get: impl Fn(&str) -> Option<String>,
-) -> Result<SamplerSpec, TelemetryError> {
-    let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-    let (var, name) = match (
-        non_empty("OTEL_TRACES_SAMPLER"),
-        non_empty("OTEL_TRACE_SAMPLER"),
-    ) {
-        (Some(v), _) => ("OTEL_TRACES_SAMPLER", v),
-        (None, Some(v)) => ("OTEL_TRACE_SAMPLER", v),
-        (None, None) => ("OTEL_TRACES_SAMPLER", DEFAULT_SAMPLER.to_owned()),
-    };
-    let arg_vars: [&str; 2] = if var == "OTEL_TRACES_SAMPLER" {
-        ["OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG"]
-    } else {
-        ["OTEL_TRACE_SAMPLER_ARG", "OTEL_TRACES_SAMPLER_ARG"]
-    };
-    let ratio = || -> Result<f64, TelemetryError> {
-        for arg_var in arg_vars {
-            if let Some(raw) = non_empty(arg_var) {
-                return match raw.trim().parse::<f64>() {
-                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                    _ => Err(TelemetryError::InvalidSamplerArg {
-                        var: arg_var.to_owned(),
-                        value: raw,
-                    }),
-                };
-            }
-        }
-        Ok(1.0)
-    };
-    Ok(match name.trim().to_ascii_lowercase().as_str() {
-        "always_on" => SamplerSpec::AlwaysOn,
-        "always_off" => SamplerSpec::AlwaysOff,
-        "traceidratio" => SamplerSpec::TraceIdRatio(ratio()?),
-        "parentbased_always_on" => SamplerSpec::ParentBasedAlwaysOn,
-        "parentbased_always_off" => SamplerSpec::ParentBasedAlwaysOff,
-        "parentbased_traceidratio" => SamplerSpec::ParentBasedTraceIdRatio(ratio()?),
-        _ => {
-            return Err(TelemetryError::UnknownSampler {
-                var: var.to_owned(),
-                value: name,
-            })
-        }
-    })
-}
-
-/// The sampler choice the process environment asks for.
-pub fn sampler_spec_from_env() -> Result<SamplerSpec, TelemetryError> {
-    sampler_spec_from(|k| std::env::var(k).ok())
-}
-
 /// The sampler the process environment asks for.
 pub fn sampler_from_env() -> Result<Sampler, TelemetryError> {
-    sampler_spec_from_env().map(SamplerSpec::to_sampler)
+    Ok(sampler_spec_from_env()?.to_sampler())
 }
 
 /// The tracing-opentelemetry layer as every Loom process (and test) should build it, paired with
@@ -571,15 +497,6 @@ pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn spec(vars: &[(&str, &str)]) -> Result<SamplerSpec, TelemetryError> {
-        let m: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        sampler_spec_from(|k| m.get(k).cloned())
-    }
 
     #[test]
     fn a_trace_id_decided_ahead_never_reaches_a_later_root_span() {
@@ -603,80 +520,5 @@ mod tests {
         assert_eq!(ids.new_trace_id(), decided);
         assert_ne!(ids.new_trace_id(), decided);
         assert!(NEXT_TRACE_ID.get().is_none());
-    }
-
-    #[test]
-    fn default_is_parentbased_always_on() {
-        assert_eq!(spec(&[]).unwrap(), SamplerSpec::ParentBasedAlwaysOn);
-    }
-
-    #[test]
-    fn every_name_parses() {
-        for (name, want) in [
-            ("always_on", SamplerSpec::AlwaysOn),
-            ("always_off", SamplerSpec::AlwaysOff),
-            ("traceidratio", SamplerSpec::TraceIdRatio(0.25)),
-            ("parentbased_always_on", SamplerSpec::ParentBasedAlwaysOn),
-            ("parentbased_always_off", SamplerSpec::ParentBasedAlwaysOff),
-            (
-                "parentbased_traceidratio",
-                SamplerSpec::ParentBasedTraceIdRatio(0.25),
-            ),
-            (
-                " ParentBased_TraceIdRatio ",
-                SamplerSpec::ParentBasedTraceIdRatio(0.25),
-            ),
-        ] {
-            let got = spec(&[
-                ("OTEL_TRACE_SAMPLER", name),
-                ("OTEL_TRACE_SAMPLER_ARG", "0.25"),
-            ])
-            .unwrap();
-            assert_eq!(got, want, "{name}");
-        }
-    }
-
-    #[test]
-    fn plural_form_wins_with_its_own_arg() {
-        let got = spec(&[
-            ("OTEL_TRACE_SAMPLER", "always_off"),
-            ("OTEL_TRACES_SAMPLER", "traceidratio"),
-            ("OTEL_TRACE_SAMPLER_ARG", "0.9"),
-            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
-        ])
-        .unwrap();
-        assert_eq!(got, SamplerSpec::TraceIdRatio(0.1));
-        // Falls back to the other spelling's ARG when its own is missing.
-        let got = spec(&[
-            ("OTEL_TRACES_SAMPLER", "traceidratio"),
-            ("OTEL_TRACE_SAMPLER_ARG", "0.5"),
-        ])
-        .unwrap();
-        assert_eq!(got, SamplerSpec::TraceIdRatio(0.5));
-    }
-
-    #[test]
-    fn unknown_name_is_an_error_naming_the_variable_and_the_choices() {
-        let err = spec(&[("OTEL_TRACE_SAMPLER", "sometimes")]).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("OTEL_TRACE_SAMPLER=\"sometimes\""), "{msg}");
-        for name in SAMPLER_NAMES {
-            assert!(msg.contains(name), "{msg} lacks {name}");
-        }
-    }
-
-    #[test]
-    fn bad_ratio_is_an_error() {
-        for bad in ["1.5", "-0.1", "half", "NaN"] {
-            let err = spec(&[
-                ("OTEL_TRACES_SAMPLER", "traceidratio"),
-                ("OTEL_TRACES_SAMPLER_ARG", bad),
-            ])
-            .unwrap_err();
-            assert!(
-                matches!(err, TelemetryError::InvalidSamplerArg { .. }),
-                "{bad}: {err}"
-            );
-        }
     }
 }
