@@ -23,20 +23,15 @@ use crate::component::Refusal;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::metrics::{Metric, Metrics};
 use crate::model::{ResourceSpans, Span};
+use loom_core::sampler_spec::{parse_sampler, sampler_spec_from, SamplerSpec};
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
     kind: "sampler",
     parse,
 };
 
-pub const SAMPLER_NAMES: [&str; 6] = [
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-];
+/// The names (and their parsing) are loom-core's, shared with the Rust and Python SDKs.
+pub use loom_core::sampler_spec::SAMPLER_NAMES;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,29 +111,37 @@ pub fn ratio_keeps(trace_id: &[u8], threshold: u64) -> bool {
     randomness(trace_id) >= threshold
 }
 
-/// Reads a sampler name + arg; the error is a message for the caller to place at a path.
-pub fn parse_kind(name: &str, arg: Option<f64>) -> Result<Kind, String> {
-    let ratio = || -> Result<u64, String> {
-        let r = arg.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&r) {
-            return Err(format!("arg {r} is not a sampling ratio from 0.0 to 1.0"));
+impl From<SamplerSpec> for Kind {
+    fn from(spec: SamplerSpec) -> Kind {
+        match spec {
+            SamplerSpec::AlwaysOn => Kind::AlwaysOn,
+            SamplerSpec::AlwaysOff => Kind::AlwaysOff,
+            SamplerSpec::TraceIdRatio(r) => Kind::Ratio(threshold(r)),
+            SamplerSpec::ParentBasedAlwaysOn => Kind::ParentBased(Root::AlwaysOn),
+            SamplerSpec::ParentBasedAlwaysOff => Kind::ParentBased(Root::AlwaysOff),
+            SamplerSpec::ParentBasedTraceIdRatio(r) => Kind::ParentBased(Root::Ratio(threshold(r))),
         }
-        Ok(threshold(r))
-    };
-    Ok(match name.trim().to_ascii_lowercase().as_str() {
-        "always_on" => Kind::AlwaysOn,
-        "always_off" => Kind::AlwaysOff,
-        "traceidratio" => Kind::Ratio(ratio()?),
-        "parentbased_always_on" => Kind::ParentBased(Root::AlwaysOn),
-        "parentbased_always_off" => Kind::ParentBased(Root::AlwaysOff),
-        "parentbased_traceidratio" => Kind::ParentBased(Root::Ratio(ratio()?)),
-        _ => {
-            return Err(format!(
-                "{name:?} is not a known sampler; accepted values: {}",
-                SAMPLER_NAMES.join(", ")
-            ))
-        }
-    })
+    }
+}
+
+/// The YAML key an `arg:` error names (the path says where).
+const ARG_KEY: &str = "arg";
+
+/// Reads a YAML `sampler:` (names, or the inline `name=ratio` form, which wins over `arg:`) and
+/// `arg:` with loom-core's parser. The error says which of the two keys is wrong, for the caller
+/// to place at its path.
+pub fn parse_kind(name: &str, arg: Option<f64>) -> Result<Kind, (&'static str, String)> {
+    let arg_text = arg.map(|a| a.to_string());
+    parse_sampler("sampler", name, arg_text.as_deref().map(|a| (ARG_KEY, a)))
+        .map(Kind::from)
+        .map_err(|e| {
+            let key = if e.var() == ARG_KEY {
+                ARG_KEY
+            } else {
+                "sampler"
+            };
+            (key, e.to_string())
+        })
 }
 
 /// W3C sampled flag of the span's context as OTLP carries it (bits 0–7 of `Span.flags`).
@@ -208,27 +211,24 @@ fn parse(
     path: &str,
     ctx: &ParseCtx<'_>,
 ) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+    Ok(Box::new(Arc::new(parse_spec(v, path, ctx)?)))
+}
+
+fn parse_spec(v: &serde_yaml::Value, path: &str, ctx: &ParseCtx<'_>) -> Result<Spec, ConfigError> {
     let c: SamplerConfig = parse_as(v, path)?;
     let default = match &c.default {
-        Some(d) => {
-            let arg_path = format!("{path}.default.arg");
-            parse_kind(&d.sampler, d.arg).map_err(|m| {
-                let at = if m.starts_with("arg") {
-                    arg_path.clone()
-                } else {
-                    format!("{path}.default.sampler")
-                };
-                let hint = ctx.origin_hint(&at);
-                ConfigError::at(at, format!("{m}{hint}"))
-            })?
-        }
+        Some(d) => parse_kind(&d.sampler, d.arg).map_err(|(key, m)| {
+            let at = format!("{path}.default.{key}");
+            let hint = ctx.origin_hint(&at);
+            ConfigError::at(at, format!("{m}{hint}"))
+        })?,
         None => from_env(ctx).map_err(|m| ConfigError::at(format!("{path}.default"), m))?,
     };
     let mut rules = Vec::new();
     for (i, r) in c.rules.iter().enumerate() {
         let at = format!("{path}.rules[{i}]");
         let kind = parse_kind(&r.sampler, r.arg)
-            .map_err(|m| ConfigError::at(format!("{at}.sampler"), m))?;
+            .map_err(|(key, m)| ConfigError::at(format!("{at}.{key}"), m))?;
         rules.push(Rule {
             name: r.name.clone().unwrap_or_else(|| format!("rules[{i}]")),
             agent: glob(&format!("{at}.match.agent"), &r.matcher.agent)?,
@@ -236,41 +236,14 @@ fn parse(
             kind,
         });
     }
-    Ok(Box::new(Arc::new(Spec { default, rules })))
+    Ok(Spec { default, rules })
 }
 
-/// No `default:` in the YAML: the environment decides, as for the SDKs.
+/// No `default:` in the YAML: the environment decides, read as the SDKs read it.
 fn from_env(ctx: &ParseCtx<'_>) -> Result<Kind, String> {
-    let get = |k: &str| (ctx.lookup)(k).filter(|v| !v.trim().is_empty());
-    let (var, name, arg_vars) = match (get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACE_SAMPLER")) {
-        (Some(n), _) => (
-            "OTEL_TRACES_SAMPLER",
-            n,
-            ["OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG"],
-        ),
-        (None, Some(n)) => (
-            "OTEL_TRACE_SAMPLER",
-            n,
-            ["OTEL_TRACE_SAMPLER_ARG", "OTEL_TRACES_SAMPLER_ARG"],
-        ),
-        (None, None) => (
-            "OTEL_TRACES_SAMPLER",
-            "parentbased_always_on".to_owned(),
-            ["OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG"],
-        ),
-    };
-    let mut arg = None;
-    for a in arg_vars {
-        if let Some(raw) = get(a) {
-            arg = Some(
-                raw.trim()
-                    .parse::<f64>()
-                    .map_err(|_| format!("{a}={raw:?} is not a sampling ratio from 0.0 to 1.0"))?,
-            );
-            break;
-        }
-    }
-    parse_kind(&name, arg).map_err(|m| format!("{var}: {m}"))
+    sampler_spec_from(|k| (ctx.lookup)(k))
+        .map(Kind::from)
+        .map_err(|e| e.to_string())
 }
 
 impl ProcessorSpec for Arc<Spec> {
@@ -491,10 +464,110 @@ mod tests {
             parse_kind("traceidratio", Some(0.5)),
             Ok(Kind::Ratio(1 << 55))
         );
-        assert!(parse_kind("traceidratio", Some(1.5)).is_err());
-        let e = parse_kind("sometimes", None).unwrap_err();
+        assert_eq!(parse_kind("traceidratio", Some(1.5)).unwrap_err().0, "arg");
+        let (key, e) = parse_kind("sometimes", None).unwrap_err();
+        assert_eq!(key, "sampler");
         for n in SAMPLER_NAMES {
             assert!(e.contains(n), "{e}");
+        }
+    }
+
+    fn spec_of(yaml: &str, env: &HashMap<String, String>) -> Result<Spec, ConfigError> {
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let origins = std::collections::BTreeMap::new();
+        let lookup = |k: &str| env.get(k).cloned();
+        let ctx = ParseCtx {
+            origins: &origins,
+            lookup: &lookup,
+        };
+        parse_spec(&v, "processors.sampler", &ctx)
+    }
+
+    /// The shared table of sampler-variable verdicts (loom-core/tests/sampler_vectors.json),
+    /// through this processor's config: with no `default:`, the environment decides.
+    #[test]
+    fn every_sampler_vector_gets_its_verdict_from_the_config() {
+        let table: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../loom-core/tests/sampler_vectors.json"
+        ))
+        .unwrap();
+        let cases = table["cases"].as_array().unwrap();
+        assert!(cases.len() >= 30, "the table lost cases: {}", cases.len());
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let env: HashMap<String, String> = case["env"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            let got = spec_of("rules: []", &env);
+            match case.get("error_var").and_then(|v| v.as_str()) {
+                Some(var) => {
+                    let err = got.err().unwrap_or_else(|| panic!("{name}: accepted"));
+                    assert_eq!(err.path, "processors.sampler.default", "{name}");
+                    assert!(err.message.starts_with(&format!("{var}=")), "{name}: {err}");
+                }
+                None => {
+                    let spec = got.unwrap_or_else(|e| panic!("{name}: {e}"));
+                    let ratio = case["ratio"].as_f64();
+                    // Built here from the table, not through loom-core's conversion.
+                    let want = match (case["sampler"].as_str().unwrap(), ratio) {
+                        ("always_on", None) => Kind::AlwaysOn,
+                        ("always_off", None) => Kind::AlwaysOff,
+                        ("traceidratio", Some(r)) => Kind::Ratio(threshold(r)),
+                        ("parentbased_always_on", None) => Kind::ParentBased(Root::AlwaysOn),
+                        ("parentbased_always_off", None) => Kind::ParentBased(Root::AlwaysOff),
+                        ("parentbased_traceidratio", Some(r)) => {
+                            Kind::ParentBased(Root::Ratio(threshold(r)))
+                        }
+                        other => panic!("{name}: bad table entry {other:?}"),
+                    };
+                    assert_eq!(spec.default, want, "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn yaml_takes_the_inline_form_and_it_wins_over_arg() {
+        let env = HashMap::new();
+        let spec = spec_of(
+            "default: { sampler: traceidratio=0.25, arg: 1.0 }\nrules:\n  - { match: { topic: 'a.*' }, sampler: 'parentbased_traceidratio=0.5' }",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(spec.default, Kind::Ratio(threshold(0.25)));
+        assert_eq!(
+            spec.rules[0].kind,
+            Kind::ParentBased(Root::Ratio(threshold(0.5)))
+        );
+        for (yaml, path) in [
+            (
+                "default: { sampler: traceidratio, arg: 1.5 }",
+                "processors.sampler.default.arg",
+            ),
+            (
+                "default: { sampler: traceidratio=1.5 }",
+                "processors.sampler.default.sampler",
+            ),
+            (
+                "default: { sampler: always_on=1 }",
+                "processors.sampler.default.sampler",
+            ),
+            (
+                "rules: [{ sampler: traceidratio, arg: -1 }]",
+                "processors.sampler.rules[0].arg",
+            ),
+            (
+                "rules: [{ sampler: sometimes }]",
+                "processors.sampler.rules[0].sampler",
+            ),
+        ] {
+            let err = spec_of(yaml, &env)
+                .err()
+                .unwrap_or_else(|| panic!("{yaml}: accepted"));
+            assert_eq!(err.path, path, "{yaml}: {err}");
         }
     }
 }
