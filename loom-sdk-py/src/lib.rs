@@ -1,11 +1,14 @@
-//! Python extension `loom._native`: loom-core's Envelope and W3C trace-context codec.
+//! Python extension `loom._native`: loom-core's Envelope and W3C trace-context codec, and its
+//! sampler-variable parser.
 //!
-//! The Python SDK calls this instead of re-implementing the codec, so Python and Rust write
-//! byte-identical metadata. Only conversions live here; the rules are loom-core's.
+//! The Python SDK calls this instead of re-implementing the codec or the parser, so Python and
+//! Rust write byte-identical metadata and read the sampler variables alike. Only conversions
+//! live here; the rules are loom-core's.
 
 use std::collections::HashMap;
 
 use loom_core::envelope::{self, Envelope as CoreEnvelope, TraceParent};
+use loom_core::sampler_spec;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -232,11 +235,23 @@ fn format_traceparent(trace_id: &str, span_id: &str, flags: u8) -> PyResult<Stri
         })
 }
 
+/// Reads the sampler variables (`OTEL_TRACES_SAMPLER` / `OTEL_TRACE_SAMPLER` and their `_ARG`)
+/// of `env`: (canonical sampler name, ratio or None). ValueError naming the variable otherwise.
+#[pyfunction]
+fn parse_sampler_env(env: HashMap<String, String>) -> PyResult<(&'static str, Option<f64>)> {
+    sampler_spec::sampler_spec_from(|k| env.get(k).cloned())
+        .map(|spec| (spec.name(), spec.ratio()))
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEnvelope>()?;
     m.add_function(wrap_pyfunction!(parse_traceparent, m)?)?;
     m.add_function(wrap_pyfunction!(format_traceparent, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_sampler_env, m)?)?;
+    m.add("SAMPLER_NAMES", sampler_spec::SAMPLER_NAMES.to_vec())?;
+    m.add("DEFAULT_SAMPLER", sampler_spec::DEFAULT_SAMPLER)?;
     m.add("TRACEPARENT", envelope::TRACEPARENT)?;
     m.add("TRACESTATE", envelope::TRACESTATE)?;
     m.add("THREAD_ID", envelope::THREAD_ID)?;

@@ -25,6 +25,8 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
+from loom import _native
+
 log = logging.getLogger("loom.tracing")
 
 TRACER_NAME = "loom"
@@ -32,15 +34,8 @@ DEFAULT_ENDPOINT = "http://localhost:4317"
 # The OpenTelemetry SDK's own default. design.md lists `always_on` for agents; with it an agent
 # that receives an event of an unsampled trace would record spans whose parents were never
 # exported (orphans). parentbased_always_on samples every root and follows the parent otherwise.
-DEFAULT_SAMPLER = "parentbased_always_on"
-SAMPLER_NAMES = (
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-)
+DEFAULT_SAMPLER = _native.DEFAULT_SAMPLER
+SAMPLER_NAMES = tuple(_native.SAMPLER_NAMES)
 
 # Span names and attribute keys (design.md §5).
 SPAN_EMIT = "agent.emit"
@@ -64,51 +59,31 @@ class TelemetryConfigError(ValueError):
 
 
 def sampler_from_env(env: Optional[Dict[str, str]] = None) -> Sampler:
-    """The sampler the environment asks for; ``TelemetryConfigError`` for unknown names."""
+    """The sampler the environment asks for; ``TelemetryConfigError`` for unknown names or ratios.
+
+    The variables are read by loom-core's parser (``_native.parse_sampler_env``), the one the
+    Rust processes and the sidecar use, so a value gets the same verdict everywhere.
+    """
     env = dict(os.environ) if env is None else env
-
-    def get(key: str) -> Optional[str]:
-        v = env.get(key)
-        return v if v and v.strip() else None
-
-    if get("OTEL_TRACES_SAMPLER"):
-        var, name, arg_vars = "OTEL_TRACES_SAMPLER", get("OTEL_TRACES_SAMPLER"), ("OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG")
-    elif get("OTEL_TRACE_SAMPLER"):
-        var, name, arg_vars = "OTEL_TRACE_SAMPLER", get("OTEL_TRACE_SAMPLER"), ("OTEL_TRACE_SAMPLER_ARG", "OTEL_TRACES_SAMPLER_ARG")
-    else:
-        var, name, arg_vars = "OTEL_TRACES_SAMPLER", DEFAULT_SAMPLER, ("OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACE_SAMPLER_ARG")
-    assert name is not None
-
-    def ratio() -> float:
-        for arg_var in arg_vars:
-            raw = get(arg_var)
-            if raw is None:
-                continue
-            try:
-                r = float(raw.strip())
-            except ValueError:
-                r = -1.0
-            if not 0.0 <= r <= 1.0:
-                raise TelemetryConfigError(f"{arg_var}={raw!r} is not a sampling ratio; expected a number from 0.0 to 1.0")
-            return r
-        return 1.0
-
-    key = name.strip().lower()
-    if key == "always_on":
+    try:
+        name, ratio = _native.parse_sampler_env(env)
+    except ValueError as e:
+        raise TelemetryConfigError(str(e)) from None
+    if name == "always_on":
         return ALWAYS_ON
-    if key == "always_off":
+    if name == "always_off":
         return ALWAYS_OFF
-    if key == "traceidratio":
-        return TraceIdRatioBased(ratio())
-    if key == "parentbased_always_on":
+    if name == "parentbased_always_on":
         return ParentBased(ALWAYS_ON)
-    if key == "parentbased_always_off":
+    if name == "parentbased_always_off":
         return ParentBased(ALWAYS_OFF)
-    if key == "parentbased_traceidratio":
-        return ParentBased(TraceIdRatioBased(ratio()))
-    raise TelemetryConfigError(
-        f"{var}={name!r} is not a known sampler; accepted values: {', '.join(SAMPLER_NAMES)}"
-    )
+    if ratio is None:
+        raise AssertionError(f"loom._native gave {name!r} without a ratio")
+    if name == "traceidratio":
+        return TraceIdRatioBased(ratio)
+    if name == "parentbased_traceidratio":
+        return ParentBased(TraceIdRatioBased(ratio))
+    raise AssertionError(f"loom._native gave an unknown sampler {name!r}")
 
 
 def _has_sdk_provider() -> bool:
