@@ -359,7 +359,7 @@ pub fn envelope_span_fields(
     })
 }
 
-/// The attributes design.md §5 puts on a span about one event: `loom.topic`, `loom.event.id`,
+/// The attributes docs/contracts.md §5 puts on a span about one event: `loom.topic`, `loom.event.id`,
 /// `loom.event.type` (when set), the envelope's conversation keys, the messaging conventions with
 /// `operation` as `messaging.operation.type`, and `loom.agent.id`: `agent` when given (the
 /// bridge knows whose stream it serves), else the event's `loom.sender`.

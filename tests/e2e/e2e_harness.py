@@ -18,7 +18,7 @@ from loom._traces import Span, group_by_trace, read_spans
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = REPO / "examples" / "trace-test"
 
-# design.md §1: the parent chain of one reading across both hops, with each span's process.
+# docs/contracts.md §1: the parent chain of one reading across both hops, with each span's process.
 EXPECTED_CHAIN = [
     ("sensor.emit_data", "agent-sensor"),
     ("bridge.publish", "loom-bridge"),

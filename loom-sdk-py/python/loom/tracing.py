@@ -1,6 +1,6 @@
 """Telemetry set-up for Python agents: the official OpenTelemetry SDK exporting OTLP/gRPC.
 
-Environment (shared/design.md §3): ``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_ENDPOINT``,
+Environment (docs/contracts.md §3): ``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_TRACES_SAMPLER`` (standard, wins) / ``OTEL_TRACE_SAMPLER`` and their ``_ARG``,
 ``LOOM_TELEMETRY_AUTO=0`` to keep agents from installing anything.
 """
@@ -31,13 +31,13 @@ log = logging.getLogger("loom.tracing")
 
 TRACER_NAME = "loom"
 DEFAULT_ENDPOINT = "http://localhost:4317"
-# The OpenTelemetry SDK's own default. design.md lists `always_on` for agents; with it an agent
+# The OpenTelemetry SDK's own default (docs/contracts.md §3), not `always_on`: with that an agent
 # that receives an event of an unsampled trace would record spans whose parents were never
 # exported (orphans). parentbased_always_on samples every root and follows the parent otherwise.
 DEFAULT_SAMPLER = _native.DEFAULT_SAMPLER
 SAMPLER_NAMES = tuple(_native.SAMPLER_NAMES)
 
-# Span names and attribute keys (design.md §5).
+# Span names and attribute keys (docs/contracts.md §5).
 SPAN_EMIT = "agent.emit"
 SPAN_ON_EVENT = "agent.on_event"
 SPAN_CAPABILITY = "agent.capability"

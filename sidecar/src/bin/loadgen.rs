@@ -73,7 +73,7 @@ enum Command {
 enum Shape {
     /// OpenTelemetry Collector testbed span: name, kind CLIENT, two int attributes.
     Testbed,
-    /// A Loom hop chain (design.md §5): 10 loom.* / messaging.* attributes, 8 resource attributes.
+    /// A Loom hop chain (docs/contracts.md §5): 10 loom.* / messaging.* attributes, 8 resource attributes.
     Loom,
     /// 20 attributes of 5 KiB string values each.
     Large,
@@ -241,7 +241,7 @@ fn pseudo_text(mut state: u64, len: usize) -> String {
         .collect()
 }
 
-/// One hop of a Loom request, in design.md §5 order: span name, kind, messaging operation.
+/// One hop of a Loom request, in docs/contracts.md §5 order: span name, kind, messaging operation.
 const LOOM_HOPS: [(&str, SpanKind, &str); 5] = [
     ("agent.emit", SpanKind::Producer, "send"),
     ("bridge.publish", SpanKind::Server, "receive"),
@@ -314,7 +314,7 @@ fn build_template(s: &ShapeArgs) -> ExportTraceServiceRequest {
                     timed(
                         i,
                         Span {
-                            // A chain: each span's parent is the one before it (design.md §1).
+                            // A chain: each span's parent is the one before it (docs/contracts.md §1).
                             parent_span_id: if i == 0 {
                                 Vec::new()
                             } else {
