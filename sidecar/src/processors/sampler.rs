@@ -23,7 +23,7 @@ use crate::component::Refusal;
 use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
 use crate::metrics::{Metric, Metrics};
 use crate::model::{ResourceSpans, Span};
-use loom_core::sampler_spec::{parse_sampler, sampler_spec_from, SamplerSpec};
+use loom_core::sampler_spec::{parse_sampler, sampler_spec_from, SamplerSpec, SamplerSpecError};
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
     kind: "sampler",
@@ -134,14 +134,33 @@ pub fn parse_kind(name: &str, arg: Option<f64>) -> Result<Kind, (&'static str, S
     let arg_text = arg.map(|a| a.to_string());
     parse_sampler("sampler", name, arg_text.as_deref().map(|a| (ARG_KEY, a)))
         .map(Kind::from)
-        .map_err(|e| {
-            let key = if e.var() == ARG_KEY {
-                ARG_KEY
-            } else {
-                "sampler"
-            };
-            (key, e.to_string())
+        .map_err(|e| match &e {
+            SamplerSpecError::InvalidRatio { var, value } if var == ARG_KEY => (
+                ARG_KEY,
+                format!("arg {value} is not a sampling ratio from 0.0 to 1.0"),
+            ),
+            _ => ("sampler", message(&e)),
         })
+}
+
+/// The sidecar's wording of a sampler error, which goes after a YAML path (and, for the
+/// environment, the variable): the value Debug-quoted, as in the sidecar's other config errors.
+fn message(e: &SamplerSpecError) -> String {
+    match e {
+        SamplerSpecError::UnknownSampler { value, .. } => format!(
+            "{value:?} is not a known sampler; accepted values: {} (the ratio ones also as traceidratio=<ratio>)",
+            SAMPLER_NAMES.join(", ")
+        ),
+        SamplerSpecError::InvalidRatio { var, value } if var.ends_with("_ARG") => {
+            format!("{value:?} is not a sampling ratio from 0.0 to 1.0")
+        }
+        SamplerSpecError::InvalidRatio { value, .. } => {
+            format!("{value:?}: the ratio is not a number from 0.0 to 1.0")
+        }
+        SamplerSpecError::UnexpectedRatio { value, name, .. } => format!(
+            "{value:?}: {name} takes no ratio; only traceidratio and parentbased_traceidratio do"
+        ),
+    }
 }
 
 /// W3C sampled flag of the span's context as OTLP carries it (bits 0–7 of `Span.flags`).
@@ -243,7 +262,7 @@ fn parse_spec(v: &serde_yaml::Value, path: &str, ctx: &ParseCtx<'_>) -> Result<S
 fn from_env(ctx: &ParseCtx<'_>) -> Result<Kind, String> {
     sampler_spec_from(|k| (ctx.lookup)(k))
         .map(Kind::from)
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("{}: {}", e.var(), message(&e)))
 }
 
 impl ProcessorSpec for Arc<Spec> {
@@ -506,7 +525,10 @@ mod tests {
                 Some(var) => {
                     let err = got.err().unwrap_or_else(|| panic!("{name}: accepted"));
                     assert_eq!(err.path, "processors.sampler.default", "{name}");
-                    assert!(err.message.starts_with(&format!("{var}=")), "{name}: {err}");
+                    assert!(
+                        err.message.starts_with(&format!("{var}: ")),
+                        "{name}: {err}"
+                    );
                 }
                 None => {
                     let spec = got.unwrap_or_else(|e| panic!("{name}: {e}"));
