@@ -66,7 +66,7 @@ def sampler_from_env(env: Optional[Dict[str, str]] = None) -> Sampler:
     """
     env = dict(os.environ) if env is None else env
     try:
-        name, ratio = _native.parse_sampler_env(env)
+        name, ratio = _native.parse_sampler_env(dict(env))
     except ValueError as e:
         raise TelemetryConfigError(str(e)) from None
     if name == "always_on":
