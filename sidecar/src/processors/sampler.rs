@@ -38,7 +38,26 @@ pub use loom_core::sampler_spec::SAMPLER_NAMES;
 struct ChoiceConfig {
     sampler: String,
     #[serde(default)]
-    arg: Option<f64>,
+    arg: Option<ArgValue>,
+}
+
+/// `arg:` as written: a number, or text, which is what `${env:OTEL_TRACE_SAMPLER_ARG}` leaves
+/// when the variable is not a number. Text is checked by the shared parser like the variable
+/// itself, and only for the samplers that take a ratio, as the SDKs do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ArgValue {
+    Number(f64),
+    Text(String),
+}
+
+impl ArgValue {
+    fn text(&self) -> String {
+        match self {
+            ArgValue::Number(n) => n.to_string(),
+            ArgValue::Text(t) => t.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -59,7 +78,7 @@ struct RuleConfig {
     matcher: MatchConfig,
     sampler: String,
     #[serde(default)]
-    arg: Option<f64>,
+    arg: Option<ArgValue>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -130,15 +149,21 @@ const ARG_KEY: &str = "arg";
 /// Reads a YAML `sampler:` (names, or the inline `name=ratio` form, which wins over `arg:`) and
 /// `arg:` with loom-core's parser. The error says which of the two keys is wrong, for the caller
 /// to place at its path.
-pub fn parse_kind(name: &str, arg: Option<f64>) -> Result<Kind, (&'static str, String)> {
-    let arg_text = arg.map(|a| a.to_string());
+fn parse_kind(name: &str, arg: Option<&ArgValue>) -> Result<Kind, (&'static str, String)> {
+    let arg_text = arg.map(ArgValue::text);
     parse_sampler("sampler", name, arg_text.as_deref().map(|a| (ARG_KEY, a)))
         .map(Kind::from)
-        .map_err(|e| match &e {
-            SamplerSpecError::InvalidRatio { var, value } if var == ARG_KEY => (
-                ARG_KEY,
-                format!("arg {value} is not a sampling ratio from 0.0 to 1.0"),
-            ),
+        .map_err(|e| match (&e, arg) {
+            (SamplerSpecError::InvalidRatio { var, .. }, Some(arg)) if var == ARG_KEY => {
+                let shown = match arg {
+                    ArgValue::Number(n) => n.to_string(),
+                    ArgValue::Text(t) => format!("{t:?}"),
+                };
+                (
+                    ARG_KEY,
+                    format!("arg {shown} is not a sampling ratio from 0.0 to 1.0"),
+                )
+            }
             _ => ("sampler", message(&e)),
         })
 }
@@ -236,7 +261,7 @@ fn parse(
 fn parse_spec(v: &serde_yaml::Value, path: &str, ctx: &ParseCtx<'_>) -> Result<Spec, ConfigError> {
     let c: SamplerConfig = parse_as(v, path)?;
     let default = match &c.default {
-        Some(d) => parse_kind(&d.sampler, d.arg).map_err(|(key, m)| {
+        Some(d) => parse_kind(&d.sampler, d.arg.as_ref()).map_err(|(key, m)| {
             let at = format!("{path}.default.{key}");
             let hint = ctx.origin_hint(&at);
             ConfigError::at(at, format!("{m}{hint}"))
@@ -246,7 +271,7 @@ fn parse_spec(v: &serde_yaml::Value, path: &str, ctx: &ParseCtx<'_>) -> Result<S
     let mut rules = Vec::new();
     for (i, r) in c.rules.iter().enumerate() {
         let at = format!("{path}.rules[{i}]");
-        let kind = parse_kind(&r.sampler, r.arg)
+        let kind = parse_kind(&r.sampler, r.arg.as_ref())
             .map_err(|(key, m)| ConfigError::at(format!("{at}.{key}"), m))?;
         rules.push(Rule {
             name: r.name.clone().unwrap_or_else(|| format!("rules[{i}]")),
@@ -480,10 +505,15 @@ mod tests {
     #[test]
     fn names_parse_and_unknown_names_list_the_choices() {
         assert_eq!(
-            parse_kind("traceidratio", Some(0.5)),
+            parse_kind("traceidratio", Some(&ArgValue::Number(0.5))),
             Ok(Kind::Ratio(1 << 55))
         );
-        assert_eq!(parse_kind("traceidratio", Some(1.5)).unwrap_err().0, "arg");
+        assert_eq!(
+            parse_kind("traceidratio", Some(&ArgValue::Number(1.5)))
+                .unwrap_err()
+                .0,
+            "arg"
+        );
         let (key, e) = parse_kind("sometimes", None).unwrap_err();
         assert_eq!(key, "sampler");
         for n in SAMPLER_NAMES {
@@ -491,16 +521,21 @@ mod tests {
         }
     }
 
+    /// The processor's spec from its YAML, `${env:…}` expanded from `env` as the config loader does.
     fn spec_of(yaml: &str, env: &HashMap<String, String>) -> Result<Spec, ConfigError> {
-        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
-        let origins = std::collections::BTreeMap::new();
+        let mut v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let mut origins = std::collections::BTreeMap::new();
         let lookup = |k: &str| env.get(k).cloned();
+        crate::config::expand::expand(&mut v, "processors.sampler", &lookup, &mut origins)?;
         let ctx = ParseCtx {
             origins: &origins,
             lookup: &lookup,
         };
         parse_spec(&v, "processors.sampler", &ctx)
     }
+
+    /// The `default:` of `configs/sidecar.yaml` and the Helm chart: Loom's variable names only.
+    const SHIPPED_DEFAULT: &str = r#"default: { sampler: "${env:OTEL_TRACE_SAMPLER:-parentbased_always_on}", arg: "${env:OTEL_TRACE_SAMPLER_ARG:-1.0}" }"#;
 
     /// The shared table of sampler-variable verdicts (loom-core/tests/sampler_vectors.json),
     /// through this processor's config: with no `default:`, the environment decides.
@@ -512,6 +547,7 @@ mod tests {
         .unwrap();
         let cases = table["cases"].as_array().unwrap();
         assert!(cases.len() >= 30, "the table lost cases: {}", cases.len());
+        let mut shipped_cases = 0;
         for case in cases {
             let name = case["name"].as_str().unwrap();
             let env: HashMap<String, String> = case["env"]
@@ -521,6 +557,13 @@ mod tests {
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
                 .collect();
             let got = spec_of("rules: []", &env);
+            // The shipped configs read Loom's spellings through `${env:…}`: the same verdicts
+            // for the cases that use only those (and no blank value, which `:-` keeps as is).
+            let shipped = env.iter().all(|(k, v)| {
+                k.starts_with("OTEL_TRACE_SAMPLER") && (v.is_empty() || !v.trim().is_empty())
+            });
+            let via_shipped = shipped.then(|| spec_of(SHIPPED_DEFAULT, &env));
+            shipped_cases += usize::from(shipped);
             match case.get("error_var").and_then(|v| v.as_str()) {
                 Some(var) => {
                     let err = got.err().unwrap_or_else(|| panic!("{name}: accepted"));
@@ -529,9 +572,20 @@ mod tests {
                         err.message.starts_with(&format!("{var}: ")),
                         "{name}: {err}"
                     );
+                    if let Some(got) = via_shipped {
+                        let err = got
+                            .err()
+                            .unwrap_or_else(|| panic!("{name}: shipped accepted"));
+                        assert!(
+                            err.to_string().contains(&format!("(from ${{env:{var}}})")),
+                            "{name}: {err}"
+                        );
+                    }
                 }
                 None => {
                     let spec = got.unwrap_or_else(|e| panic!("{name}: {e}"));
+                    let shipped_kind = via_shipped
+                        .map(|g| g.unwrap_or_else(|e| panic!("{name}: shipped: {e}")).default);
                     let ratio = case["ratio"].as_f64();
                     // Built here from the table, not through loom-core's conversion.
                     let want = match (case["sampler"].as_str().unwrap(), ratio) {
@@ -546,9 +600,49 @@ mod tests {
                         other => panic!("{name}: bad table entry {other:?}"),
                     };
                     assert_eq!(spec.default, want, "{name}");
+                    if let Some(kind) = shipped_kind {
+                        assert_eq!(kind, want, "{name}: shipped");
+                    }
                 }
             }
         }
+        assert!(
+            shipped_cases >= 8,
+            "{shipped_cases} cases via the shipped default"
+        );
+    }
+
+    #[test]
+    fn the_shipped_default_checks_a_textual_arg_only_for_ratio_samplers() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let on = spec_of(
+            SHIPPED_DEFAULT,
+            &env(&[
+                ("OTEL_TRACE_SAMPLER", "always_on"),
+                ("OTEL_TRACE_SAMPLER_ARG", "half"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(on.default, Kind::AlwaysOn);
+        let err = spec_of(
+            SHIPPED_DEFAULT,
+            &env(&[
+                ("OTEL_TRACE_SAMPLER", "traceidratio"),
+                ("OTEL_TRACE_SAMPLER_ARG", "half"),
+            ]),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            err,
+            "processors.sampler.default.arg: arg \"half\" is not a sampling ratio from 0.0 to 1.0 (from ${env:OTEL_TRACE_SAMPLER_ARG})"
+        );
     }
 
     #[test]
