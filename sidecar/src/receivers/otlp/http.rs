@@ -5,6 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::config::Listener;
+use super::drain::{drain_refused, Drain};
 use super::status::refusal_status;
 use super::Intake;
 use crate::component::{BoxFuture, ListenError};
@@ -86,7 +88,10 @@ fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
     Ok(out)
 }
 
-async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The body encoding a request's `Content-Type` names, compared without case or parameters;
+/// `Err` carries the media type when it is neither protobuf nor JSON. The one reading of the
+/// header, so the export path and every early refusal (401) answer in the same encoding.
+fn request_encoding(headers: &HeaderMap) -> Result<Encoding, String> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -98,16 +103,50 @@ async fn http_export(State(st): State<HttpState>, headers: HeaderMap, body: Byte
                 .to_ascii_lowercase()
         })
         .unwrap_or_default();
-    let enc = match ctype.as_str() {
-        "application/x-protobuf" | "application/protobuf" => Encoding::Proto,
-        "application/json" => Encoding::Json,
-        _ => {
+    match ctype.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Proto),
+        "application/json" => Ok(Encoding::Json),
+        _ => Err(ctype),
+    }
+}
+
+async fn http_export(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let enc = match request_encoding(&headers) {
+        Ok(enc) => enc,
+        Err(ctype) => {
             st.intake.refused_bad("http", "unsupported_media_type");
             return http_error(
                 Encoding::Json,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Code::InvalidArgument,
                 &format!("unsupported content type {ctype:?}; use application/x-protobuf or application/json"),
+            );
+        }
+    };
+    // Over the limit (declared or while reading) is an OTLP refusal in the request's encoding,
+    // not axum's plain-text rejection, and is counted like every other refusal.
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            st.intake.refused_bad("http", "too_large");
+            return http_error(
+                enc,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::ResourceExhausted,
+                &format!("request body exceeds {} bytes", st.max),
+            );
+        }
+        Err(e) => {
+            st.intake.refused_bad("http", "bad_request");
+            return http_error(
+                enc,
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                &format!("cannot read the request body: {}", e.body_text()),
             );
         }
     };
@@ -226,14 +265,7 @@ async fn http_auth(
         return next.run(req).await;
     }
     a.intake.refused_bad("http", "unauthenticated");
-    let enc = match req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(c) if c.starts_with("application/x-protobuf") => Encoding::Proto,
-        _ => Encoding::Json,
-    };
+    let enc = request_encoding(req.headers()).unwrap_or(Encoding::Json);
     let mut resp = http_error(
         enc,
         StatusCode::UNAUTHORIZED,
@@ -275,8 +307,15 @@ pub(super) fn serve(
             http_auth,
         ));
     }
-    // The compressed body may not exceed the limit either.
-    let app = app.layer(DefaultBodyLimit::max(max)).with_state(state);
+    // The compressed body may not exceed the limit either. Draining wraps everything, so a
+    // refusal from any layer (401, 413, 415) is read by the client rather than reset.
+    let app = app
+        .layer(DefaultBodyLimit::max(max))
+        .layer(axum::middleware::from_fn_with_state(
+            Drain::new(max),
+            drain_refused,
+        ))
+        .with_state(state);
     let serve = match &listener.tls {
         Some(t) => {
             let l = t.listener(tcp).map_err(|e| ListenError::Tls {
@@ -313,6 +352,26 @@ pub(super) fn serve(
 mod tests {
     use super::*;
     use std::io::Write as _;
+
+    #[test]
+    fn content_type_is_read_the_same_for_every_answer() {
+        let enc = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            request_encoding(&h)
+        };
+        for proto in [
+            "application/x-protobuf",
+            "application/protobuf",
+            "Application/X-Protobuf; charset=binary",
+            " application/protobuf ",
+        ] {
+            assert!(enc(proto) == Ok(Encoding::Proto), "{proto}");
+        }
+        assert!(enc("application/json; charset=utf-8") == Ok(Encoding::Json));
+        assert!(enc("text/plain") == Err("text/plain".to_owned()));
+        assert!(request_encoding(&HeaderMap::new()) == Err(String::new()));
+    }
 
     #[test]
     fn gunzip_is_capped() {

@@ -5,6 +5,7 @@
 //! a hint (gRPC RetryInfo, HTTP Retry-After), mapped in [`status`].
 
 mod config;
+mod drain;
 mod grpc;
 mod http;
 pub mod status;
