@@ -22,6 +22,7 @@ from loom.errors import (
     LoomConnectionError,
     LoomError,
     PublishError,
+    RegistrationRefused,
     RequestTimeout,
     UnknownCapability,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "LoomError",
     "Message",
     "PublishError",
+    "RegistrationRefused",
     "RequestTimeout",
     "RetryPolicy",
     "UnknownCapability",

@@ -39,6 +39,7 @@ from loom.errors import (
     ActionTimeout,
     LoomConnectionError,
     PublishError,
+    RegistrationRefused,
     RequestTimeout,
     UnknownCapability,
 )
@@ -46,6 +47,14 @@ from loom.v1 import loom_pb2 as pb
 from loom.v1 import loom_pb2_grpc as pbg
 
 log = logging.getLogger("loom.agent")
+
+# Refusals that come back the same however often the agent asks: a live agent already holds the
+# id, or the bridge will not accept this caller. Retrying them only hides the bridge's message.
+FINAL_REFUSALS = (
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
 
 DEFAULT_BRIDGE_ADDR = "http://127.0.0.1:50051"
 REPLY_TOPIC_PREFIX = "_loom.reply."
@@ -549,7 +558,10 @@ class Agent:
 
     async def start(self) -> "Agent":
         """Connects, registers and opens the event stream. Raises ``LoomConnectionError`` when the
-        bridge cannot be reached within ``retry.start_attempts`` attempts."""
+        bridge cannot be reached within ``retry.start_attempts`` attempts, and at once
+        ``RegistrationRefused`` (a ``LoomConnectionError``) carrying the bridge's message when it
+        refuses with a code retrying cannot fix: ALREADY_EXISTS (a live agent holds the id),
+        UNAUTHENTICATED or PERMISSION_DENIED."""
         if self._started:
             return self
         self._started = True
@@ -647,6 +659,12 @@ class Agent:
                 if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     self._fail_start(ValueError(f"bridge refused the registration: {e.details()}"))
                     return
+                if e.code() in FINAL_REFUSALS and not ever_connected:
+                    # start() raises at once with the bridge's words; nothing is sent again.
+                    self._fail_start(RegistrationRefused(self.agent_id, e.code().name, e.details() or ""))
+                    return
+                # Once connected, ALREADY_EXISTS is usually this agent's own stale session the
+                # bridge has not yet expired, so reconnecting (with backoff) can succeed.
                 log.warning("agent %s: bridge %s: %s: %s", self.agent_id, self.bridge_addr, e.code().name, e.details())
             except Exception:  # noqa: BLE001 - keep the agent alive whatever the transport does
                 log.exception("agent %s: connection error", self.agent_id)

@@ -16,6 +16,18 @@ class LoomConnectionError(LoomError):
     """The bridge could not be reached within the retry budget."""
 
 
+class RegistrationRefused(LoomConnectionError):
+    """The bridge refused the agent with a code retrying cannot fix (ALREADY_EXISTS,
+    UNAUTHENTICATED, PERMISSION_DENIED); ``code`` is the gRPC status name, ``message`` the
+    bridge's own words."""
+
+    def __init__(self, agent_id: str, code: str, message: str) -> None:
+        super().__init__(f"agent {agent_id}: the bridge refused the registration ({code}): {message}")
+        self.agent_id = agent_id
+        self.code = code
+        self.message = message
+
+
 class PublishError(LoomError):
     """The bridge refused a publish (code is the gRPC status code number)."""
 
