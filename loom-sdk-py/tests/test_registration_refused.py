@@ -43,6 +43,7 @@ def test_a_live_duplicate_id_fails_start_fast_with_the_bridges_message(bridge, s
             with pytest.raises(loom.RegistrationRefused) as info:
                 await second.start()
             took = time.monotonic() - t0
+            print(f"start() refused in {took * 1000:.0f} ms after {CountingStub.calls} RegisterAgent call(s): {info.value}")
             assert took < 1.0, f"start() took {took:.2f}s to give up"
             err = info.value
             assert isinstance(err, loom.LoomConnectionError)

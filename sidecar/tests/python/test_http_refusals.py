@@ -68,7 +68,7 @@ def test_urllib_and_requests_read_413_for_a_body_over_the_limit(sidecars, tmp_pa
     r = requests.post(f"http://{sc.http}/v1/traces", data=b"{" * BIG,
                       headers={"Content-Type": "application/json"}, timeout=20)
     assert r.status_code == 413 and r.json()["code"] == 8, r.text
-    # The same connection-less clients again: the sidecar is unharmed and counted both.
+    # Both refusals were counted, and the sidecar still answers.
     m = sc.metrics_with(REFUSED % "too_large" + " 2")
     assert metric(m, REFUSED % "too_large") == 2
 
