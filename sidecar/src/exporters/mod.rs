@@ -11,6 +11,7 @@ pub mod persistent_queue;
 pub mod queue;
 pub mod retry;
 pub mod settings;
+pub mod trace_store;
 
 pub use crate::component::exporter::{
     BuildCtx, BuildError, Built, ExportError, ExportOk, Exporter, ExporterSpec,
@@ -28,4 +29,5 @@ pub const FACTORIES: &[Factory<dyn ExporterSpec>] = &[
     otlphttp::FACTORY,
     debug::FACTORY,
     file::FACTORY,
+    trace_store::FACTORY,
 ];
