@@ -1,4 +1,5 @@
-"""Reads spans back from the sidecar's `file` exporter (OTLP/JSON, one export request per line) and
+"""Reads spans back from the sidecar's `file` exporter (OTLP/JSON, one export request per line) or
+from a Jaeger api_v3 query API (the sidecar's `trace_store` exporter, or a real Jaeger) and
 renders them as trace trees: the `loom traces` command and the demo runner's live view."""
 
 from __future__ import annotations
@@ -217,13 +218,86 @@ class TraceFollower:
         return done
 
 
-def print_traces(path: str, out: TextIO = sys.stdout, trace_id: Optional[str] = None,
-                 limit: int = 20, jaeger_ui: Optional[str] = None) -> int:
-    traces = group_by_trace(read_spans(path))
+class QueryError(Exception):
+    """The query API could not be reached or answered with an error."""
+
+
+def _api_get(url: str, timeout: float) -> Optional[dict]:
+    """GET a JSON document; None on 404 (Jaeger's "No traces found")."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        try:
+            message = json.loads(exc.read().decode("utf-8"))["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise QueryError(f"{url}: HTTP {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise QueryError(f"{url}: {exc}") from None
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def read_spans_from_api(base_url: str, trace_id: Optional[str] = None, limit: int = 20,
+                        lookback_s: float = 3600.0, timeout: float = 10.0) -> List[Span]:
+    """Spans from a Jaeger api_v3 query API: one trace by id, or the newest `limit` traces of
+    every service that started within `lookback_s` (searched per service, as Jaeger requires)."""
+    from urllib.parse import quote, urlencode
+    base = base_url.rstrip("/")
+    docs: List[dict] = []
+    if trace_id:
+        doc = _api_get(f"{base}/api/v3/traces/{quote(trace_id.lower())}", timeout)
+        docs = [doc] if doc else []
+    else:
+        services = (_api_get(f"{base}/api/v3/services", timeout) or {}).get("services") or []
+        now = time.time()
+        for service in services:
+            query = urlencode({
+                "query.service_name": service,
+                "query.start_time_min": _rfc3339(now - lookback_s),
+                "query.start_time_max": _rfc3339(now + 60),
+                "query.num_traces": max(1, limit),
+            })
+            doc = _api_get(f"{base}/api/v3/traces?{query}", timeout)
+            if doc:
+                docs.append(doc)
+    seen = set()
+    spans: List[Span] = []
+    for doc in docs:
+        # One trace may come back once per service that took part in it.
+        for s in spans_from_request(doc.get("result") or {}):
+            if (s.trace_id, s.span_id) not in seen:
+                seen.add((s.trace_id, s.span_id))
+                spans.append(s)
+    return spans
+
+
+def print_traces(path: Optional[str], out: TextIO = sys.stdout, trace_id: Optional[str] = None,
+                 limit: int = 20, jaeger_ui: Optional[str] = None, query_url: Optional[str] = None) -> int:
+    """Prints the newest `limit` traces from the file at `path`, or from the query API at
+    `query_url` when given."""
+    if query_url:
+        try:
+            spans = read_spans_from_api(query_url, trace_id=trace_id, limit=limit)
+        except QueryError as exc:
+            print(f"loom traces: {exc}", file=sys.stderr)
+            return 2
+        source = query_url
+    else:
+        spans = read_spans(path or "")
+        source = path
+    traces = group_by_trace(spans)
     if trace_id:
         traces = {k: v for k, v in traces.items() if k == trace_id.lower()}
     if not traces:
-        print(f"no spans in {path}", file=sys.stderr)
+        print(f"no spans in {source}", file=sys.stderr)
         return 1
     ordered = sorted(traces.items(), key=lambda kv: kv[1][0].start_ns)[-limit:]
     for tid, spans in ordered:

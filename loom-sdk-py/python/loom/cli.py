@@ -79,6 +79,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_traces(args: argparse.Namespace) -> int:
+    query_url = args.query_url or os.environ.get("LOOM_TRACE_QUERY_URL")
+    if query_url and not args.file:
+        if args.follow:
+            print("loom traces: --follow reads the file exporter only", file=sys.stderr)
+            return 2
+        return print_traces(None, trace_id=args.trace_id, limit=args.limit, query_url=query_url)
     path = args.file
     if not path:
         project = Project.load(args.project)
@@ -115,6 +121,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     tr = sub.add_parser("traces", help="print traces from a sidecar file exporter")
     tr.add_argument("project", nargs="?", default=".", help="folder with loom.toml (default: .)")
     tr.add_argument("--file", help="file exporter path (default: the project's trace file)")
+    tr.add_argument("--query-url", help="read from a Jaeger api_v3 query API instead, e.g. the sidecar's "
+                    "trace_store http://127.0.0.1:16687 (default: $LOOM_TRACE_QUERY_URL)")
     tr.add_argument("--trace-id", help="only this trace")
     tr.add_argument("--limit", type=int, default=20, help="newest N traces (default 20)")
     tr.add_argument("--follow", "-f", action="store_true", help="keep printing traces as they complete")
