@@ -42,6 +42,10 @@ pub enum Metric {
     BatchSize,
     MemoryInUseBytes,
     ProcessRssBytes,
+    TraceStoreEvictedTraces,
+    TraceStoreRefusedSpans,
+    TraceStoreTraces,
+    TraceStoreBytes,
 }
 
 /// A metric's Prometheus type.
@@ -63,7 +67,7 @@ impl Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 19] = [
         Metric::ReceiverAcceptedSpans,
         Metric::ReceiverRefusedSpans,
         Metric::SamplerDroppedSpans,
@@ -79,6 +83,10 @@ impl Metric {
         Metric::BatchSize,
         Metric::MemoryInUseBytes,
         Metric::ProcessRssBytes,
+        Metric::TraceStoreEvictedTraces,
+        Metric::TraceStoreRefusedSpans,
+        Metric::TraceStoreTraces,
+        Metric::TraceStoreBytes,
     ];
 
     /// The exported name (dashboards and tests read these: never rename one).
@@ -103,6 +111,10 @@ impl Metric {
             Metric::BatchSize => "loom_sidecar_batch_size",
             Metric::MemoryInUseBytes => "loom_sidecar_memory_in_use_bytes",
             Metric::ProcessRssBytes => "loom_sidecar_process_rss_bytes",
+            Metric::TraceStoreEvictedTraces => "loom_sidecar_trace_store_evicted_traces_total",
+            Metric::TraceStoreRefusedSpans => "loom_sidecar_trace_store_refused_spans_total",
+            Metric::TraceStoreTraces => "loom_sidecar_trace_store_traces",
+            Metric::TraceStoreBytes => "loom_sidecar_trace_store_bytes",
         }
     }
 
@@ -117,11 +129,15 @@ impl Metric {
             | Metric::ExporterRejectedSpans
             | Metric::ExporterRetries
             | Metric::ExporterQueueCorruptRecords
-            | Metric::ExporterQueueReplayedRecords => Kind::Counter,
+            | Metric::ExporterQueueReplayedRecords
+            | Metric::TraceStoreEvictedTraces
+            | Metric::TraceStoreRefusedSpans => Kind::Counter,
             Metric::ExporterQueueSize
             | Metric::ExporterQueueBytes
             | Metric::MemoryInUseBytes
-            | Metric::ProcessRssBytes => Kind::Gauge,
+            | Metric::ProcessRssBytes
+            | Metric::TraceStoreTraces
+            | Metric::TraceStoreBytes => Kind::Gauge,
             Metric::BatchSize => Kind::Histogram,
         }
     }
@@ -155,6 +171,14 @@ impl Metric {
             Metric::BatchSize => "Spans per batch sent to the exporters.",
             Metric::MemoryInUseBytes => "Bytes of span data held by the pipeline.",
             Metric::ProcessRssBytes => "Resident set size of the sidecar process.",
+            Metric::TraceStoreEvictedTraces => {
+                "Traces a trace_store evicted, by reason (max_bytes, max_traces, ttl)."
+            }
+            Metric::TraceStoreRefusedSpans => {
+                "Spans a trace_store did not keep (trace_too_large, bad_trace_id)."
+            }
+            Metric::TraceStoreTraces => "Traces held by a trace_store.",
+            Metric::TraceStoreBytes => "Bytes held by a trace_store (span bytes and index).",
         }
     }
 

@@ -25,13 +25,13 @@ use serde::Deserialize;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    BoxFuture, BuildCtx, Built, ExportError, ExportOk, Exporter, ExporterSpec, QueueConfig,
-    RetryConfig,
+    BoxFuture, BuildCtx, BuildError, Built, ExportError, ExportOk, Exporter, ExporterSpec,
+    QueueConfig, RetryConfig,
 };
+use crate::component::Factory;
 use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::model::Batch;
-use crate::Factory;
 use store::{Limits, Outcome, Reason, Store};
 
 pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
@@ -77,8 +77,8 @@ fn parse(
     _ctx: &ParseCtx<'_>,
 ) -> Result<Box<dyn ExporterSpec>, ConfigError> {
     let c: TraceStoreConfig = parse_as(v, path)?;
-    let addr =
-        parse_endpoint(&c.endpoint).map_err(|m| ConfigError::at(format!("{path}.endpoint"), m))?;
+    let addr = parse_endpoint(&c.endpoint)
+        .map_err(|m| ConfigError::at(format!("{path}.endpoint"), m.to_string()))?;
     if c.max_bytes < MIN_MAX_BYTES {
         return Err(ConfigError::at(
             format!("{path}.max_bytes"),
@@ -121,32 +121,26 @@ impl Shared {
     fn record(&self, out: Outcome, traces: usize, bytes: usize) {
         let id = self.id.as_str();
         for r in Reason::ALL {
-            self.metrics.add(
-                "loom_sidecar_trace_store_evicted_traces_total",
+            self.metrics.count(
+                Metric::TraceStoreEvictedTraces,
                 &[("exporter", id), ("reason", r.label())],
                 out.evicted[r as usize],
             );
         }
-        self.metrics.add(
-            "loom_sidecar_trace_store_refused_spans_total",
+        self.metrics.count(
+            Metric::TraceStoreRefusedSpans,
             &[("exporter", id), ("reason", "trace_too_large")],
             out.too_large_spans,
         );
-        self.metrics.add(
-            "loom_sidecar_trace_store_refused_spans_total",
+        self.metrics.count(
+            Metric::TraceStoreRefusedSpans,
             &[("exporter", id), ("reason", "bad_trace_id")],
             out.bad_id_spans,
         );
-        self.metrics.set(
-            "loom_sidecar_trace_store_traces",
-            &[("exporter", id)],
-            traces as i64,
-        );
-        self.metrics.set(
-            "loom_sidecar_trace_store_bytes",
-            &[("exporter", id)],
-            bytes as i64,
-        );
+        self.metrics
+            .gauge(Metric::TraceStoreTraces, &[("exporter", id)], traces as i64);
+        self.metrics
+            .gauge(Metric::TraceStoreBytes, &[("exporter", id)], bytes as i64);
     }
 
     fn sweep(&self) {
@@ -160,19 +154,25 @@ impl Shared {
 }
 
 impl ExporterSpec for Spec {
-    fn build(&self, id: &ComponentId, ctx: &BuildCtx) -> Result<Built, String> {
+    fn build(&self, id: &ComponentId, ctx: &BuildCtx) -> Result<Built, BuildError> {
         // Bound synchronously so a taken port fails the start, naming the exporter.
-        let std_listener = std::net::TcpListener::bind(self.addr)
-            .map_err(|e| format!("cannot listen on {}: {e}", self.addr))?;
+        let listen = || format!("listen on {}", self.addr);
+        let std_listener =
+            std::net::TcpListener::bind(self.addr).map_err(|e| BuildError::refused(listen(), e))?;
         std_listener
             .set_nonblocking(true)
-            .map_err(|e| e.to_string())?;
-        let local = std_listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(|e| BuildError::refused(listen(), e))?;
+        let local = std_listener
+            .local_addr()
+            .map_err(|e| BuildError::refused(listen(), e))?;
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err("needs a tokio runtime to serve its query API".into());
+            return Err(BuildError::refused(
+                "query API",
+                "needs a tokio runtime to serve it",
+            ));
         }
-        let listener =
-            tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|e| BuildError::refused(listen(), e))?;
 
         let shared = Arc::new(Shared {
             store: Arc::new(Mutex::new(Store::new(self.limits))),
@@ -229,7 +229,7 @@ struct TraceStoreExporter {
 }
 
 impl Exporter for TraceStoreExporter {
-    fn export(&self, batch: Arc<Batch>) -> BoxFuture<Result<ExportOk, ExportError>> {
+    fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>> {
         // Cutting and copying happen before the lock; the lock covers only the map updates.
         let prepared = store::prepare(&batch.resource_spans);
         drop(batch);
