@@ -5,14 +5,14 @@ bounded and counts its evictions."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import redirect_stdout
 
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
@@ -115,16 +115,15 @@ def test_python_sdk_spans_come_back_from_the_query_api(sidecars) -> None:
         ("child.consumer", "consumer"), ("child.internal", "internal"), ("failing", "internal")}
 
     # `loom traces --query-url` reads the same trace (the SDK's reader, not a copy of it).
-    from loom import cli
     from loom._traces import read_spans_from_api
     spans = read_spans_from_api(api)
     assert sorted(s.span_id for s in spans) == sorted(e["span_id"] for e in expected)
     handle = [s for s in spans if s.name == "handle"][0]
     assert handle.parent_span_id == f"{root.context.span_id:016x}" and handle.service == "back"
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert cli.main(["traces", "--query-url", api, "--trace-id", trace_id]) == 0
-    text = out.getvalue()
+    r = subprocess.run([sys.executable, "-m", "loom.cli", "traces", "--query-url", api, "--trace-id", trace_id],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
     assert f"trace {trace_id}  (7 spans)" in text
     assert "handle [SERVER] (back)" in text and "root [SERVER] (front)" in text
 
@@ -181,3 +180,11 @@ def test_a_flood_of_ten_times_max_bytes_stays_bounded(sidecars) -> None:
     print(f"flood: sent {sent >> 20} MiB, stored {stored >> 10} KiB, evicted {evicted} traces, "
           f"RSS {rss_before >> 20} MiB idle, {peak >> 20} MiB peak")
     assert peak - rss_before < 64 * 1024 * 1024, f"RSS grew {(peak - rss_before) >> 20} MiB"
+
+
+def test_loom_traces_query_url_reports_an_unreachable_api() -> None:
+    from sidecar_harness import free_port
+    url = f"http://127.0.0.1:{free_port()}"
+    r = subprocess.run([sys.executable, "-m", "loom.cli", "traces", "--query-url", url],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"loom traces: {url}/api/v3/services:" in r.stderr, r.stderr
