@@ -176,10 +176,31 @@ async fn main() -> Result<()> {
     );
     let client = reqwest::Client::new();
 
+    // Where the time goes: decoding the stored bytes and writing OTLP/JSON, without HTTP.
+    let pieces = shared
+        .lock()
+        .get(&target, Instant::now())
+        .context("stored")?;
+    let mut render = Vec::with_capacity(args.requests);
+    for _ in 0..args.requests {
+        let t = Instant::now();
+        let body = api::render_traces(&pieces).map_err(|e| anyhow::anyhow!(e.message))?;
+        render.push(t.elapsed());
+        std::hint::black_box(body);
+    }
+    render.sort();
+
     println!(
         "| trace_store GET /api/v3/traces/{{id}} | spans | response | p50 ms | p99 ms | max ms |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| render only (decode + OTLP/JSON, no HTTP) | {} | | {} | {} | {} |",
+        args.spans,
+        ms(pct(&render, 0.5)),
+        ms(pct(&render, 0.99)),
+        ms(*render.last().context("no samples")?)
+    );
     let (lat, len) = row(&client, &url, args.requests, args.spans).await?;
     println!(
         "| idle store ({} other traces) | {} | {} KB | {} | {} | {} |",

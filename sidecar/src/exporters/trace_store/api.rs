@@ -167,19 +167,22 @@ pub fn parse_go_duration(s: &str) -> Result<u64, String> {
 }
 
 /// `{"result": <TracesData as OTLP JSON>}` for the given pieces.
-fn traces_response(pieces: &[Bytes]) -> Response {
-    let td = match TracesData::decode(&store::traces_data(pieces)[..]) {
-        Ok(td) => td,
-        // The store only holds bytes it encoded from validated spans.
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    };
+pub fn render_traces(pieces: &[Bytes]) -> Result<Vec<u8>, ApiError> {
+    // The store only holds bytes it encoded from validated spans: a failure is ours (500).
+    let td = TracesData::decode(&store::traces_data(pieces)[..])
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     #[derive(serde::Serialize)]
     struct Wrapper<'a> {
         result: &'a TracesData,
     }
-    match serde_json::to_vec(&Wrapper { result: &td }) {
+    serde_json::to_vec(&Wrapper { result: &td })
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn traces_response(pieces: &[Bytes]) -> Response {
+    match render_traces(pieces) {
         Ok(body) => json(StatusCode::OK, body),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
