@@ -348,6 +348,43 @@ service:
     )
     .await;
 
+    // A trace that receives more spans is rendered again, not served from the last rendering.
+    let more = ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans(
+            "svc-c",
+            vec![span(TRACE_A, 5, Some(4), "late", 1, 1)],
+        )],
+    };
+    let r = http
+        .post(format!("http://{}/v1/traces", sidecar.addr("otlp/http")))
+        .header("content-type", "application/x-protobuf")
+        .body(more.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = api.get(&format!("/api/v3/traces/{TRACE_A}")).await;
+        let names: Vec<String> = v["result"]["resourceSpans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|rs| rs["scopeSpans"].as_array().unwrap())
+            .flat_map(|ss| ss["spans"].as_array().unwrap())
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect();
+        if names.len() == 4 {
+            assert!(names.contains(&"late".to_owned()), "{names:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late span never showed: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // Its size is on /metrics.
     let metrics = http
         .get(format!("http://{}/metrics", sidecar.addr("metrics/http")))

@@ -1,6 +1,8 @@
 //! `trace_store_bench`: latency of the trace_store exporter's `GET /api/v3/traces/{id}` for a
 //! 1000-span trace, over loopback HTTP (keep-alive), with the store otherwise full of other
 //! traces; once idle and once while another task keeps inserting batches (lock contention).
+//! Repeated GETs of an unchanged trace are served from the API's last rendering; the first row
+//! times the rendering itself (what a GET costs when the trace changed since).
 //! Prints one markdown table (p50/p99/max per row).
 //!
 //! `cargo run --release -p loom-sidecar --bin trace_store_bench [-- --requests 2000]`
@@ -203,7 +205,7 @@ async fn main() -> Result<()> {
     );
     let (lat, len) = row(&client, &url, args.requests, args.spans).await?;
     println!(
-        "| idle store ({} other traces) | {} | {} KB | {} | {} | {} |",
+        "| GET, idle store ({} other traces; body cached after the first) | {} | {} KB | {} | {} | {} |",
         args.background,
         args.spans,
         len / 1024,
@@ -231,7 +233,7 @@ async fn main() -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     writer.await?;
     println!(
-        "| while inserting ({:.0} spans/s) | {} | {} KB | {} | {} | {} |",
+        "| GET while inserting other traces ({:.0} spans/s) | {} | {} KB | {} | {} | {} |",
         inserted.load(Ordering::Relaxed) as f64 / secs,
         args.spans,
         len / 1024,

@@ -33,7 +33,26 @@ const DEFAULT_NUM_TRACES: usize = 20;
 /// Upper bound of `query.num_traces`: keeps one response bounded.
 const MAX_NUM_TRACES: usize = 1000;
 
+/// Rendered trace bodies larger than this are not cached.
+const MAX_CACHED_BODY: usize = 4 * 1024 * 1024;
+
 pub type Shared = Arc<Mutex<Store>>;
+
+/// The last trace body rendered, by trace id and version: a timeline polls the trace it shows,
+/// and rendering (not the lock or the network) is most of a GET's cost.
+type Cache = Arc<Mutex<Option<(TraceId, u64, Bytes)>>>;
+
+#[derive(Clone)]
+struct ApiState {
+    store: Shared,
+    cache: Cache,
+}
+
+impl axum::extract::FromRef<ApiState> for Shared {
+    fn from_ref(s: &ApiState) -> Shared {
+        s.store.clone()
+    }
+}
 
 pub fn router(store: Shared) -> Router {
     Router::new()
@@ -41,11 +60,19 @@ pub fn router(store: Shared) -> Router {
         .route("/api/v3/traces", get(find_traces))
         .route("/api/v3/services", get(services))
         .route("/api/v3/operations", get(operations))
-        .with_state(store)
+        .with_state(ApiState {
+            store,
+            cache: Arc::new(Mutex::new(None)),
+        })
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+fn json(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.into(),
+    )
+        .into_response()
 }
 
 /// An answer other than 200, in Jaeger's `GRPCGatewayError` shape.
@@ -186,16 +213,37 @@ fn traces_response(pieces: &[Bytes]) -> Response {
     }
 }
 
-async fn get_trace(State(store): State<Shared>, Path(id): Path<String>) -> Response {
+async fn get_trace(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     let id = match parse_trace_id(&id) {
         Ok(id) => id,
         Err(e) => return malformed("trace_id", e).into_response(),
     };
     // Clone the piece handles under the lock; decode and serialize without it.
-    let pieces = store.lock().get(&id, Instant::now());
-    match pieces {
-        Some(p) => traces_response(&p),
-        None => not_found(),
+    let found = {
+        let s = state.store.lock();
+        s.get(&id, Instant::now())
+            .and_then(|p| s.version(&id).map(|v| (v, p)))
+    };
+    let Some((version, pieces)) = found else {
+        return not_found();
+    };
+    if let Some((_, _, body)) = state
+        .cache
+        .lock()
+        .as_ref()
+        .filter(|(i, v, _)| *i == id && *v == version)
+    {
+        return json(StatusCode::OK, body.clone());
+    }
+    match render_traces(&pieces) {
+        Ok(body) => {
+            let body = Bytes::from(body);
+            if body.len() <= MAX_CACHED_BODY {
+                *state.cache.lock() = Some((id, version, body.clone()));
+            }
+            json(StatusCode::OK, body)
+        }
+        Err(e) => e.into_response(),
     }
 }
 

@@ -457,6 +457,11 @@ impl Store {
             .map(|t| t.pieces.clone())
     }
 
+    /// Changes whenever the trace receives spans (or leaves and comes back): a cache key.
+    pub fn version(&self, id: &TraceId) -> Option<u64> {
+        self.traces.get(id).map(|t| t.seq)
+    }
+
     /// Traces with at least one span matching `q` (attributes aside: see
     /// [`matches_attributes`]), most recently received first. With attributes, every candidate
     /// is returned: the caller filters and cuts to `q.limit` without the lock.
