@@ -211,12 +211,17 @@ class Runner:
             self.otlp_http = f"127.0.0.1:{free_port()}"
             self.health = f"127.0.0.1:{free_port()}"
             self.metrics = f"127.0.0.1:{free_port()}"
+            # The bridge's dashboard would otherwise take the fixed 127.0.0.1:3030.
+            self.base_env.setdefault("LOOM_BRIDGE_DASHBOARD", f"127.0.0.1:{free_port()}")
         else:
             self.bridge_address = project.bridge_address
             self.otlp_grpc = self.base_env.get("LOOM_OTLP_GRPC_ENDPOINT", "127.0.0.1:4317")
             self.otlp_http = self.base_env.get("LOOM_OTLP_HTTP_ENDPOINT", "127.0.0.1:4318")
             self.health = self.base_env.get("LOOM_HEALTH_ENDPOINT", "127.0.0.1:13133")
             self.metrics = self.base_env.get("LOOM_METRICS_ENDPOINT", "127.0.0.1:8888")
+        # Where the dashboard reads traces (a Jaeger api_v3 query service), when known.
+        self.trace_query_url: Optional[str] = self.base_env.get("LOOM_TRACE_QUERY_URL") or None
+        self.dashboard_url: Optional[str] = None
         self.sidecar: Optional[Child] = None
         self.bridge: Optional[Child] = None
         self.agents: Dict[str, Child] = {}
@@ -271,9 +276,25 @@ class Runner:
         binary = find_binary("loom-bridge", self.project.root)
         env = self._telemetry_env()
         env["OTEL_SERVICE_NAME"] = self.base_env.get("LOOM_BRIDGE_SERVICE_NAME", "loom-bridge")
+        env.update(self._dashboard_env())
         self.bridge = Child("bridge", [binary, "--listen", self.bridge_address], env, self.project.root, self.out)
         self.bridge.start()
         self.bridge.wait_for(r"loom-bridge listening on", timeout=30)
+        if env.get("LOOM_BRIDGE_DASHBOARD", "") not in ("off", ""):
+            # Printed right after the listening line, before the bridge serves.
+            self.dashboard_url = self.bridge.wait_for(r"loom-bridge dashboard on (http://\S+)", timeout=10).group(1)
+            self.out(f"Dashboard: {self.dashboard_url}  (live events, trace timelines, topology)")
+
+    def _dashboard_env(self) -> Dict[str, str]:
+        """The dashboard's links: the Jaeger UI (`LOOM_JAEGER_UI_URL`, or `JAEGER_UI_URL` as
+        `loom traces` reads it) and the trace query service the timeline reads."""
+        env: Dict[str, str] = {}
+        jaeger = self.base_env.get("LOOM_JAEGER_UI_URL") or self.base_env.get("JAEGER_UI_URL")
+        if jaeger:
+            env["LOOM_JAEGER_UI_URL"] = jaeger
+        if self.trace_query_url:
+            env["LOOM_TRACE_QUERY_URL"] = self.trace_query_url
+        return env
 
     def start_agent(self, name: str) -> Child:
         spec = next((a for a in self.project.agents if a.name == name), None)
