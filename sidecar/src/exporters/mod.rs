@@ -7,6 +7,7 @@ pub mod encoded;
 pub mod file;
 pub mod otlp;
 pub mod otlphttp;
+pub mod trace_store;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +31,7 @@ pub const FACTORIES: &[Factory<dyn ExporterSpec>] = &[
     otlphttp::FACTORY,
     debug::FACTORY,
     file::FACTORY,
+    trace_store::FACTORY,
 ];
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
