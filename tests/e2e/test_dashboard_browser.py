@@ -4,8 +4,8 @@ a trace's timeline (9 spans, nested, with service names), the Jaeger link, and h
 strings shown as text with no script run.
 
 The timeline reads traces from a Jaeger api_v3 query service: the sidecar's `trace_store`
-when the build has it, else a stand-in here that answers api_v3 from the sidecar's own file
-exporter output (the same spans, OTLP JSON)."""
+(which `loom run` finds and hands to the bridge), or, with a sidecar config without one, a
+stand-in here that answers api_v3 from the sidecar's file exporter output (the same spans)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ CHROMEDRIVER = os.environ.get("LOOM_CHROMEDRIVER", "/usr/bin/chromedriver")
 JAEGER_UI = "http://jaeger.example:16686"
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = os.environ.get("LOOM_DASHBOARD_SCREENSHOTS")  # a directory: save overview + timeline
+# The demo's sidecar keeps recent traces (trace_store) and `loom run` points the bridge at it.
+HAS_TRACE_STORE = "trace_store" in (PROJECT / "sidecar.yaml").read_text()
 
 
 def _missing(why: str) -> None:
@@ -147,13 +149,17 @@ def dash(tmp_path: Path) -> Iterator[Dash]:
         with lock:
             lines.append(line)
 
+    env = {"RUST_LOG": "warn", "LOOM_JAEGER_UI_URL": JAEGER_UI}
+    if not HAS_TRACE_STORE:
+        env["LOOM_TRACE_QUERY_URL"] = query.url
     runner = Runner(Project.load(PROJECT), auto_ports=True, out=out, trace_file=trace_file,
-                    agent_env={"sensor": {"SENSOR_INTERVAL_S": "1"}},
-                    env={"RUST_LOG": "warn", "LOOM_JAEGER_UI_URL": JAEGER_UI,
-                         "LOOM_TRACE_QUERY_URL": query.url})
+                    agent_env={"sensor": {"SENSOR_INTERVAL_S": "1"}}, env=env)
     driver = None
     try:
         runner.start()
+        if HAS_TRACE_STORE:
+            assert runner.trace_query_url and not runner.trace_query_url.startswith(query.url), \
+                "loom run points the dashboard at the sidecar's trace_store"
         assert runner.dashboard_url, "the runner reports the dashboard URL"
         assert any(l.startswith("Dashboard: http://127.0.0.1:") for l in lines), "and prints it"
         driver = _driver()

@@ -213,6 +213,7 @@ class Runner:
             self.metrics = f"127.0.0.1:{free_port()}"
             # The bridge's dashboard would otherwise take the fixed 127.0.0.1:3030.
             self.base_env.setdefault("LOOM_BRIDGE_DASHBOARD", f"127.0.0.1:{free_port()}")
+            self.base_env.setdefault("LOOM_TRACE_STORE_ENDPOINT", "127.0.0.1:0")
         else:
             self.bridge_address = project.bridge_address
             self.otlp_grpc = self.base_env.get("LOOM_OTLP_GRPC_ENDPOINT", "127.0.0.1:4317")
@@ -264,6 +265,14 @@ class Runner:
                              self.project.root, self.out)
         self.sidecar.start()
         self.sidecar.wait_for(r"^ready$", timeout=30)
+        if not self.trace_query_url:
+            # A trace_store exporter serves the dashboard's trace queries; it reports its address
+            # before `ready`.
+            try:
+                m = self.sidecar.wait_for(r"^listening \S*trace_store\S* http (\S+)$", timeout=0)
+                self.trace_query_url = f"http://{m.group(1)}"
+            except RunnerError:
+                pass
 
     def _telemetry_env(self) -> Dict[str, str]:
         env = dict(self.base_env)

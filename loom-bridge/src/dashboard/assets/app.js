@@ -192,6 +192,11 @@ async function refreshPicker() {
     o.value = t.trace_id;
     picker.append(o);
   }
+  if (keep && ![...picker.options].some((o) => o.value === keep)) {
+    const o = el('option', { text: keep });
+    o.value = keep;
+    picker.append(o);
+  }
   if (keep) picker.value = keep;
   return traces;
 }
@@ -213,7 +218,13 @@ async function showTrace(id) {
   const href = jaegerHref(id);
   j.hidden = !href;
   if (href) j.setAttribute('href', href);
-  document.getElementById('trace-picker').value = id;
+  const picker = document.getElementById('trace-picker');
+  if (![...picker.options].some((o) => o.value === id)) {
+    const o = el('option', { text: id });
+    o.value = id;
+    picker.append(o);
+  }
+  picker.value = id;
   status.textContent = 'loading trace ' + id + '…';
   let spans;
   try {
