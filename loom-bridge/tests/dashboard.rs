@@ -652,3 +652,35 @@ async fn token_is_required_when_configured() {
     drop(r);
     d.stop().await;
 }
+
+/// The binary's own checks: off loopback only with a token; link and query URLs must be http(s).
+#[test]
+fn binary_refuses_an_open_dashboard_without_a_token_and_bad_urls() {
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_loom-bridge"));
+        c.args(["--listen", "127.0.0.1:0"]).args(args);
+        c.env_remove("LOOM_DASHBOARD_TOKEN")
+            .env_remove("LOOM_JAEGER_UI_URL")
+            .env_remove("LOOM_TRACE_QUERY_URL");
+        if let Some(t) = token {
+            c.env("LOOM_DASHBOARD_TOKEN", t);
+        }
+        let out = c.output().expect("run loom-bridge");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["--dashboard-listen", "0.0.0.0:0"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("not a loopback address") && err.contains("LOOM_DASHBOARD_TOKEN"),
+        "{err}"
+    );
+    let (ok, err) = run(&["--jaeger-ui-url", "javascript:alert(1)"], None);
+    assert!(!ok);
+    assert!(err.contains("--jaeger-ui-url"), "{err}");
+    let (ok, err) = run(&["--trace-query-url", "http:///x"], None);
+    assert!(!ok);
+    assert!(err.contains("--trace-query-url"), "{err}");
+}

@@ -300,3 +300,94 @@ def test_hostile_agent_id_and_topic_show_as_text_and_run_nothing(dash: Dash) -> 
     finally:
         bg.run(agent.stop())
         bg.close()
+
+
+class FixedQuery:
+    """A stand-in api_v3 query service holding one hand-made trace: a fan-in whose consumer span
+    links to two producer spans, and a failed span."""
+
+    TRACE = "5b8efff798038103d269b633813fc60c"
+
+    def __init__(self) -> None:
+        base = 1_700_000_000_000_000_000
+
+        def span(sid, parent, name, kind, start_us, end_us, **extra):
+            s = {"traceId": self.TRACE, "spanId": sid, "parentSpanId": parent, "name": name, "kind": kind,
+                 "startTimeUnixNano": str(base + start_us * 1000), "endTimeUnixNano": str(base + end_us * 1000)}
+            s.update(extra)
+            return s
+
+        def rs(service, spans):
+            return {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                    "scopeSpans": [{"scope": {"name": "test"}, "spans": spans}]}
+
+        doc = {"result": {"resourceSpans": [
+            rs("agent-feeds", [span("00000000000000a1", "", "feeds.collect", 1, 0, 900),
+                               span("00000000000000a2", "00000000000000a1", "emit prices", 4, 100, 200),
+                               span("00000000000000a3", "00000000000000a1", "emit news", 4, 300, 400)]),
+            rs("agent-analyst", [span("00000000000000b1", "00000000000000a1", "analyst.fan_in", 5, 500, 850,
+                                      links=[{"traceId": self.TRACE, "spanId": "00000000000000a2"},
+                                             {"traceId": self.TRACE, "spanId": "00000000000000a3"}]),
+                                 span("00000000000000b2", "00000000000000b1", "llm.call", 3, 550, 800,
+                                      status={"code": 2, "message": "<i>rate limited</i>"})]),
+        ]}}
+        payload = json.dumps(doc).encode()
+        trace = self.TRACE
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                ok = self.path == f"/api/v3/traces/{trace}"
+                body = payload if ok else b'{"error":{"code":5,"message":"trace not found"}}'
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_timeline_draws_span_links_and_marks_errors(tmp_path: Path) -> None:
+    from loom._runner import Child, find_binary
+
+    query = FixedQuery()
+    env = dict(os.environ, LOOM_TRACE_QUERY_URL=query.url, LOOM_TELEMETRY_AUTO="0", RUST_LOG="warn")
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    bridge = Child("bridge", [find_binary("loom-bridge", REPO), "--listen", "127.0.0.1:0",
+                              "--dashboard-listen", "127.0.0.1:0"], env, tmp_path, lambda line: None)
+    bridge.start()
+    driver = None
+    try:
+        url = bridge.wait_for(r"loom-bridge dashboard on (http://\S+)", timeout=30).group(1)
+        driver = _driver()
+        d = Dash(None, driver, url)
+        driver.get(f"{url}/#/trace/{FixedQuery.TRACE}")
+        rows = d.wait(lambda: (lambda r: r if len(r) == 5 else None)(_rows(d, "#span-rows .span-row")), 30, "5 span rows")
+        assert [(r.get_attribute("data-name"), int(r.get_attribute("data-depth"))) for r in rows] == [
+            ("feeds.collect", 0), ("emit prices", 1), ("emit news", 1), ("analyst.fan_in", 1), ("llm.call", 2)]
+        # The fan-in's two links are drawn, from each producer's row to the consumer's.
+        paths = d.wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#link-overlay path.span-link"), 10, "link curves")
+        assert sorted((p.get_attribute("data-from"), p.get_attribute("data-to")) for p in paths) == [
+            ("00000000000000a2", "00000000000000b1"), ("00000000000000a3", "00000000000000b1")]
+        # The failed span stands out; its message is text.
+        llm = rows[4]
+        assert llm.get_attribute("data-status") == "error"
+        assert "error" in llm.find_element(By.CSS_SELECTOR, ".bar").get_attribute("class")
+        assert llm.find_element(By.CSS_SELECTOR, ".err-badge").get_attribute("title") == "<i>rate limited</i>"
+        rows[3].click()
+        detail = d.wait(lambda: driver.find_element(By.ID, "span-detail").text, 10, "span details")
+        assert "Links (2)" in detail and "emit prices" in detail and "emit news" in detail
+        # A trace the store does not have: the page says so.
+        driver.get(f"{url}/#/trace/{'1' * 32}")
+        d.wait(lambda: "not found" in driver.find_element(By.ID, "timeline-status").text, 10, "a not-found message")
+        assert _rows(d, "#span-rows .span-row") == []
+    finally:
+        if driver:
+            driver.quit()
+        bridge.stop()
+        query.server.shutdown()
