@@ -88,6 +88,15 @@ class Project:
         )
 
 
+def _toml_dashboard(root: Path) -> Dict[str, str]:
+    """String settings of loom.toml's `[dashboard]` table (`jaeger_ui_url`, `trace_query_url`)."""
+    try:
+        table = tomllib.loads((root / "loom.toml").read_text(encoding="utf-8")).get("dashboard", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return {str(k): v for k, v in table.items() if isinstance(v, str)} if isinstance(table, dict) else {}
+
+
 def find_binary(name: str, start: Path) -> str:
     """LOOM_BIN_DIR, then the workspace's target/{release,debug} above `start`, then PATH."""
     bin_dir = os.environ.get("LOOM_BIN_DIR")
@@ -295,14 +304,18 @@ class Runner:
             self.out(f"Dashboard: {self.dashboard_url}  (live events, trace timelines, topology)")
 
     def _dashboard_env(self) -> Dict[str, str]:
-        """The dashboard's links: the Jaeger UI (`LOOM_JAEGER_UI_URL`, or `JAEGER_UI_URL` as
-        `loom traces` reads it) and the trace query service the timeline reads."""
+        """The dashboard's links: the Jaeger UI (`LOOM_JAEGER_UI_URL`, `JAEGER_UI_URL` as `loom
+        traces` reads it, or loom.toml `[dashboard] jaeger_ui_url`) and the trace query service the
+        timeline reads (`LOOM_TRACE_QUERY_URL`, the sidecar's trace_store, or loom.toml)."""
         env: Dict[str, str] = {}
-        jaeger = self.base_env.get("LOOM_JAEGER_UI_URL") or self.base_env.get("JAEGER_UI_URL")
+        toml = _toml_dashboard(self.project.root)
+        jaeger = (self.base_env.get("LOOM_JAEGER_UI_URL") or self.base_env.get("JAEGER_UI_URL")
+                  or toml.get("jaeger_ui_url"))
         if jaeger:
             env["LOOM_JAEGER_UI_URL"] = jaeger
-        if self.trace_query_url:
-            env["LOOM_TRACE_QUERY_URL"] = self.trace_query_url
+        query = self.trace_query_url or toml.get("trace_query_url")
+        if query:
+            env["LOOM_TRACE_QUERY_URL"] = query
         return env
 
     def start_agent(self, name: str) -> Child:
