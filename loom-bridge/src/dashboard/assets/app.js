@@ -400,13 +400,15 @@ function drawGraph(topo) {
   const g = document.getElementById('topo-graph');
   clear(g);
   const caps = [...new Set(topo.agents.flatMap((a) => a.capabilities))];
-  const cols = [topo.agents.map((a) => a.id), topo.topics.map((t) => t.topic), caps];
+  // The SDK's per-agent reply topics are noise until a request uses them (the table lists them).
+  const shown = topo.topics.filter((t) => !(t.topic.startsWith('_loom.reply.') && !t.published));
+  const cols = [topo.agents.map((a) => a.id), shown.map((t) => t.topic), caps];
   const rowH = 38, W = 900, colX = [140, 450, 760];
-  const H = Math.max(120, Math.max(...cols.map((c) => c.length)) * rowH + 40);
+  const H = Math.max(120, Math.max(...cols.map((c) => c.length)) * rowH + 56);
   g.setAttribute('viewBox', `0 0 ${W} ${H}`);
   g.setAttribute('height', H);
   const pos = [new Map(), new Map(), new Map()];
-  cols.forEach((c, i) => c.forEach((name, j) => pos[i].set(name, [colX[i], 30 + j * rowH + (H - 40 - c.length * rowH) / 2])));
+  cols.forEach((c, i) => c.forEach((name, j) => pos[i].set(name, [colX[i], 44 + j * rowH + (H - 56 - c.length * rowH) / 2])));
   const edges = svg('g', { class: 'edges' });
   g.append(edges);
   const curve = (a, b) => `M ${a[0]} ${a[1]} C ${(a[0] + b[0]) / 2} ${a[1]}, ${(a[0] + b[0]) / 2} ${b[1]}, ${b[0]} ${b[1]}`;
