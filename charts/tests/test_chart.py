@@ -774,3 +774,36 @@ def test_schema_rejects_bad_queue_values(render_error, queue, field, hint):
 def test_recreate_strategy_drops_the_rolling_update_settings(render):
     dep = one(render({"mode": "deployment", "strategy": {"type": "Recreate"}}), "Deployment")
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
+
+
+# ------------------------------------------------------------------------------ trace_store
+
+
+@pytest.mark.parametrize("mode", ["daemonset", "deployment"])
+def test_trace_store_enabled_renders_exporter_ports_and_service(render, sidecar_bin, tmp_path, mode):
+    docs = render({"mode": mode, "exporters": {"jaeger": {"endpoint": JAEGER},
+                                                "traceStore": {"enabled": True, "maxBytes": 33554432,
+                                                               "ttl": "30m"}}})
+    cfg = config_of(docs)
+    assert cfg["exporters"]["trace_store"] == {"endpoint": "0.0.0.0:16687", "max_bytes": 33554432,
+                                               "max_traces": 10000, "ttl": "30m"}
+    assert cfg["service"]["pipelines"]["traces"]["exporters"] == ["otlp/jaeger", "trace_store"]
+    ports = {p["name"]: p for p in sidecar_container(workload(docs)["spec"]["template"]["spec"])["ports"]}
+    assert ports["trace-query"]["containerPort"] == 16687 and "hostPort" not in ports["trace-query"]
+    svc = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
+    assert svc["trace-query"] == {"name": "trace-query", "port": 16687, "targetPort": "trace-query",
+                                  "protocol": "TCP", "appProtocol": "http"}
+    assert_valid(sidecar_bin, tmp_path, docs)
+
+
+def test_trace_store_alone_needs_no_debug_fallback_and_is_off_by_default(render, render_error, sidecar_bin, tmp_path):
+    docs = render({"exporters": {"traceStore": {"enabled": True}}, "ports": {"traceQuery": 9411}})
+    cfg = config_of(docs)
+    assert cfg["service"]["pipelines"]["traces"]["exporters"] == ["trace_store"]
+    assert cfg["exporters"]["trace_store"]["endpoint"] == "0.0.0.0:9411"
+    assert_valid(sidecar_bin, tmp_path, docs)
+    default = render()
+    assert "trace_store" not in config_of(default)["exporters"]
+    assert "trace-query" not in {p["name"] for p in one(default, "Service")["spec"]["ports"]}
+    err = render_error({"exporters": {"traceStore": {"enabled": True, "maxBytes": 10}}})
+    assert "maxBytes" in err

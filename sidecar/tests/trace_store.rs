@@ -101,7 +101,7 @@ fn window() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_endpoint_answers_in_jaeger_shapes() {
+async fn trace_store_every_endpoint_answers_in_jaeger_shapes() {
     loom_sidecar::service::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::start(
@@ -364,7 +364,7 @@ service:
 }
 
 #[test]
-fn config_errors_name_the_yaml_path() {
+fn trace_store_config_errors_name_the_yaml_path() {
     let dir = tempfile::tempdir().unwrap();
     for (yaml, want) in [
         (

@@ -30,4 +30,3 @@ def test_auto_ports_give_the_dashboard_its_own_port(tmp_path: Path) -> None:
     r = Runner(_project(tmp_path), auto_ports=True, env={})
     assert r.base_env["LOOM_BRIDGE_DASHBOARD"].startswith("127.0.0.1:")
     assert r.base_env["LOOM_BRIDGE_DASHBOARD"] != "127.0.0.1:3030"
-    assert r.base_env["LOOM_TRACE_STORE_ENDPOINT"] == "127.0.0.1:0"

@@ -247,7 +247,7 @@ sending_queue:
 {{/* true when no exporter is configured anywhere: the chart then falls back to debug. */}}
 {{- define "loom-sidecar.debugFallback" -}}
 {{- $x := .Values.exporters -}}
-{{- if not (or $x.jaeger.endpoint $x.otlphttp.endpoint $x.file.enabled $x.debug.enabled (hasKey (.Values.config | default dict) "exporters")) -}}
+{{- if not (or $x.jaeger.endpoint $x.otlphttp.endpoint $x.file.enabled $x.debug.enabled $x.traceStore.enabled (hasKey (.Values.config | default dict) "exporters")) -}}
 true
 {{- end -}}
 {{- end -}}
@@ -306,6 +306,14 @@ exporters:
 {{- $pipelineExporters = append $pipelineExporters "file" }}
   file:
     path: {{ include "loom-sidecar.filePath" . | toJson }}
+{{- end }}
+{{- if $x.traceStore.enabled }}
+{{- $pipelineExporters = append $pipelineExporters "trace_store" }}
+  trace_store:
+    endpoint: "0.0.0.0:{{ int $v.ports.traceQuery }}"
+    max_bytes: {{ int64 $x.traceStore.maxBytes }}
+    max_traces: {{ int64 $x.traceStore.maxTraces }}
+    ttl: {{ $x.traceStore.ttl | toJson }}
 {{- end }}
 {{- if or $x.debug.enabled (include "loom-sidecar.debugFallback" .) }}
 {{- $pipelineExporters = append $pipelineExporters "debug" }}
@@ -541,6 +549,11 @@ ports:
   - name: metrics
     containerPort: {{ int $v.ports.metrics }}
     protocol: TCP
+  {{- if $v.exporters.traceStore.enabled }}
+  - name: trace-query
+    containerPort: {{ int $v.ports.traceQuery }}
+    protocol: TCP
+  {{- end }}
 env:
   {{- include "loom-sidecar.env" . | nindent 2 }}
 {{- with $v.extraEnvFrom }}

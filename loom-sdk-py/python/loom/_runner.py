@@ -222,7 +222,6 @@ class Runner:
             self.metrics = f"127.0.0.1:{free_port()}"
             # The bridge's dashboard would otherwise take the fixed 127.0.0.1:3030.
             self.base_env.setdefault("LOOM_BRIDGE_DASHBOARD", f"127.0.0.1:{free_port()}")
-            self.base_env.setdefault("LOOM_TRACE_STORE_ENDPOINT", "127.0.0.1:0")
         else:
             self.bridge_address = project.bridge_address
             self.otlp_grpc = self.base_env.get("LOOM_OTLP_GRPC_ENDPOINT", "127.0.0.1:4317")

@@ -215,15 +215,21 @@ pub fn prepare(batch: &[ResourceSpans]) -> Prepared {
     for r in batch {
         let attrs = r.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
         let service: Arc<str> = Arc::from(service_name(attrs));
-        // Per trace, its spans by scope, in arrival order.
-        let mut groups: HashMap<TraceId, Vec<(usize, ScopeSpans)>> = HashMap::new();
+        // Per trace (in order of first appearance, so the batch's last traces are the newest
+        // in the store), its spans by scope.
+        let mut slot: HashMap<TraceId, usize> = HashMap::new();
+        let mut groups: Vec<(TraceId, Vec<(usize, ScopeSpans)>)> = Vec::new();
         for (si, s) in r.scope_spans.iter().enumerate() {
             for span in &s.spans {
                 let Ok(tid) = TraceId::try_from(span.trace_id()) else {
                     p.bad_id_spans += 1;
                     continue;
                 };
-                let g = groups.entry(tid).or_default();
+                let i = *slot.entry(tid).or_insert_with(|| {
+                    groups.push((tid, Vec::new()));
+                    groups.len() - 1
+                });
+                let g = &mut groups[i].1;
                 match g.last_mut() {
                     Some((i, ss)) if *i == si => ss.spans.push(span.clone()),
                     _ => g.push((
@@ -655,6 +661,18 @@ mod tests {
             2
         );
         assert!(s.get(&[3; 16], t0).is_some());
+    }
+
+    #[test]
+    fn within_one_batch_the_last_traces_are_the_newest() {
+        let mut s = Store::new(limits(1 << 20, 3));
+        let now = Instant::now();
+        let spans = (1..=40u8).map(|t| span(t, 1, "x", 1, 1, 2)).collect();
+        let out = s.insert(prepare(&batch("a", spans)), now);
+        assert_eq!(out.evicted, [0, 37, 0]);
+        for t in 38..=40u8 {
+            assert!(s.get(&[t; 16], now).is_some(), "trace {t}");
+        }
     }
 
     #[test]

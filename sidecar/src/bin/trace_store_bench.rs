@@ -1,0 +1,222 @@
+//! `trace_store_bench`: latency of the trace_store exporter's `GET /api/v3/traces/{id}` for a
+//! 1000-span trace, over loopback HTTP (keep-alive), with the store otherwise full of other
+//! traces; once idle and once while another task keeps inserting batches (lock contention).
+//! Prints one markdown table (p50/p99/max per row).
+//!
+//! `cargo run --release -p loom-sidecar --bin trace_store_bench [-- --requests 2000]`
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use loom_sidecar::exporters::trace_store::{api, store};
+use loom_sidecar::model::ResourceSpans;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1 as pb;
+use parking_lot::Mutex;
+
+#[derive(Parser)]
+struct Args {
+    /// Requests per row.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Spans of the trace that is read.
+    #[arg(long, default_value_t = 1000)]
+    spans: usize,
+    /// Other traces in the store (10 spans each).
+    #[arg(long, default_value_t = 2000)]
+    background: usize,
+}
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+/// A span shaped like an agent's: a dozen attributes, an event.
+fn span(trace: [u8; 16], i: u64) -> pb::Span {
+    pb::Span {
+        trace_id: trace.to_vec(),
+        span_id: (i + 1).to_be_bytes().to_vec(),
+        parent_span_id: if i == 0 {
+            vec![]
+        } else {
+            1u64.to_be_bytes().to_vec()
+        },
+        name: format!("agent.step {}", i % 20),
+        kind: 1 + (i % 3) as i32,
+        start_time_unix_nano: 1_714_564_800_000_000_000 + i * 1_000_000,
+        end_time_unix_nano: 1_714_564_800_000_000_000 + i * 1_000_000 + 500_000,
+        attributes: (0..12)
+            .map(|a| kv(&format!("loom.attr.{a}"), &format!("value-{i}-{a}")))
+            .collect(),
+        events: vec![pb::span::Event {
+            name: "tool.call".into(),
+            time_unix_nano: 1_714_564_800_000_000_000 + i * 1_000_000 + 1000,
+            attributes: vec![kv("tool", "search")],
+            ..Default::default()
+        }],
+        ..pb::Span::default()
+    }
+}
+
+fn batch(trace: [u8; 16], from: u64, n: u64) -> Vec<ResourceSpans> {
+    let rs = pb::ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", "agent-7"), kv("loom.agent.id", "7")],
+            ..Resource::default()
+        }),
+        scope_spans: vec![pb::ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: "loom".into(),
+                version: "0.1".into(),
+                ..Default::default()
+            }),
+            spans: (from..from + n).map(|i| span(trace, i)).collect(),
+            schema_url: String::new(),
+        }],
+        schema_url: String::new(),
+    };
+    vec![ResourceSpans::from_proto(&rs).expect("valid span")]
+}
+
+fn trace_id(n: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&n.to_be_bytes());
+    id[8] = 0xab;
+    id
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+async fn row(
+    client: &reqwest::Client,
+    url: &str,
+    requests: usize,
+    spans: usize,
+) -> Result<(Vec<Duration>, usize)> {
+    let mut lat = Vec::with_capacity(requests);
+    let mut body_len = 0;
+    for i in 0..requests + requests / 10 {
+        let t = Instant::now();
+        let r = client.get(url).send().await?;
+        if r.status() != 200 {
+            bail!("GET {url}: {}", r.status());
+        }
+        let body = r.bytes().await?;
+        let d = t.elapsed();
+        // The first tenth warms connections and caches.
+        if i >= requests / 10 {
+            lat.push(d);
+        }
+        body_len = body.len();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&reqwest::get(url).await?.bytes().await?)?;
+    let n: usize = v["result"]["resourceSpans"]
+        .as_array()
+        .context("no resourceSpans")?
+        .iter()
+        .flat_map(|rs| rs["scopeSpans"].as_array().into_iter().flatten())
+        .map(|ss| ss["spans"].as_array().map_or(0, Vec::len))
+        .sum();
+    if n != spans {
+        bail!("read {n} spans, stored {spans}");
+    }
+    lat.sort();
+    Ok((lat, body_len))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    loom_sidecar::service::install_crypto_provider();
+    let limits = store::Limits {
+        max_bytes: 512 * 1024 * 1024,
+        max_traces: 1_000_000,
+        ttl: Duration::from_secs(3600),
+    };
+    let shared: api::Shared = Arc::new(Mutex::new(store::Store::new(limits)));
+    for t in 0..args.background as u64 {
+        let p = store::prepare(&batch(trace_id(t + 1_000_000), 0, 10));
+        shared.lock().insert(p, Instant::now());
+    }
+    // The read trace arrives in batches of 100, as a batch processor would cut it.
+    let target = trace_id(42);
+    let mut sent = 0u64;
+    while sent < args.spans as u64 {
+        let n = 100.min(args.spans as u64 - sent);
+        let p = store::prepare(&batch(target, sent, n));
+        shared.lock().insert(p, Instant::now());
+        sent += n;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = api::router(shared.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!(
+        "http://{addr}/api/v3/traces/{}",
+        target
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let client = reqwest::Client::new();
+
+    println!(
+        "| trace_store GET /api/v3/traces/{{id}} | spans | response | p50 ms | p99 ms | max ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let (lat, len) = row(&client, &url, args.requests, args.spans).await?;
+    println!(
+        "| idle store ({} other traces) | {} | {} KB | {} | {} | {} |",
+        args.background,
+        args.spans,
+        len / 1024,
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99)),
+        ms(*lat.last().context("no samples")?)
+    );
+
+    // Ingestion alongside: 100-span batches of fresh traces, as fast as one task inserts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let inserted = Arc::new(AtomicU64::new(0));
+    let (s, st, ins) = (shared.clone(), stop.clone(), inserted.clone());
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut t = 2_000_000u64;
+        while !st.load(Ordering::Relaxed) {
+            let p = store::prepare(&batch(trace_id(t), 0, 100));
+            s.lock().insert(p, Instant::now());
+            ins.fetch_add(100, Ordering::Relaxed);
+            t += 1;
+        }
+    });
+    let started = Instant::now();
+    let (lat, len) = row(&client, &url, args.requests, args.spans).await?;
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    writer.await?;
+    println!(
+        "| while inserting ({:.0} spans/s) | {} | {} KB | {} | {} | {} |",
+        inserted.load(Ordering::Relaxed) as f64 / secs,
+        args.spans,
+        len / 1024,
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99)),
+        ms(*lat.last().context("no samples")?)
+    );
+    Ok(())
+}
