@@ -25,3 +25,5 @@ if [ -f loom-sdk-py/pyproject.toml ]; then
     echo "$sdk_want" > "$sdk_stamp"
   fi
 fi
+# The dashboard's browser tests (tests/e2e/test_dashboard_browser.py) need Debian's Chromium.
+bash scripts/setup-browser.sh

@@ -27,6 +27,41 @@ pub struct BridgeConfig {
     /// On shutdown, how long agents get to read what is queued for them before the server
     /// stops regardless (an agent that never reads must not keep the bridge up).
     pub shutdown_grace: Duration,
+    /// Dashboard links, trace source, token and bounds.
+    pub dashboard: DashboardSettings,
+}
+
+/// What the dashboard links to, reads traces from, and how much it holds.
+#[derive(Debug, Clone)]
+pub struct DashboardSettings {
+    /// Jaeger UI base URL; each event links to `{url}/trace/{trace_id}` when set.
+    pub jaeger_ui_url: Option<String>,
+    /// Base URL of a Jaeger `api_v3` trace query service (`{url}/api/v3/traces/{id}`).
+    pub trace_query_url: Option<String>,
+    /// Bearer token every request must carry (required when bound off loopback).
+    pub token: Option<String>,
+    /// Most event-stream (SSE) clients served at once; more get 503.
+    pub max_sse_clients: usize,
+    /// How long one trace query may take.
+    pub query_timeout: Duration,
+    /// Largest trace query response read, in bytes; larger ones get 502.
+    pub query_max_bytes: usize,
+    /// Interval of the event stream's `ping` events.
+    pub ping_interval: Duration,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        DashboardSettings {
+            jaeger_ui_url: None,
+            trace_query_url: None,
+            token: None,
+            max_sse_clients: 32,
+            query_timeout: Duration::from_secs(5),
+            query_max_bytes: 16 * 1024 * 1024,
+            ping_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for BridgeConfig {
@@ -42,6 +77,7 @@ impl Default for BridgeConfig {
             default_action_timeout: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            dashboard: DashboardSettings::default(),
         }
     }
 }

@@ -42,7 +42,7 @@ pub async fn serve(
     let stop = tokio_util::sync::CancellationToken::new();
 
     let dash = dashboard.map(|l| {
-        let router = dashboard::router(bridge.clone());
+        let router = dashboard::router(bridge.clone(), stop.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
             axum::serve(l, router)

@@ -33,6 +33,30 @@ struct Cli {
     /// Timeout of action calls that carry none.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     action_timeout: Duration,
+    /// Jaeger UI base URL: dashboard events link to `{url}/trace/{trace_id}`.
+    #[arg(long, env = "LOOM_JAEGER_UI_URL")]
+    jaeger_ui_url: Option<String>,
+    /// Trace query service (Jaeger api_v3) the dashboard's timeline reads traces from.
+    #[arg(long, env = "LOOM_TRACE_QUERY_URL")]
+    trace_query_url: Option<String>,
+}
+
+/// An http(s) base URL without a trailing slash; `flag` names it in the error.
+fn base_url(flag: &str, url: Option<String>) -> anyhow::Result<Option<String>> {
+    let Some(u) = url.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))
+        .with_context(|| format!("{flag} {u:?}: expected an http:// or https:// URL"))?;
+    if rest.is_empty()
+        || rest.starts_with('/')
+        || u.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        anyhow::bail!("{flag} {u:?}: expected an http:// or https:// URL with a host");
+    }
+    Ok(Some(u.trim_end_matches('/').to_owned()))
 }
 
 async fn shutdown_signal() {
@@ -68,6 +92,23 @@ async fn main() -> anyhow::Result<()> {
     if cli.heartbeat_timeout.is_zero() {
         anyhow::bail!("--heartbeat-timeout must be greater than zero");
     }
+    // Read from the environment only: a token on the command line would show in `ps`.
+    let token = std::env::var("LOOM_DASHBOARD_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    if let (Some(addr), None) = (dashboard_listen, &token) {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "--dashboard-listen {addr} is not a loopback address: set LOOM_DASHBOARD_TOKEN so the dashboard asks for it"
+            );
+        }
+    }
+    let dashboard_settings = loom_bridge::config::DashboardSettings {
+        jaeger_ui_url: base_url("--jaeger-ui-url", cli.jaeger_ui_url)?,
+        trace_query_url: base_url("--trace-query-url", cli.trace_query_url)?,
+        token,
+        ..Default::default()
+    };
     let telemetry = loom_core::telemetry::init_telemetry("loom-bridge")
         .context("telemetry set-up (OTEL_* environment)")?;
 
@@ -80,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         subscription_queue: cli.subscription_queue.max(1),
         outbound_queue: cli.outbound_queue.max(1),
         default_action_timeout: cli.action_timeout,
+        dashboard: dashboard_settings,
         ..BridgeConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(config.listen)

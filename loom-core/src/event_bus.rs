@@ -677,7 +677,7 @@ async fn deliver(
     inner.published.fetch_add(1, Ordering::Relaxed);
 
     if inner.flow.enabled() {
-        inner.flow.push(FlowEntry {
+        let entry = FlowEntry {
             event_id: event.id.clone(),
             topic: topic.clone(),
             sender,
@@ -693,7 +693,9 @@ async fn deliver(
                         .and_then(|tp| envelope::parse_traceparent(tp))
                         .map(|tp| tp.trace_id)
                 }),
-        });
+        };
+        inner.flow.tap(&entry, &event);
+        inner.flow.push(entry);
     }
 
     let mut queued = 0usize;

@@ -47,6 +47,16 @@ impl TestBridge {
         }
     }
 
+    /// A handle on a bridge served elsewhere (for [`TestAgent::join`]); `stop` does nothing.
+    pub fn attach(addr: SocketAddr, bridge: Bridge) -> TestBridge {
+        TestBridge {
+            addr,
+            bridge,
+            stop: None,
+            task: None,
+        }
+    }
+
     pub async fn client(&self) -> BridgeClient<Channel> {
         BridgeClient::connect(format!("http://{}", self.addr))
             .await

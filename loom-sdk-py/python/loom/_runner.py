@@ -253,6 +253,15 @@ def _dashboard_address(manifest: Path, table: Any) -> Optional[str]:
     return None
 
 
+def _toml_dashboard(root: Path) -> Dict[str, str]:
+    """String settings of loom.toml's `[dashboard]` table (`jaeger_ui_url`, `trace_query_url`)."""
+    try:
+        table = tomllib.loads((root / "loom.toml").read_text(encoding="utf-8")).get("dashboard", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return {str(k): v for k, v in table.items() if isinstance(v, str)} if isinstance(table, dict) else {}
+
+
 def find_binary(name: str, start: Path) -> str:
     """LOOM_BIN_DIR, then the workspace's target/{release,debug} above `start`, then PATH."""
     bin_dir = os.environ.get("LOOM_BIN_DIR")
@@ -377,12 +386,17 @@ class Runner:
             self.otlp_http = f"127.0.0.1:{free_port()}"
             self.health = f"127.0.0.1:{free_port()}"
             self.metrics = f"127.0.0.1:{free_port()}"
+            # The bridge's dashboard would otherwise take the fixed 127.0.0.1:3030.
+            self.base_env.setdefault("LOOM_BRIDGE_DASHBOARD", f"127.0.0.1:{free_port()}")
         else:
             self.bridge_address = project.bridge_address
             self.otlp_grpc = self.base_env.get("LOOM_OTLP_GRPC_ENDPOINT", "127.0.0.1:4317")
             self.otlp_http = self.base_env.get("LOOM_OTLP_HTTP_ENDPOINT", "127.0.0.1:4318")
             self.health = self.base_env.get("LOOM_HEALTH_ENDPOINT", "127.0.0.1:13133")
             self.metrics = self.base_env.get("LOOM_METRICS_ENDPOINT", "127.0.0.1:8888")
+        # Where the dashboard reads traces (a Jaeger api_v3 query service), when known.
+        self.trace_query_url: Optional[str] = self.base_env.get("LOOM_TRACE_QUERY_URL") or None
+        self.dashboard_url: Optional[str] = None
         self.sidecar: Optional[Child] = None
         self.bridge: Optional[Child] = None
         self.agents: Dict[str, Child] = {}
@@ -446,6 +460,14 @@ class Runner:
                              self.project.root, self.out)
         self.sidecar.start()
         self.sidecar.wait_for(r"^ready$", timeout=30)
+        if not self.trace_query_url:
+            # A trace_store exporter serves the dashboard's trace queries; it reports its address
+            # before `ready`.
+            try:
+                m = self.sidecar.wait_for(r"^listening \S*trace_store\S* http (\S+)$", timeout=0)
+                self.trace_query_url = f"http://{m.group(1)}"
+            except RunnerError:
+                pass
 
     def _telemetry_env(self) -> Dict[str, str]:
         env = dict(self.base_env)
@@ -460,9 +482,36 @@ class Runner:
         env["OTEL_SERVICE_NAME"] = self.base_env.get("LOOM_BRIDGE_SERVICE_NAME", "loom-bridge")
         if self.project.dashboard is not None:
             env.setdefault("LOOM_BRIDGE_DASHBOARD", self.project.dashboard)
+        env.update(self._dashboard_env())
         self.bridge = Child("bridge", [binary, "--listen", self.bridge_address], env, self.project.root, self.out)
         self.bridge.start()
         self.bridge.wait_for(r"loom-bridge listening on", timeout=30)
+        # The bridge's own rule (loom-bridge/src/config.rs): LOOM_BRIDGE_DASHBOARD ("" or "off" is
+        # off), else upstream's LOOM_DASHBOARD switch, else on at 127.0.0.1:3030.
+        own = env.get("LOOM_BRIDGE_DASHBOARD")
+        if own is not None:
+            dashboard_on = own.strip() not in ("off", "")
+        else:
+            dashboard_on = env.get("LOOM_DASHBOARD", "true").strip().lower() not in ("false", "0", "off")
+        if dashboard_on:
+            # Printed right after the listening line, before the bridge serves.
+            self.dashboard_url = self.bridge.wait_for(r"loom-bridge dashboard on (http://\S+)", timeout=10).group(1)
+            self.out(f"Dashboard: {self.dashboard_url}  (live events, trace timelines, topology)")
+
+    def _dashboard_env(self) -> Dict[str, str]:
+        """The dashboard's links: the Jaeger UI (`LOOM_JAEGER_UI_URL`, `JAEGER_UI_URL` as `loom
+        traces` reads it, or loom.toml `[dashboard] jaeger_ui_url`) and the trace query service the
+        timeline reads (`LOOM_TRACE_QUERY_URL`, the sidecar's trace_store, or loom.toml)."""
+        env: Dict[str, str] = {}
+        toml = _toml_dashboard(self.project.root)
+        jaeger = (self.base_env.get("LOOM_JAEGER_UI_URL") or self.base_env.get("JAEGER_UI_URL")
+                  or toml.get("jaeger_ui_url"))
+        if jaeger:
+            env["LOOM_JAEGER_UI_URL"] = jaeger
+        query = self.trace_query_url or toml.get("trace_query_url")
+        if query:
+            env["LOOM_TRACE_QUERY_URL"] = query
+        return env
 
     def start_agent(self, name: str) -> Child:
         spec = next((a for a in self.project.agents if a.name == name), None)
