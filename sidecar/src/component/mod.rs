@@ -26,11 +26,10 @@ pub use refusal::Refusal;
 pub use registry::{Config, Registry};
 pub use sending_queue::{QueueConfig, RetryConfig};
 
-use crate::config::{ComponentId, ConfigError, ParseCtx};
+use crate::config::{ComponentYaml, ConfigError};
 
-/// Parses and checks one component's YAML (its id, its value, its YAML path).
-pub type ParseFn<S> =
-    fn(&ComponentId, &serde_yaml::Value, &str, &ParseCtx<'_>) -> Result<Box<S>, ConfigError>;
+/// Parses and checks one component's YAML into its spec; errors name YAML paths under `path`.
+pub type ParseFn<S> = fn(&ComponentYaml<'_>) -> Result<Box<S>, ConfigError>;
 
 /// How a component type registers itself: its YAML type name and its config parser.
 /// Adding a component = one file with a `FACTORY`, plus one line in its folder's `FACTORIES`.

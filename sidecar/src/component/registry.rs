@@ -9,7 +9,8 @@ use serde_yaml::Value;
 use super::{ExporterSpec, ExtensionSpec, Factory, ProcessorSpec, ReceiverSpec};
 use crate::config::expand::key_text;
 use crate::config::{
-    failed_ids, ComponentId, ConfigError, ConfigErrors, Document, ParseCtx, ServiceConfig,
+    failed_ids, ComponentId, ComponentYaml, ConfigError, ConfigErrors, Document, ParseCtx,
+    ServiceConfig,
 };
 
 /// The component types a config may name, by section. Assembled above the components (see
@@ -162,7 +163,12 @@ fn parse_section<S: ?Sized>(
             continue;
         };
         match factories.iter().find(|f| f.kind == id.kind) {
-            Some(f) => match (f.parse)(&id, v, &path, ctx) {
+            Some(f) => match (f.parse)(&ComponentYaml {
+                id: &id,
+                value: v,
+                path: &path,
+                ctx,
+            }) {
                 Ok(spec) => {
                     out.insert(id, spec);
                 }

@@ -121,6 +121,15 @@ pub fn parse_as<T: DeserializeOwned>(value: &Value, path: &str) -> Result<T, Con
     })
 }
 
+/// One component's YAML as its parser gets it: the id, the value, where it sits in the file
+/// (`exporters.otlp/jaeger`, the prefix of every error) and what the parser may look up.
+pub struct ComponentYaml<'a> {
+    pub id: &'a ComponentId,
+    pub value: &'a Value,
+    pub path: &'a str,
+    pub ctx: &'a ParseCtx<'a>,
+}
+
 /// What each component can see while its config is checked.
 pub struct ParseCtx<'a> {
     /// Env variables each expanded value came from, by YAML path (for error messages).

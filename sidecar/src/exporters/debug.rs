@@ -15,7 +15,7 @@ use super::{
     QueueConfig, RetryConfig,
 };
 use crate::component::Factory;
-use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
 use crate::model::Batch;
 
 pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
@@ -42,12 +42,8 @@ fn default_verbosity() -> Verbosity {
     Verbosity::Basic
 }
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    _ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+    let (v, path) = (y.value, y.path);
     Ok(Box::new(parse_as::<DebugConfig>(v, path)?))
 }
 

@@ -14,7 +14,7 @@ use super::{
     QueueConfig, RetryConfig,
 };
 use crate::component::Factory;
-use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
 use crate::model::Batch;
 
 pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
@@ -28,12 +28,8 @@ struct FileConfig {
     path: PathBuf,
 }
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    _ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+    let (v, path) = (y.value, y.path);
     let c: FileConfig = parse_as(v, path)?;
     if c.path.as_os_str().is_empty() {
         return Err(ConfigError::at(format!("{path}.path"), "must not be empty"));

@@ -17,7 +17,7 @@ use super::{
     Exporter, ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
 };
 use crate::component::Factory;
-use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
 use crate::model::otlp::{EXPORT_PATH, TRACE_SERVICE};
 use crate::model::Batch;
 
@@ -62,12 +62,8 @@ struct Spec {
     gzip: bool,
 }
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    _ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+    let (v, path) = (y.value, y.path);
     let c: OtlpConfig = parse_as(v, path)?;
     let ep = c.endpoint.trim();
     // Collector semantics: an explicit scheme decides; a bare host:port means TLS unless

@@ -14,7 +14,7 @@ use super::{
     Exporter, ExporterSpec, QueueConfig, RetryConfig, TlsConfig,
 };
 use crate::component::Factory;
-use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
 use crate::model::Batch;
 
 pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
@@ -59,12 +59,8 @@ struct Spec {
     json: bool,
 }
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    _ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+    let (v, path) = (y.value, y.path);
     let c: OtlpHttpConfig = parse_as(v, path)?;
     let (raw, field) = match (&c.traces_endpoint, &c.endpoint) {
         (Some(t), _) => (t.clone(), "traces_endpoint"),

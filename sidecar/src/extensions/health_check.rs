@@ -14,7 +14,7 @@ use super::{ExtensionCtx, ExtensionSpec, Health};
 use crate::component::BoxFuture;
 use crate::component::Factory;
 use crate::component::{ListenError, Listening, Started};
-use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, parse_endpoint, ComponentId, ComponentYaml, ConfigError};
 
 pub const FACTORY: Factory<dyn ExtensionSpec> = Factory {
     kind: "health_check",
@@ -43,12 +43,8 @@ struct Spec {
     path: String,
 }
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    _ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ExtensionSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExtensionSpec>, ConfigError> {
+    let (v, path) = (y.value, y.path);
     let c: HealthConfig = parse_as(v, path)?;
     let addr = parse_endpoint(&c.endpoint)
         .map_err(|m| ConfigError::at(format!("{path}.endpoint"), m.to_string()))?;

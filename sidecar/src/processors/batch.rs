@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{BuildCtx, ProcessorSpec, Stage};
 use crate::component::{BatchSettings, Factory};
-use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
 use crate::memory::MemoryTicket;
 use crate::model::{self, Batch, ResourceSpans};
 
@@ -17,12 +17,8 @@ pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
     parse,
 };
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    _ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+    let (v, path) = (y.value, y.path);
     let c: BatchSettings = parse_as(v, path)?;
     if c.send_batch_size == 0 {
         return Err(ConfigError::at(

@@ -15,7 +15,7 @@ use super::sampler::resource_agent;
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
 use crate::component::Factory;
 use crate::component::Refusal;
-use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
 use crate::model::ResourceSpans;
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
@@ -42,12 +42,8 @@ struct Spec {
     node: Vec<(String, String)>,
 }
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+    let (v, path, ctx) = (y.value, y.path, y.ctx);
     let c: EnrichConfig = parse_as(v, path)?;
     let mut node = Vec::new();
     if c.node_attributes {

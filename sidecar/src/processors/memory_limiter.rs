@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
 use crate::component::Factory;
 use crate::component::Refusal;
-use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
 use crate::memory::MemoryTracker;
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
@@ -49,12 +49,8 @@ fn default_retry_after() -> Duration {
     Duration::from_secs(1)
 }
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    _ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+    let (v, path) = (y.value, y.path);
     let c: MemoryLimiterConfig = parse_as(v, path)?;
     if c.limit_mib == 0 {
         return Err(ConfigError::at(

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
 use crate::component::Factory;
 use crate::component::Refusal;
-use crate::config::{parse_as, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError, ParseCtx};
 use crate::metrics::{Metric, Metrics};
 use crate::model::{ResourceSpans, Span};
 use loom_core::sampler_spec::{parse_sampler, sampler_spec_from, SamplerSpec, SamplerSpecError};
@@ -249,12 +249,8 @@ fn glob(path: &str, pattern: &Option<String>) -> Result<Option<GlobMatcher>, Con
         .transpose()
 }
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
+    let (v, path, ctx) = (y.value, y.path, y.ctx);
     Ok(Box::new(Arc::new(parse_spec(v, path, ctx)?)))
 }
 

@@ -29,7 +29,7 @@ use super::{
     QueueConfig, RetryConfig,
 };
 use crate::component::Factory;
-use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, parse_endpoint, ComponentId, ComponentYaml, ConfigError};
 use crate::metrics::{Metric, Metrics};
 use crate::model::Batch;
 use store::{Limits, Outcome, Reason, Store};
@@ -70,12 +70,8 @@ struct Spec {
     limits: Limits,
 }
 
-fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    _ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+    let (v, path) = (y.value, y.path);
     let c: TraceStoreConfig = parse_as(v, path)?;
     let addr = parse_endpoint(&c.endpoint)
         .map_err(|m| ConfigError::at(format!("{path}.endpoint"), m.to_string()))?;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::DEFAULT_MAX_BYTES;
 use crate::component::ReceiverSpec;
-use crate::config::{parse_as, parse_endpoint, ComponentId, ConfigError, ParseCtx};
+use crate::config::{parse_as, parse_endpoint, ComponentYaml, ConfigError};
 use crate::receivers::auth::{AuthConfig, BearerAuth};
 use crate::receivers::tls::{ServerTls, ServerTlsConfig};
 
@@ -133,12 +133,8 @@ fn listener(
     Ok(Listener { addr, max, tls })
 }
 
-pub fn parse(
-    _id: &ComponentId,
-    v: &serde_yaml::Value,
-    path: &str,
-    ctx: &ParseCtx<'_>,
-) -> Result<Box<dyn ReceiverSpec>, ConfigError> {
+pub fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ReceiverSpec>, ConfigError> {
+    let (v, path, ctx) = (y.value, y.path, y.ctx);
     let c: OtlpConfig = parse_as(v, path)?;
     let auth = match &c.auth {
         Some(a) => Some(Arc::new(a.resolve(path, ctx)?)),
