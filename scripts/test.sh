@@ -11,6 +11,7 @@ cargo build --workspace --bins
 cargo build -p loom-core --example envelope_vectors
 echo "== cargo test"
 cargo test --workspace
+scripts/fuzz.sh --bounded  # each fuzz target ~15 s on its seed corpus (fuzz/README.md)
 
 echo "== python"
 scripts/setup-python.sh

@@ -68,7 +68,7 @@ fn http_error(enc: Encoding, status: StatusCode, grpc_code: Code, message: &str)
 
 /// Why a gzip body was not decompressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-enum GunzipError {
+pub enum GunzipError {
     #[error("request body exceeds {max} bytes after decompression")]
     TooLarge { max: usize },
     #[error("invalid gzip body")]
@@ -77,7 +77,7 @@ enum GunzipError {
 
 /// Decompresses with a cap: reads at most `max + 1` bytes, so a gzip bomb costs `max` bytes
 /// of memory before it is refused.
-fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
+pub fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max));
     let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
     dec.read_to_end(&mut out)
@@ -107,6 +107,22 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, String> {
         "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Proto),
         "application/json" => Ok(Encoding::Json),
         _ => Err(ctype),
+    }
+}
+
+/// Decodes an OTLP/HTTP request body (already decompressed), protobuf or JSON; the error is the
+/// message the client gets. Public for the fuzz targets (`fuzz/`).
+pub fn decode_http_body(raw: Bytes, json: bool) -> Result<TraceRequest, String> {
+    if json {
+        serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
+            .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
+            .and_then(|req| {
+                TraceRequest::from_proto(&req)
+                    .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
+            })
+    } else {
+        TraceRequest::decode(raw)
+            .map_err(|e| format!("invalid protobuf ExportTraceServiceRequest: {e}"))
     }
 }
 
@@ -198,17 +214,7 @@ async fn http_export(
             &format!("request body exceeds {} bytes", st.max),
         );
     }
-    let decoded = match enc {
-        Encoding::Proto => TraceRequest::decode(raw.clone())
-            .map_err(|e| format!("invalid protobuf ExportTraceServiceRequest: {e}")),
-        Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
-            .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
-            .and_then(|req| {
-                TraceRequest::from_proto(&req)
-                    .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
-            }),
-    };
-    let req = match decoded {
+    let req = match decode_http_body(raw.clone(), enc == Encoding::Json) {
         Ok(r) => r,
         Err(m) => {
             st.intake.refused_bad("http", "bad_request");

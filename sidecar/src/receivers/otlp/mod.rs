@@ -10,6 +10,10 @@ mod grpc;
 mod http;
 pub mod status;
 
+// The body decoders `http_export` calls, for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub use http::{decode_http_body, gunzip_capped, GunzipError};
+
 use std::sync::Arc;
 
 use super::{Consumer, ListenError, Listening, ReceiverCtx, ReceiverSpec, Started};
