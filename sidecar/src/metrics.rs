@@ -248,26 +248,6 @@ impl Metrics {
         self.gauges.lock().get(&key(metric, labels)).copied()
     }
 
-    /// Deprecated string-named form of [`Metrics::count`], kept until the exporters' call sites
-    /// use [`Metric`]. An unknown name panics in debug builds and is dropped in release builds.
-    pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], v: u64) {
-        if let Some(m) = named(name) {
-            self.count(m, labels, v);
-        }
-    }
-
-    /// Deprecated string-named form of [`Metrics::gauge`] (see [`Metrics::add`]).
-    pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], v: i64) {
-        if let Some(m) = named(name) {
-            self.gauge(m, labels, v);
-        }
-    }
-
-    /// Deprecated string-named form of [`Metrics::counter`] (see [`Metrics::add`]).
-    pub fn get(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
-        named(name).map_or(0, |m| self.counter(m, labels))
-    }
-
     pub fn observe_batch(&self, spans: usize) {
         let mut h = self.batch_sizes.lock();
         for (i, le) in BATCH_BUCKETS.iter().enumerate() {
@@ -324,12 +304,6 @@ fn key(metric: Metric, labels: &[(&'static str, &str)]) -> (Metric, Labels) {
         metric,
         labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
     )
-}
-
-fn named(name: &str) -> Option<Metric> {
-    let m = Metric::from_name(name);
-    debug_assert!(m.is_some(), "unknown metric {name}");
-    m
 }
 
 fn fmt_labels(labels: &Labels) -> String {
@@ -391,12 +365,7 @@ mod tests {
             &[("receiver", "otlp"), ("transport", "http")],
             3,
         );
-        // The string-named shim the exporters still use lands on the same series.
-        m.add(
-            "loom_sidecar_exporter_sent_spans_total",
-            &[("exporter", "debug")],
-            3,
-        );
+        m.count(Metric::ExporterSentSpans, &[("exporter", "debug")], 3);
         m.gauge(Metric::ExporterQueueSize, &[("exporter", "debug")], 0);
         m.observe_batch(3);
         let want = "\
