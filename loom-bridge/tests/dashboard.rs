@@ -234,6 +234,8 @@ impl Dash {
 }
 
 fn http() -> reqwest::Client {
+    // As in `dashboard::router`: reqwest built with the workspace needs a crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

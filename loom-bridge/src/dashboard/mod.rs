@@ -62,6 +62,10 @@ pub(crate) struct AppState {
 /// graceful shutdown does not wait on open browsers).
 pub fn router(bridge: Bridge, stop: CancellationToken) -> Router {
     let settings = Arc::new(bridge.config().dashboard.clone());
+    // Built in one workspace with loom-sidecar, reqwest carries its `rustls-no-provider` feature
+    // and panics in `build()` unless a process-wide crypto provider is installed: install ring's
+    // (a no-op when one already is), so the bridge starts however it was built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .timeout(settings.query_timeout)
         // The trace query service is named explicitly; an HTTP(S)_PROXY meant for the internet
