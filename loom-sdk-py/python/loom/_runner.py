@@ -388,6 +388,9 @@ class Runner:
             self.metrics = f"127.0.0.1:{free_port()}"
             # The bridge's dashboard would otherwise take the fixed 127.0.0.1:3030.
             self.base_env.setdefault("LOOM_BRIDGE_DASHBOARD", f"127.0.0.1:{free_port()}")
+            # A trace_store left on port 0 would take a kernel-chosen port, which can be one just
+            # handed out above (the bridge's, say) and make that child fail to bind.
+            self.base_env.setdefault("LOOM_TRACE_QUERY_ENDPOINT", f"127.0.0.1:{free_port()}")
         else:
             self.bridge_address = project.bridge_address
             self.otlp_grpc = self.base_env.get("LOOM_OTLP_GRPC_ENDPOINT", "127.0.0.1:4317")
