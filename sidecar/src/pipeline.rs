@@ -201,7 +201,6 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::trace::v1 as pb;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
     use tokio_util::sync::CancellationToken;
 
@@ -211,25 +210,10 @@ mod tests {
     };
     use crate::exporters::start_queue;
     use crate::metrics::Metric;
-    use crate::model::{ScopeSpans, Span};
+    use crate::model::test_resource_spans;
 
     fn spans(n: usize) -> Vec<ResourceSpans> {
-        vec![ResourceSpans {
-            resource: None,
-            scope_spans: vec![ScopeSpans {
-                scope: None,
-                spans: (0..n)
-                    .map(|i| {
-                        Span::from_proto(&pb::Span {
-                            name: format!("s{i}"),
-                            ..pb::Span::default()
-                        })
-                    })
-                    .collect(),
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }]
+        vec![test_resource_spans(&[n])]
     }
 
     /// Reports the span count of every batch it is given; `stall` ones never finish.

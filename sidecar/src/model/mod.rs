@@ -104,31 +104,39 @@ pub fn split(rs: Vec<ResourceSpans>, max: usize) -> Vec<Vec<ResourceSpans>> {
     out
 }
 
+/// A resource with one scope per entry of `scopes`, holding that many spans named `s0`, `s1`, …
+/// (the shape the batcher, pipeline and split tests feed through).
+#[cfg(test)]
+pub(crate) fn test_resource_spans(scopes: &[usize]) -> ResourceSpans {
+    use opentelemetry_proto::tonic::trace::v1 as pb;
+
+    ResourceSpans {
+        resource: None,
+        scope_spans: scopes
+            .iter()
+            .map(|&n| ScopeSpans {
+                scope: None,
+                spans: (0..n)
+                    .map(|i| {
+                        Span::from_proto(&pb::Span {
+                            name: format!("s{i}"),
+                            ..pb::Span::default()
+                        })
+                    })
+                    .collect(),
+                schema_url: String::new(),
+            })
+            .collect(),
+        schema_url: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::trace::v1 as pb;
 
     fn rs(scopes: &[usize]) -> ResourceSpans {
-        ResourceSpans {
-            resource: None,
-            scope_spans: scopes
-                .iter()
-                .map(|&n| ScopeSpans {
-                    scope: None,
-                    spans: (0..n)
-                        .map(|i| {
-                            Span::from_proto(&pb::Span {
-                                name: format!("s{i}"),
-                                ..pb::Span::default()
-                            })
-                        })
-                        .collect(),
-                    schema_url: String::new(),
-                })
-                .collect(),
-            schema_url: String::new(),
-        }
+        test_resource_spans(scopes)
     }
 
     #[test]

@@ -131,29 +131,12 @@ pub async fn run(
 mod tests {
     use std::time::Duration;
 
-    use opentelemetry_proto::tonic::trace::v1 as pb;
-
     use super::*;
     use crate::memory::MemoryTracker;
-    use crate::model::{ScopeSpans, Span};
+    use crate::model::test_resource_spans;
 
     fn spans(n: usize) -> Vec<ResourceSpans> {
-        vec![ResourceSpans {
-            resource: None,
-            scope_spans: vec![ScopeSpans {
-                scope: None,
-                spans: (0..n)
-                    .map(|i| {
-                        Span::from_proto(&pb::Span {
-                            name: format!("s{i}"),
-                            ..pb::Span::default()
-                        })
-                    })
-                    .collect(),
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }]
+        vec![test_resource_spans(&[n])]
     }
 
     fn settings(size: usize, max: usize, timeout: Duration) -> BatchSettings {
