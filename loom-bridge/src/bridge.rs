@@ -12,10 +12,12 @@ use std::sync::Arc;
 use loom_core::action_broker::{ActionBroker, BrokerConfig};
 use loom_core::event_bus::{BusConfig, EventBus};
 use loom_core::proto::bridge_server::BridgeServer;
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::auth::Auth;
 use crate::config::BridgeConfig;
 use crate::registry::{AgentEntry, AgentInfo, Registry};
 use crate::service::BridgeService;
@@ -30,6 +32,8 @@ pub struct BridgeCounters {
     pub publish_rejected: AtomicU64,
     pub delivered: AtomicU64,
     pub actions_forwarded: AtomicU64,
+    /// Requests and publishes refused by a limit (RESOURCE_EXHAUSTED naming it).
+    pub limit_refused: AtomicU64,
 }
 
 /// What `/api/stats` shows.
@@ -45,6 +49,13 @@ pub struct BridgeStats {
     /// Deliveries lost to drop-oldest in realtime subscription queues (all agents).
     pub dropped: u64,
     pub actions_forwarded: u64,
+    /// Requests refused for a missing or unknown bearer token.
+    pub unauthenticated: u64,
+    /// Requests and publishes a token's rules did not allow.
+    pub permission_denied: u64,
+    /// Requests and publishes refused by a limit (agents, subscriptions, capabilities, action
+    /// calls in flight, publish rate).
+    pub limit_refused: u64,
     pub bus_published: u64,
     pub bus_delivered: u64,
     pub topics: HashMap<String, TopicCount>,
@@ -64,6 +75,9 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub counters: BridgeCounters,
     pub shutdown: CancellationToken,
+    /// ForwardAction calls in flight per caller id; an id leaves the map when its count is 0,
+    /// so it holds at most one entry per call in flight.
+    pub calls_in_flight: Mutex<HashMap<String, usize>>,
 }
 
 /// The bridge: an EventBus + ActionBroker with remote agents attached. Cheap to clone.
@@ -89,12 +103,13 @@ impl Bridge {
     pub fn with_parts(config: BridgeConfig, bus: EventBus, broker: ActionBroker) -> Bridge {
         Bridge {
             shared: Arc::new(Shared {
-                config,
                 bus,
                 broker,
-                registry: Registry::default(),
+                registry: Registry::new(config.limits.max_agents),
                 counters: BridgeCounters::default(),
                 shutdown: CancellationToken::new(),
+                calls_in_flight: Mutex::new(HashMap::new()),
+                config,
             }),
         }
     }
@@ -126,6 +141,7 @@ impl Bridge {
     pub fn stats(&self) -> BridgeStats {
         let c = &self.shared.counters;
         let bus = self.shared.bus.stats();
+        let auth = self.shared.config.auth.as_deref();
         BridgeStats {
             agents: self.shared.registry.len(),
             registered: c.registered.load(Ordering::Relaxed),
@@ -136,6 +152,9 @@ impl Bridge {
             delivered: c.delivered.load(Ordering::Relaxed),
             dropped: bus.dropped,
             actions_forwarded: c.actions_forwarded.load(Ordering::Relaxed),
+            unauthenticated: auth.map_or(0, Auth::unauthenticated_count),
+            permission_denied: auth.map_or(0, Auth::denied_count),
+            limit_refused: c.limit_refused.load(Ordering::Relaxed),
             bus_published: bus.published,
             bus_delivered: bus.delivered,
             topics: bus
@@ -199,6 +218,13 @@ impl Bridge {
 }
 
 impl Shared {
+    /// Counts and logs a limit refusal; the status goes back to the agent as it is.
+    pub fn limit_refused(&self, agent_id: &str, status: Status) -> Status {
+        self.counters.limit_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(agent.id = %agent_id, "refused: {}", status.message());
+        status
+    }
+
     /// Removes an agent (if `session` matches, when given) and tears it down with `reason` as
     /// its stream's final status. Returns whether anything was removed.
     pub fn deregister(&self, agent_id: &str, session: Option<&str>, reason: Status) -> bool {

@@ -1,7 +1,11 @@
 //! Bridge settings, with the defaults in one place.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth::Auth;
+use crate::tls::ServerTls;
 
 /// Everything the bridge needs to run; `BridgeConfig::default()` is the documented default.
 #[derive(Debug, Clone)]
@@ -29,6 +33,45 @@ pub struct BridgeConfig {
     pub shutdown_grace: Duration,
     /// Dashboard links, trace source, token and bounds.
     pub dashboard: DashboardSettings,
+    /// TLS (and mutual TLS) on the gRPC listener; `None` is plaintext.
+    pub tls: Option<ServerTls>,
+    /// Bearer tokens (and their rules) every RPC must carry; `None` lets anyone in.
+    pub auth: Option<Arc<Auth>>,
+    /// Bounds on what agents may hold or send.
+    pub limits: Limits,
+}
+
+/// Bounds on agents: each breach is refused with RESOURCE_EXHAUSTED and a message naming it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Agents registered at once (live or waiting to expire).
+    pub max_agents: usize,
+    /// Subscriptions one agent may register.
+    pub max_subscriptions_per_agent: usize,
+    /// Capabilities one agent may provide.
+    pub max_capabilities_per_agent: usize,
+    /// Action calls in flight at once per agent: calls it serves, and ForwardAction calls it
+    /// makes (counted by the call's `caller`).
+    pub max_inflight_actions_per_agent: usize,
+    /// Sustained publishes per second per agent (token bucket); 0 turns the limit off.
+    pub publish_rate: f64,
+    /// Publishes an agent may send at once above the rate (the bucket's size).
+    pub publish_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_agents: 1024,
+            max_subscriptions_per_agent: 256,
+            max_capabilities_per_agent: 256,
+            max_inflight_actions_per_agent: 1024,
+            // Off: every publish is acknowledged and every queue is bounded, so a fast agent
+            // cannot grow memory; the rate is a fairness knob for shared bridges.
+            publish_rate: 0.0,
+            publish_burst: 1000,
+        }
+    }
 }
 
 /// What the dashboard links to, reads traces from, and how much it holds.
@@ -78,6 +121,9 @@ impl Default for BridgeConfig {
             hello_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             dashboard: DashboardSettings::default(),
+            tls: None,
+            auth: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -111,6 +157,15 @@ pub const ENV_UPSTREAM_DASHBOARD: &str = "LOOM_DASHBOARD";
 pub const ENV_UPSTREAM_DASHBOARD_HOST: &str = "LOOM_DASHBOARD_HOST";
 /// Upstream Loom's dashboard port; default 3030.
 pub const ENV_UPSTREAM_DASHBOARD_PORT: &str = "LOOM_DASHBOARD_PORT";
+
+/// TLS certificate chain of the gRPC listener (same as `--tls-cert-file`).
+pub const ENV_TLS_CERT_FILE: &str = "LOOM_BRIDGE_TLS_CERT_FILE";
+/// TLS private key of the gRPC listener (same as `--tls-key-file`).
+pub const ENV_TLS_KEY_FILE: &str = "LOOM_BRIDGE_TLS_KEY_FILE";
+/// CA bundle agents' client certificates must chain to (same as `--tls-client-ca-file`).
+pub const ENV_TLS_CLIENT_CA_FILE: &str = "LOOM_BRIDGE_TLS_CLIENT_CA_FILE";
+/// Bearer-token file (same as `--tokens-file`).
+pub const ENV_TOKENS_FILE: &str = "LOOM_BRIDGE_TOKENS_FILE";
 
 /// A listen setting whose value cannot be used; `name` is the flag or variable it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,14 +4,16 @@
 //! the heartbeat reaper and the dashboard until a shutdown signal.
 //!
 //! Modules: [`bridge`] (the state handle), `registry` (the agent map and its operations),
-//! [`service`] (the gRPC RPCs, stream loops and remote action provider), [`config`],
-//! [`dashboard`].
+//! [`service`] (the gRPC RPCs, stream loops and remote action provider), [`config`] (settings
+//! and limits), [`auth`] (bearer tokens and their rules), [`tls`] (TLS / mTLS), [`dashboard`].
 
+pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod dashboard;
 mod registry;
 pub mod service;
+pub mod tls;
 
 use std::future::Future;
 
@@ -54,7 +56,14 @@ pub async fn serve(
     let grpc_stop = stop.clone();
     let b = bridge.clone();
     let grace = bridge.config().shutdown_grace;
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &bridge.config().tls {
+        // Built in one workspace with the sidecar, rustls may see more than one provider and
+        // then picks none: name ring (tonic's `tls-ring`) once for the process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        builder = builder.tls_config(tls.tonic())?;
+    }
+    let grpc = builder
         .add_service(bridge.service())
         // Deliveries are small frames on long-lived streams: with Nagle on, each one after the first
         // waits for the agent's delayed ACK (~40 ms on Linux) before it leaves.

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use loom_bridge::auth::Auth;
+use loom_bridge::config::Limits;
+use loom_bridge::tls::TlsFiles;
 use loom_bridge::{config, serve, Bridge, BridgeConfig};
 
 /// Lets Python (and other out-of-process) agents join the Loom EventBus and ActionBroker.
@@ -39,6 +42,79 @@ struct Cli {
     /// Trace query service (Jaeger api_v3) the dashboard's timeline reads traces from.
     #[arg(long, env = "LOOM_TRACE_QUERY_URL")]
     trace_query_url: Option<String>,
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key-file).
+    #[arg(long, env = config::ENV_TLS_CERT_FILE)]
+    tls_cert_file: Option<String>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = config::ENV_TLS_KEY_FILE)]
+    tls_key_file: Option<String>,
+    /// PEM CA bundle: agents must present a client certificate it signed (mutual TLS).
+    #[arg(long, env = config::ENV_TLS_CLIENT_CA_FILE)]
+    tls_client_ca_file: Option<String>,
+    /// Bearer tokens agents must send (one per line, or YAML `tokens:` with per-token rules;
+    /// docs/bridge-security.md). Without it any client that reaches the port is trusted.
+    #[arg(long, env = config::ENV_TOKENS_FILE)]
+    tokens_file: Option<String>,
+    /// Most agents registered at once [default: 1024].
+    #[arg(long, env = "LOOM_BRIDGE_MAX_AGENTS")]
+    max_agents: Option<usize>,
+    /// Most subscriptions per agent [default: 256].
+    #[arg(long, env = "LOOM_BRIDGE_MAX_SUBSCRIPTIONS_PER_AGENT")]
+    max_subscriptions_per_agent: Option<usize>,
+    /// Most capabilities per agent [default: 256].
+    #[arg(long, env = "LOOM_BRIDGE_MAX_CAPABILITIES_PER_AGENT")]
+    max_capabilities_per_agent: Option<usize>,
+    /// Most action calls in flight per agent, served or made [default: 1024].
+    #[arg(long, env = "LOOM_BRIDGE_MAX_INFLIGHT_ACTIONS_PER_AGENT")]
+    max_inflight_actions_per_agent: Option<usize>,
+    /// Publishes per second per agent, 0 = no limit [default: 0].
+    #[arg(long, env = "LOOM_BRIDGE_PUBLISH_RATE")]
+    publish_rate: Option<f64>,
+    /// Publishes an agent may send at once above --publish-rate [default: 1000].
+    #[arg(long, env = "LOOM_BRIDGE_PUBLISH_BURST")]
+    publish_burst: Option<u32>,
+}
+
+impl Cli {
+    /// The limits, each flag (or variable) over `Limits::default()`.
+    fn limits(&self) -> anyhow::Result<Limits> {
+        let d = Limits::default();
+        let limits = Limits {
+            max_agents: self.max_agents.unwrap_or(d.max_agents),
+            max_subscriptions_per_agent: self
+                .max_subscriptions_per_agent
+                .unwrap_or(d.max_subscriptions_per_agent),
+            max_capabilities_per_agent: self
+                .max_capabilities_per_agent
+                .unwrap_or(d.max_capabilities_per_agent),
+            max_inflight_actions_per_agent: self
+                .max_inflight_actions_per_agent
+                .unwrap_or(d.max_inflight_actions_per_agent),
+            publish_rate: self.publish_rate.unwrap_or(d.publish_rate),
+            publish_burst: self.publish_burst.unwrap_or(d.publish_burst),
+        };
+        for (name, v) in [
+            ("--max-agents", limits.max_agents),
+            (
+                "--max-inflight-actions-per-agent",
+                limits.max_inflight_actions_per_agent,
+            ),
+        ] {
+            if v == 0 {
+                anyhow::bail!("{name} must be at least 1");
+            }
+        }
+        if !limits.publish_rate.is_finite() || limits.publish_rate < 0.0 {
+            anyhow::bail!(
+                "--publish-rate {}: expected events per second, 0 or more (0 = no limit)",
+                limits.publish_rate
+            );
+        }
+        if limits.publish_burst == 0 {
+            anyhow::bail!("--publish-burst must be at least 1");
+        }
+        Ok(limits)
+    }
 }
 
 /// An http(s) base URL without a trailing slash; `flag` names it in the error.
@@ -103,11 +179,24 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let limits = cli.limits()?;
     let dashboard_settings = loom_bridge::config::DashboardSettings {
         jaeger_ui_url: base_url("--jaeger-ui-url", cli.jaeger_ui_url)?,
         trace_query_url: base_url("--trace-query-url", cli.trace_query_url)?,
         token,
         ..Default::default()
+    };
+    let tls = TlsFiles {
+        cert_file: cli.tls_cert_file.clone().filter(|s| !s.is_empty()),
+        key_file: cli.tls_key_file.clone().filter(|s| !s.is_empty()),
+        client_ca_file: cli.tls_client_ca_file.clone().filter(|s| !s.is_empty()),
+    }
+    .load(("--tls-cert-file", "--tls-key-file", "--tls-client-ca-file"))?;
+    let auth = match cli.tokens_file.as_deref().filter(|s| !s.is_empty()) {
+        Some(path) => Some(std::sync::Arc::new(
+            Auth::from_file(path).context("--tokens-file")?,
+        )),
+        None => None,
     };
     let telemetry = loom_core::telemetry::init_telemetry("loom-bridge")
         .context("telemetry set-up (OTEL_* environment)")?;
@@ -122,8 +211,14 @@ async fn main() -> anyhow::Result<()> {
         outbound_queue: cli.outbound_queue.max(1),
         default_action_timeout: cli.action_timeout,
         dashboard: dashboard_settings,
+        tls,
+        auth,
+        limits,
         ..BridgeConfig::default()
     };
+    if config.auth.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.listen, "no --tokens-file: any client that reaches this address can register as any agent");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding gRPC listener {}", config.listen))?;
@@ -141,7 +236,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(d) = &dashboard {
         println!("loom-bridge dashboard on http://{}", d.local_addr()?);
     }
-    tracing::info!(%addr, "loom-bridge serving");
+    tracing::info!(
+        %addr,
+        tls = config.tls.is_some(),
+        mtls = config.tls.as_ref().is_some_and(|t| t.mutual()),
+        tokens = config.auth.is_some(),
+        "loom-bridge serving"
+    );
     let bridge = Bridge::new(config);
     serve(bridge, listener, dashboard, shutdown_signal()).await?;
     drop(telemetry);

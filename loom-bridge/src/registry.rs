@@ -151,6 +151,10 @@ pub(crate) enum RegistryError {
     UnknownSession(String),
     #[error("agent {0} already has an open EventStream")]
     StreamOpen(String),
+    #[error(
+        "max_agents: the bridge already holds its limit of {0} agents; try again when one leaves"
+    )]
+    TooManyAgents(usize),
 }
 
 impl From<RegistryError> for tonic::Status {
@@ -160,20 +164,36 @@ impl From<RegistryError> for tonic::Status {
                 tonic::Status::already_exists(e.to_string())
             }
             RegistryError::UnknownSession(_) => tonic::Status::failed_precondition(e.to_string()),
+            RegistryError::TooManyAgents(_) => tonic::Status::resource_exhausted(e.to_string()),
         }
     }
 }
 
-#[derive(Default)]
 pub(crate) struct Registry {
     agents: Mutex<HashMap<String, AgentEntry>>,
+    /// Most agents held at once (`limits.max_agents`).
+    max_agents: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(usize::MAX)
+    }
 }
 
 impl Registry {
+    pub fn new(max_agents: usize) -> Registry {
+        Registry {
+            agents: Mutex::new(HashMap::new()),
+            max_agents,
+        }
+    }
+
     /// Enters `entry`, unless an agent with its id is live: it has a stream open or was seen
     /// within `live_for`. A stale entry with that id is removed first and handed to `claim`,
     /// which runs under the lock (so two registrations of one id cannot interleave) and claims
-    /// whatever the agent needs elsewhere; if `claim` fails, nothing is entered.
+    /// whatever the agent needs elsewhere; if `claim` fails, nothing is entered. A new id past
+    /// `max_agents` is refused before anything is claimed, so the map never outgrows it.
     pub fn register<E: From<RegistryError>>(
         &self,
         entry: AgentEntry,
@@ -185,6 +205,8 @@ impl Registry {
             if existing.stream.is_some() || existing.last_seen.elapsed() <= live_for {
                 return Err(RegistryError::AlreadyLive(entry.agent_id).into());
             }
+        } else if agents.len() >= self.max_agents {
+            return Err(RegistryError::TooManyAgents(self.max_agents).into());
         }
         claim(agents.remove(&entry.agent_id))?;
         agents.insert(entry.agent_id.clone(), entry);
@@ -335,6 +357,21 @@ mod tests {
         .unwrap();
         assert_eq!(replaced.as_deref(), Some("s1"));
         assert_eq!(r.snapshot()[0].session_id, "s2");
+    }
+
+    #[test]
+    fn past_max_agents_a_new_id_is_refused_but_a_stale_one_is_replaced() {
+        let r = Registry::new(2);
+        register(&r, entry("a", "s1"), LIVE).unwrap();
+        register(&r, entry("b", "s2"), LIVE).unwrap();
+        let err = register(&r, entry("c", "s3"), LIVE).unwrap_err();
+        assert_eq!(err, RegistryError::TooManyAgents(2));
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().starts_with("max_agents:"));
+        std::thread::sleep(Duration::from_millis(5));
+        register(&r, entry("b", "s4"), Duration::from_millis(1)).unwrap();
+        assert_eq!(r.len(), 2);
     }
 
     #[test]

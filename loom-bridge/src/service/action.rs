@@ -13,6 +13,7 @@ use tonic::Status;
 use tracing::field::Empty;
 use tracing::Instrument;
 
+use crate::auth::{Action, Grant};
 use crate::bridge::Shared;
 use crate::registry::StreamHandle;
 
@@ -21,10 +22,16 @@ use crate::registry::StreamHandle;
 /// an ActionResult, not a gRPC error.
 pub(super) async fn forward_action(
     shared: &Shared,
+    grant: Grant<'_>,
     mut call: ActionCall,
 ) -> Result<ActionResult, Status> {
     if call.capability.is_empty() {
         return Err(Status::invalid_argument("capability is empty"));
+    }
+    grant.check(Action::Invoke, &call.capability)?;
+    if !call.caller.is_empty() {
+        // A caller may only speak for an agent id its token may be.
+        grant.check(Action::Agent, &call.caller)?;
     }
     if call.args.len() > shared.config.max_payload_bytes {
         return Err(Status::resource_exhausted(format!(
@@ -33,6 +40,7 @@ pub(super) async fn forward_action(
             shared.config.max_payload_bytes
         )));
     }
+    let _in_flight = CallerSlot::take(shared, &call.caller)?;
     if call.id.is_empty() {
         call.id = uuid::Uuid::new_v4().to_string();
     }
@@ -62,6 +70,49 @@ pub(super) async fn forward_action(
         Ok(r) => r,
         Err(e) => e.to_result(&call_id),
     })
+}
+
+/// One ForwardAction call in flight for its caller (`""` for calls naming none, which share one
+/// count); given back when dropped, however the call ends.
+struct CallerSlot<'a> {
+    shared: &'a Shared,
+    caller: String,
+}
+
+impl<'a> CallerSlot<'a> {
+    fn take(shared: &'a Shared, caller: &str) -> Result<CallerSlot<'a>, Status> {
+        let max = shared.config.limits.max_inflight_actions_per_agent;
+        {
+            let mut map = shared.calls_in_flight.lock();
+            let n = map.get(caller).copied().unwrap_or(0);
+            if n >= max {
+                drop(map);
+                return Err(shared.limit_refused(
+                    caller,
+                    Status::resource_exhausted(format!(
+                        "max_inflight_actions_per_agent: caller {caller:?} already has {max} action calls in flight"
+                    )),
+                ));
+            }
+            map.insert(caller.to_owned(), n + 1);
+        }
+        Ok(CallerSlot {
+            shared,
+            caller: caller.to_owned(),
+        })
+    }
+}
+
+impl Drop for CallerSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.shared.calls_in_flight.lock();
+        if let Some(n) = map.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.caller);
+            }
+        }
+    }
 }
 
 /// A capability served by a remote agent: the call goes down the agent's stream and the
@@ -105,7 +156,21 @@ impl ActionProvider for RemoteProvider {
                 format!("agent {agent_id} serving this capability is not connected")
             })?;
             let (tx, rx) = oneshot::channel();
-            stream.pending.lock().insert(call.id.clone(), tx);
+            {
+                let max = shared.config.limits.max_inflight_actions_per_agent;
+                let mut pending = stream.pending.lock();
+                if pending.len() >= max && !pending.contains_key(&call.id) {
+                    drop(pending);
+                    shared
+                        .counters
+                        .limit_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(format!(
+                        "max_inflight_actions_per_agent: agent {agent_id} already serves {max} calls in flight"
+                    ));
+                }
+                pending.insert(call.id.clone(), tx);
+            }
             let _guard = PendingGuard {
                 stream: stream.clone(),
                 call_id: call.id.clone(),

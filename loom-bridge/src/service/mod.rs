@@ -27,6 +27,7 @@ use loom_core::proto::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Action, Grant};
 use crate::bridge::Shared;
 // Kept at their old paths (`loom_bridge::service::Bridge`, …) for existing users.
 pub use crate::bridge::{Bridge, BridgeCounters, BridgeStats, TopicCount};
@@ -41,6 +42,11 @@ impl BridgeService {
     pub(crate) fn new(shared: Arc<Shared>) -> BridgeService {
         BridgeService { shared }
     }
+
+    /// Who the request is: its bearer token's grant (open when the bridge has no token file).
+    fn grant<T>(&self, request: &Request<T>, rpc: &str) -> Result<Grant<'_>, Status> {
+        Grant::of(self.shared.config.auth.as_deref(), request.metadata(), rpc)
+    }
 }
 
 #[tonic::async_trait]
@@ -49,7 +55,8 @@ impl BridgeRpc for BridgeService {
         &self,
         request: Request<RegisterAgentRequest>,
     ) -> Result<Response<RegisterAgentResponse>, Status> {
-        register::register_agent(&self.shared, request.into_inner()).map(Response::new)
+        let grant = self.grant(&request, "RegisterAgent")?;
+        register::register_agent(&self.shared, grant, request.into_inner()).map(Response::new)
     }
 
     type EventStreamStream = stream::EventStreamOut;
@@ -58,7 +65,10 @@ impl BridgeRpc for BridgeService {
         &self,
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
-        stream::open(self.shared.clone(), request.into_inner())
+        // The token is checked here and its rules travel with the stream (agent id at Hello,
+        // topic on every publish).
+        let token = self.grant(&request, "EventStream")?.key();
+        stream::open(self.shared.clone(), token, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -67,7 +77,8 @@ impl BridgeRpc for BridgeService {
         &self,
         request: Request<ActionCall>,
     ) -> Result<Response<ActionResult>, Status> {
-        action::forward_action(&self.shared, request.into_inner())
+        let grant = self.grant(&request, "ForwardAction")?;
+        action::forward_action(&self.shared, grant, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -76,7 +87,9 @@ impl BridgeRpc for BridgeService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let grant = self.grant(&request, "Heartbeat")?;
         let req = request.into_inner();
+        grant.check(Action::Agent, &req.agent_id)?;
         if self.shared.registry.touch(&req.agent_id, &req.session_id) {
             Ok(Response::new(HeartbeatResponse {
                 server_time_unix_nano: now_unix_nanos(),

@@ -9,6 +9,7 @@ use loom_core::proto::{RegisterAgentRequest, RegisterAgentResponse};
 use tonic::Status;
 
 use super::action::RemoteProvider;
+use crate::auth::{Action, Grant};
 use crate::bridge::Shared;
 use crate::registry::AgentEntry;
 
@@ -21,8 +22,22 @@ pub(super) fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.chars().all(|c| !c.is_whitespace() && !c.is_control())
 }
 
+/// The reply topics the Python SDK subscribes every agent to (its own and upstream loom-py's):
+/// a token allowed to be `agent_id` may always subscribe to these, whatever its `subscribe` rule.
+fn own_reply_topic(agent_id: &str, pattern: &str) -> bool {
+    // An id holding `*` would make its reply "topic" a wildcard over other agents' replies.
+    !agent_id.contains('*') && pattern.strip_prefix("_loom.reply.") == Some(agent_id)
+        || pattern
+            .strip_prefix("agent.")
+            .and_then(|p| p.strip_suffix(".replies"))
+            == Some(agent_id)
+}
+
+/// Checks in order: malformed (INVALID_ARGUMENT), outside the token's rules (PERMISSION_DENIED),
+/// past a limit (RESOURCE_EXHAUSTED); only then is anything entered or claimed.
 pub(super) fn register_agent(
     shared: &Arc<Shared>,
+    grant: Grant<'_>,
     req: RegisterAgentRequest,
 ) -> Result<RegisterAgentResponse, Status> {
     if !valid_name(&req.agent_id, MAX_AGENT_ID_LEN) {
@@ -31,9 +46,32 @@ pub(super) fn register_agent(
             req.agent_id
         )));
     }
+    let id = req.agent_id.as_str();
+    grant.check(Action::Agent, id)?;
+    let limits = &shared.config.limits;
+    let refuse = |s: Status| shared.limit_refused(id, s);
+    if req.subscriptions.len() > limits.max_subscriptions_per_agent {
+        return Err(refuse(Status::resource_exhausted(format!(
+            "max_subscriptions_per_agent: {} subscriptions requested, at most {} allowed",
+            req.subscriptions.len(),
+            limits.max_subscriptions_per_agent
+        ))));
+    }
     for s in &req.subscriptions {
         event_bus::validate_pattern(&s.pattern)
             .map_err(|e| Status::invalid_argument(format!("subscriptions: {e}")))?;
+    }
+    for s in &req.subscriptions {
+        if !own_reply_topic(id, &s.pattern) {
+            grant.check(Action::Subscribe, &s.pattern)?;
+        }
+    }
+    if req.capabilities.len() > limits.max_capabilities_per_agent.saturating_mul(2) {
+        // Refused before the copy and sort below, which a huge list would make costly.
+        return Err(refuse(too_many_capabilities(
+            req.capabilities.len(),
+            limits.max_capabilities_per_agent,
+        )));
     }
     let mut caps = req.capabilities.clone();
     caps.sort();
@@ -44,6 +82,15 @@ pub(super) fn register_agent(
                 "capability {cap:?} must be non-empty printable characters without whitespace"
             )));
         }
+    }
+    if caps.len() > limits.max_capabilities_per_agent {
+        return Err(refuse(too_many_capabilities(
+            caps.len(),
+            limits.max_capabilities_per_agent,
+        )));
+    }
+    for cap in &caps {
+        grant.check(Action::Provide, cap)?;
     }
 
     let session_id = uuid::Uuid::new_v4().to_string();
@@ -62,6 +109,13 @@ pub(super) fn register_agent(
                 }
             }
             claim_capabilities(shared, &req.agent_id, &caps)
+        })
+        .map_err(|s: Status| {
+            if s.code() == tonic::Code::ResourceExhausted {
+                refuse(s)
+            } else {
+                s
+            }
         })?;
     shared.counters.registered.fetch_add(1, Ordering::Relaxed);
     tracing::info!(agent.id = %req.agent_id, "agent registered");
@@ -69,6 +123,12 @@ pub(super) fn register_agent(
         session_id,
         heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
     })
+}
+
+fn too_many_capabilities(n: usize, max: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "max_capabilities_per_agent: {n} capabilities requested, at most {max} allowed"
+    ))
 }
 
 /// Registers each capability as served by `agent_id`: all of them, or none.
@@ -96,6 +156,16 @@ mod tests {
         assert!(valid_name("sensor-1", 128));
         assert!(valid_name("агент.ü/x:y", 128));
         assert!(valid_name(&"a".repeat(128), 128));
+    }
+
+    #[test]
+    fn own_reply_topics_are_exactly_the_agents_two() {
+        assert!(own_reply_topic("a-1", "_loom.reply.a-1"));
+        assert!(own_reply_topic("a-1", "agent.a-1.replies"));
+        assert!(!own_reply_topic("a-1", "_loom.reply.a-2"));
+        assert!(!own_reply_topic("a-1", "_loom.reply.*"));
+        assert!(!own_reply_topic("a", "agent.a.b.replies"));
+        assert!(!own_reply_topic("a*", "_loom.reply.a*"));
     }
 
     #[test]

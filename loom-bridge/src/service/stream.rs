@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
+use crate::auth::{Action, Grant};
 use crate::bridge::Shared;
 use crate::registry::{AgentCounters, StreamHandle};
 
@@ -26,8 +27,11 @@ pub(crate) type EventStreamOut =
 
 /// Opens an agent's EventStream: waits for its Hello, attaches the stream to its registration,
 /// subscribes it to the bus and starts the loops. The returned stream is what the agent reads.
+/// `token` is the stream's grant key ([`Grant::key`]): its rules apply to the Hello's agent id
+/// and to every publish.
 pub(super) async fn open(
     shared: Arc<Shared>,
+    token: Option<usize>,
     mut inbound: Streaming<ClientMessage>,
 ) -> Result<EventStreamOut, Status> {
     let first = tokio::time::timeout(shared.config.hello_timeout, inbound.message())
@@ -51,6 +55,8 @@ pub(super) async fn open(
             ))
         }
     };
+
+    Grant::resume(shared.config.auth.as_deref(), token).check(Action::Agent, &hello.agent_id)?;
 
     let (tx, rx) = mpsc::channel(shared.config.outbound_queue.max(1));
     let handle = Arc::new(StreamHandle::new(tx, shared.shutdown.child_token()));
@@ -91,9 +97,12 @@ pub(super) async fn open(
         shared.clone(),
         inbound,
         handle.clone(),
-        hello.agent_id.clone(),
+        Sender {
+            agent_id: hello.agent_id.clone(),
+            token,
+            counters,
+        },
         hello.session_id.clone(),
-        counters,
     ));
     tracing::info!(agent.id = %hello.agent_id, "agent stream open");
     Ok(Box::pin(ReceiverStream::new(rx)))
@@ -109,15 +118,59 @@ fn ack(event_id: &str, code: Code, message: impl Into<String>) -> ServerMessage 
     }
 }
 
+/// Who publishes on a stream: the agent, its token (grant key) and its counters.
+struct Sender {
+    agent_id: String,
+    token: Option<usize>,
+    counters: Arc<AgentCounters>,
+}
+
+/// A token bucket: `rate` tokens a second up to `burst`. Lives in the stream's own task, so the
+/// limit costs no shared state and ends with the stream.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// `None` when the rate is off (0).
+    fn new(rate: f64, burst: u32) -> Option<Bucket> {
+        let burst = f64::from(burst.max(1));
+        (rate > 0.0).then(|| Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        })
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Reads the agent's stream until it closes or the agent is deregistered, then deregisters it.
 async fn inbound_loop(
     shared: Arc<Shared>,
     mut inbound: Streaming<ClientMessage>,
     handle: Arc<StreamHandle>,
-    agent_id: String,
+    sender: Sender,
     session_id: String,
-    counters: Arc<AgentCounters>,
 ) {
+    let agent_id = sender.agent_id.as_str();
+    let counters = &sender.counters;
+    let limits = &shared.config.limits;
+    let mut bucket = Bucket::new(limits.publish_rate, limits.publish_burst);
     let end = loop {
         let next = tokio::select! {
             _ = handle.cancel.cancelled() => break None,
@@ -128,12 +181,25 @@ async fn inbound_loop(
             Ok(None) => break Some(Status::ok("stream closed by the agent")),
             Err(status) => break Some(status),
         };
-        shared.registry.touch(&agent_id, &session_id);
+        shared.registry.touch(agent_id, &session_id);
         match msg.msg {
             Some(ClientMsg::Publish(p)) => {
-                let reply = tokio::select! {
-                    _ = handle.cancel.cancelled() => break None,
-                    r = on_publish(&shared, &agent_id, &counters, p) => r,
+                let reply = if bucket.as_mut().is_some_and(|b| !b.take(Instant::now())) {
+                    let id = p.event.as_ref().map_or("", |e| e.id.as_str());
+                    let msg = format!(
+                        "publish_rate: agent {agent_id} exceeds {} events/s (burst {})",
+                        limits.publish_rate, limits.publish_burst
+                    );
+                    shared
+                        .counters
+                        .limit_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    reject(&shared, counters, id, Code::ResourceExhausted, msg)
+                } else {
+                    tokio::select! {
+                        _ = handle.cancel.cancelled() => break None,
+                        r = on_publish(&shared, &sender, p) => r,
+                    }
                 };
                 let sent = tokio::select! {
                     _ = handle.cancel.cancelled() => break None,
@@ -169,7 +235,7 @@ async fn inbound_loop(
     if let Some(status) = end {
         tracing::debug!(agent.id = %agent_id, code = ?status.code(), "agent stream ended: {}", status.message());
         shared.deregister(
-            &agent_id,
+            agent_id,
             Some(&session_id),
             Status::cancelled("stream closed"),
         );
@@ -177,12 +243,8 @@ async fn inbound_loop(
 }
 
 /// Validates and publishes one event; the reply tells the agent how it went.
-async fn on_publish(
-    shared: &Shared,
-    agent_id: &str,
-    counters: &AgentCounters,
-    p: Publish,
-) -> ServerMessage {
+async fn on_publish(shared: &Shared, sender: &Sender, p: Publish) -> ServerMessage {
+    let (agent_id, counters) = (sender.agent_id.as_str(), &*sender.counters);
     let Some(mut event) = p.event else {
         return reject(
             shared,
@@ -208,6 +270,11 @@ async fn on_publish(
     }
     if let Err(e) = event_bus::validate_topic(&topic) {
         return reject(shared, counters, &id, Code::InvalidArgument, e.to_string());
+    }
+    if let Err(s) =
+        Grant::resume(shared.config.auth.as_deref(), sender.token).check(Action::Publish, &topic)
+    {
+        return reject(shared, counters, &id, s.code(), s.message());
     }
     if event.payload.len() > shared.config.max_payload_bytes {
         let msg = format!(
@@ -441,6 +508,20 @@ mod tests {
     }
 
     const SENDER_KEY: &str = envelope::SENDER;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        assert!(Bucket::new(0.0, 10).is_none(), "rate 0 = off");
+        let mut b = Bucket::new(10.0, 3).unwrap();
+        let t0 = b.at;
+        assert!((0..3).all(|_| b.take(t0)));
+        assert!(!b.take(t0));
+        // 10/s: one more after 100 ms, never more than the burst after a long pause.
+        assert!(b.take(t0 + std::time::Duration::from_millis(100)));
+        assert!(!b.take(t0 + std::time::Duration::from_millis(100)));
+        let later = t0 + std::time::Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| b.take(later)).count(), 3);
+    }
 
     #[test]
     fn with_tracing_off_forward_message_passes_metadata_through_unchanged() {
