@@ -83,6 +83,63 @@ def encode_payload(payload: Payload) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
 
+@dataclass(frozen=True)
+class BridgeCredentials:
+    """How an agent proves itself to the bridge: a bearer token and/or TLS material (paths to PEM
+    files). Each comes from its argument, else its environment variable."""
+
+    token: Optional[str] = None
+    ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+
+    def __repr__(self) -> str:  # never show the token
+        return (f"BridgeCredentials(token={'<set>' if self.token else None}, ca_file={self.ca_file!r}, "
+                f"cert_file={self.cert_file!r}, key_file={self.key_file!r})")
+
+    @classmethod
+    def resolve(cls, token: Optional[str], ca_file: Optional[str], cert_file: Optional[str],
+                key_file: Optional[str]) -> "BridgeCredentials":
+        env = os.environ
+        c = cls(
+            token=token or env.get("LOOM_BRIDGE_TOKEN") or None,
+            ca_file=ca_file or env.get("LOOM_BRIDGE_CA_FILE") or None,
+            cert_file=cert_file or env.get("LOOM_BRIDGE_CERT_FILE") or None,
+            key_file=key_file or env.get("LOOM_BRIDGE_KEY_FILE") or None,
+        )
+        if c.token is not None and (not c.token.isascii() or any(ch.isspace() or not ch.isprintable() for ch in c.token)):
+            raise ValueError("bridge token (token= / LOOM_BRIDGE_TOKEN) must be printable ASCII without spaces")
+        if (c.cert_file is None) != (c.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file (LOOM_BRIDGE_CERT_FILE / LOOM_BRIDGE_KEY_FILE)")
+        return c
+
+    @property
+    def wants_tls(self) -> bool:
+        return self.ca_file is not None or self.cert_file is not None
+
+    def channel_credentials(self) -> "grpc.ChannelCredentials":
+        """TLS credentials: the CA to trust (system roots when none) and the client certificate."""
+
+        def read(path: Optional[str], what: str) -> Optional[bytes]:
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                raise LoomConnectionError(f"cannot read the bridge {what} {path!r}: {e}") from None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file, "CA file"),
+            private_key=read(self.key_file, "client key file"),
+            certificate_chain=read(self.cert_file, "client certificate file"),
+        )
+
+    def call_metadata(self) -> Tuple[Tuple[str, str], ...]:
+        """What every RPC carries: the token as `authorization: Bearer …` when there is one."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
 def _target(addr: str) -> Tuple[str, bool]:
     """gRPC target and whether TLS is wanted, from `http(s)://host:port` or `host:port`."""
     if addr.startswith("https://"):
@@ -451,6 +508,12 @@ class Agent:
     ``capabilities`` is either this SDK's ``{name: fn(ctx, request)}`` mapping or upstream's list
     of ``@loom.capability`` functions; ``address`` (upstream's name, also accepted as the fourth
     positional argument when it is a string) is ``bridge_addr``.
+
+    A bridge that asks for a bearer token gets ``token`` (else ``LOOM_BRIDGE_TOKEN``) on every
+    call. TLS is used for an ``https://`` address or when a certificate file is given:
+    ``ca_file`` (``LOOM_BRIDGE_CA_FILE``; the system roots when unset) is the CA the bridge's
+    certificate must chain to, ``cert_file``/``key_file`` (``LOOM_BRIDGE_CERT_FILE``,
+    ``LOOM_BRIDGE_KEY_FILE``) the agent's own certificate for a bridge with mutual TLS.
     """
 
     def __init__(
@@ -470,6 +533,10 @@ class Agent:
         retry: Optional[RetryPolicy] = None,
         metadata: Optional[Mapping[str, str]] = None,
         telemetry: bool = True,
+        token: Optional[str] = None,
+        ca_file: Optional[str] = None,
+        cert_file: Optional[str] = None,
+        key_file: Optional[str] = None,
     ) -> None:
         if not agent_id or any(c.isspace() for c in agent_id):
             raise ValueError("agent_id must be a non-empty string without whitespace")
@@ -498,6 +565,8 @@ class Agent:
                 self._capabilities[spec.name] = _serve_spec(spec)
         self._on_event = on_event
         self.bridge_addr = bridge_addr or address or os.environ.get("LOOM_BRIDGE_ADDR") or DEFAULT_BRIDGE_ADDR
+        self._credentials = BridgeCredentials.resolve(token, ca_file, cert_file, key_file)
+        self._call_md = self._credentials.call_metadata()
         self._qos = pb.QOS_RELIABLE if qos == "reliable" else pb.QOS_REALTIME
         self.max_buffered = max(0, max_buffered)
         self._handler_queue_size = max(1, handler_queue)
@@ -564,12 +633,18 @@ class Agent:
         UNAUTHENTICATED or PERMISSION_DENIED."""
         if self._started:
             return self
+        target, tls = _target(self.bridge_addr)
+        creds = self._credentials
+        # Before anything starts, so an unreadable certificate file leaves the agent as it was.
+        tls_creds = creds.channel_credentials() if tls or creds.wants_tls else None
         self._started = True
         self._stopping = False
         _exit_cleanly_on_sigterm()
         loop = asyncio.get_running_loop()
-        target, tls = _target(self.bridge_addr)
-        self._channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials()) if tls else grpc.aio.insecure_channel(target)
+        if tls_creds is not None:
+            self._channel = grpc.aio.secure_channel(target, tls_creds)
+        else:
+            self._channel = grpc.aio.insecure_channel(target)
         self._stub = pbg.BridgeStub(self._channel)
         self._handler_q = asyncio.Queue(maxsize=self._handler_queue_size)
         self._workers = [loop.create_task(self._handler_worker(), name=f"loom-{self.agent_id}-handler-{i}") for i in range(self._handler_concurrency)]
@@ -704,6 +779,7 @@ class Agent:
                 metadata=self._metadata,
             ),
             timeout=5.0,
+            metadata=self._call_md,
         )
         self._session_id = resp.session_id
         outbound: asyncio.Queue = asyncio.Queue(maxsize=1024)
@@ -716,7 +792,7 @@ class Agent:
                     return
                 yield m
 
-        call = self._stub.EventStream(requests())
+        call = self._stub.EventStream(requests(), metadata=self._call_md)
         # The bridge answers with headers only once it has read the Hello, attached the stream
         # and subscribed it: until then a publish could find no subscriber here and a capability
         # call would find this agent "not connected".
@@ -776,7 +852,11 @@ class Agent:
         while not call.done():
             await asyncio.sleep(interval)
             try:
-                await self._stub.Heartbeat(pb.HeartbeatRequest(agent_id=self.agent_id, session_id=session_id), timeout=max(1.0, interval))
+                await self._stub.Heartbeat(
+                    pb.HeartbeatRequest(agent_id=self.agent_id, session_id=session_id),
+                    timeout=max(1.0, interval),
+                    metadata=self._call_md,
+                )
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:
                     log.warning("agent %s: bridge forgot this session; reconnecting", self.agent_id)
@@ -933,7 +1013,7 @@ class Agent:
         if self._stub is None:
             raise RuntimeError("agent is not started: call `await agent.start()` first")
         try:
-            res = await self._stub.ForwardAction(call, timeout=timeout + 2.0)
+            res = await self._stub.ForwardAction(call, timeout=timeout + 2.0, metadata=self._call_md)
         except grpc.aio.AioRpcError as e:
             raise ActionError(e.code().name, e.details() or "", call.capability) from None
         if res.status == pb.ACTION_STATUS_OK:
