@@ -277,3 +277,55 @@ async fn a_token_outside_its_rules_is_permission_denied_naming_the_rule() {
     assert_eq!(s.unauthenticated, 0);
     tb.stop().await;
 }
+
+#[test]
+fn the_binary_refuses_bad_security_settings_naming_them_and_never_prints_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        "tokens:\n  - name: x\n    token: topsecret-123\n    agents: [\"a b\"]\n",
+    )
+    .unwrap();
+    let tokens = tokens.to_string_lossy().into_owned();
+    for (args, vars, needle) in [
+        (
+            vec!["--tokens-file", tokens.as_str()],
+            vec![],
+            "tokens[0].agents[0]",
+        ),
+        (
+            vec!["--tokens-file", "/nonexistent/tokens"],
+            vec![],
+            "cannot read the token file",
+        ),
+        (
+            vec![],
+            vec![("LOOM_BRIDGE_TLS_CERT_FILE", "/nonexistent/cert.pem")],
+            "--tls-cert-file \"/nonexistent/cert.pem\": needs --tls-key-file too",
+        ),
+        (
+            vec!["--max-agents", "0"],
+            vec![],
+            "--max-agents must be at least 1",
+        ),
+        (vec!["--publish-rate=-1"], vec![], "--publish-rate -1"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_loom-bridge"))
+            .args(["--listen", "127.0.0.1:0", "--dashboard-listen", "off"])
+            .args(&args)
+            .env_remove("LOOM_BRIDGE_TOKENS_FILE")
+            .env_remove("LOOM_BRIDGE_TLS_CERT_FILE")
+            .env_remove("LOOM_BRIDGE_TLS_KEY_FILE")
+            .env_remove("LOOM_BRIDGE_TLS_CLIENT_CA_FILE")
+            .envs(vars.iter().copied())
+            .output()
+            .expect("run loom-bridge");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{args:?} started: {stdout}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("topsecret") && !stdout.contains("topsecret"));
+        assert!(!stdout.contains("listening"), "{args:?} bound a port");
+    }
+}
