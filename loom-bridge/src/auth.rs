@@ -13,6 +13,7 @@
 //! token's name and the rule, never the secret. Tokens are compared in constant time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use loom_core::event_bus;
 use serde::Deserialize;
@@ -129,11 +130,35 @@ impl Token {
     }
 }
 
+/// At most one log line a second for a kind of refusal, with how many went unlogged since: a
+/// flood of bad requests must not become a flood of log lines.
+#[derive(Default)]
+pub struct LogThrottle {
+    last: parking_lot::Mutex<Option<Instant>>,
+    skipped: AtomicU64,
+}
+
+impl LogThrottle {
+    /// `Some(skipped since the last line)` when this refusal may be logged.
+    pub fn admit(&self) -> Option<u64> {
+        let mut last = self.last.lock();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.skipped.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// The accepted tokens and refusal counters.
 pub struct Auth {
     tokens: Vec<Token>,
     unauthenticated: AtomicU64,
     denied: AtomicU64,
+    log_unauthenticated: LogThrottle,
+    log_denied: LogThrottle,
 }
 
 // Never print a secret, even in a debug dump.
@@ -241,6 +266,8 @@ impl Auth {
             tokens,
             unauthenticated: AtomicU64::new(0),
             denied: AtomicU64::new(0),
+            log_unauthenticated: LogThrottle::default(),
+            log_denied: LogThrottle::default(),
         })
     }
 
@@ -270,11 +297,14 @@ impl Auth {
             Some(t) => Ok(t),
             None => {
                 self.unauthenticated.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    rpc,
-                    token_sent = presented.is_some(),
-                    "request refused: missing or unknown bearer token"
-                );
+                if let Some(skipped) = self.log_unauthenticated.admit() {
+                    tracing::warn!(
+                        rpc,
+                        token_sent = presented.is_some(),
+                        unlogged_before = skipped,
+                        "request refused: missing or unknown bearer token"
+                    );
+                }
                 Err(Status::unauthenticated(UNAUTHENTICATED))
             }
         }
@@ -288,7 +318,13 @@ impl Auth {
     /// Counts and logs a PERMISSION_DENIED (the message names token and rule, not the secret).
     pub fn denied(&self, status: Status) -> Status {
         self.denied.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("request refused: {}", status.message());
+        if let Some(skipped) = self.log_denied.admit() {
+            tracing::warn!(
+                unlogged_before = skipped,
+                "request refused: {}",
+                status.message()
+            );
+        }
         status
     }
 
@@ -431,6 +467,16 @@ tokens:
         assert!(!e.message().contains("s3cret"));
         assert_eq!(a.denied_count(), 1);
         assert!(!format!("{a:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_log_throttle_admits_one_line_a_second_and_counts_the_rest() {
+        let t = LogThrottle::default();
+        assert_eq!(t.admit(), Some(0));
+        assert_eq!((t.admit(), t.admit()), (None, None));
+        *t.last.lock() = Some(Instant::now() - Duration::from_secs(2));
+        assert_eq!(t.admit(), Some(2));
+        assert_eq!(t.admit(), None);
     }
 
     #[test]

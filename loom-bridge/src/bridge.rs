@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, LogThrottle};
 use crate::config::BridgeConfig;
 use crate::registry::{AgentEntry, AgentInfo, Registry};
 use crate::service::BridgeService;
@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     /// ForwardAction calls in flight per caller id; an id leaves the map when its count is 0,
     /// so it holds at most one entry per call in flight.
     pub calls_in_flight: Mutex<HashMap<String, usize>>,
+    /// Limit refusals are logged at most once a second.
+    pub log_limits: LogThrottle,
 }
 
 /// The bridge: an EventBus + ActionBroker with remote agents attached. Cheap to clone.
@@ -109,6 +111,7 @@ impl Bridge {
                 counters: BridgeCounters::default(),
                 shutdown: CancellationToken::new(),
                 calls_in_flight: Mutex::new(HashMap::new()),
+                log_limits: LogThrottle::default(),
                 config,
             }),
         }
@@ -221,7 +224,9 @@ impl Shared {
     /// Counts and logs a limit refusal; the status goes back to the agent as it is.
     pub fn limit_refused(&self, agent_id: &str, status: Status) -> Status {
         self.counters.limit_refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(agent.id = %agent_id, "refused: {}", status.message());
+        if let Some(skipped) = self.log_limits.admit() {
+            tracing::warn!(agent.id = %agent_id, unlogged_before = skipped, "refused: {}", status.message());
+        }
         status
     }
 
