@@ -4,7 +4,8 @@
 //! tokens come from a file (`--tokens-file` / `LOOM_BRIDGE_TOKENS_FILE`) in one of two forms:
 //!
 //! * one token per line (blank lines and `#` comments skipped): each token may do anything;
-//! * YAML with rules: `tokens: [{name, token, agents, publish, subscribe, provide, invoke}]`,
+//! * YAML with rules (a line starts with `tokens:`):
+//!   `tokens: [{name, token, agents, publish, subscribe, provide, invoke}]`,
 //!   each list a set of globs (`*` matches any run of characters, as in subscriptions); a list
 //!   left out allows everything, an empty list nothing.
 //!
@@ -197,7 +198,7 @@ impl Auth {
 
     /// Parses a token file's text; `path` names it in errors.
     pub fn parse(path: &str, text: &str) -> Result<Auth, AuthError> {
-        let yaml = text.lines().any(|l| l.trim_end() == "tokens:");
+        let yaml = text.lines().any(|l| l.starts_with("tokens:"));
         let tokens = if yaml {
             let file: TokensFile = serde_yaml::from_str(text).map_err(|e| {
                 // serde_yaml's message starts with the path in the document (`tokens[1]: …`).

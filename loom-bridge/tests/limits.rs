@@ -261,3 +261,23 @@ async fn floods_of_registrations_and_subscriptions_leave_the_maps_within_the_lim
     still_served(&mut a, &mut b, "after subscriptions").await;
     tb.stop().await;
 }
+
+#[tokio::test]
+async fn a_caller_that_is_no_agent_id_is_invalid_argument() {
+    let tb = TestBridge::start(BridgeConfig::default()).await;
+    for caller in ["a b".to_owned(), "x".repeat(129)] {
+        let e = tb
+            .client()
+            .await
+            .forward_action(ActionCall {
+                capability: "any".into(),
+                caller,
+                ..ActionCall::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("caller must be an agent id"));
+    }
+    tb.stop().await;
+}

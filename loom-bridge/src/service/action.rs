@@ -13,6 +13,7 @@ use tonic::Status;
 use tracing::field::Empty;
 use tracing::Instrument;
 
+use super::MAX_AGENT_ID_LEN;
 use crate::auth::{Action, Grant};
 use crate::bridge::Shared;
 use crate::registry::StreamHandle;
@@ -27,6 +28,12 @@ pub(super) async fn forward_action(
 ) -> Result<ActionResult, Status> {
     if call.capability.is_empty() {
         return Err(Status::invalid_argument("capability is empty"));
+    }
+    if !call.caller.is_empty() && !super::register::valid_name(&call.caller, MAX_AGENT_ID_LEN) {
+        // It keys the caller's count of calls in flight, so it is held to an agent id's bounds.
+        return Err(Status::invalid_argument(format!(
+            "caller must be an agent id: 1..={MAX_AGENT_ID_LEN} printable characters without whitespace"
+        )));
     }
     grant.check(Action::Invoke, &call.capability)?;
     if !call.caller.is_empty() {
