@@ -262,7 +262,9 @@ fn parse_spec(v: &serde_yaml::Value, path: &str, ctx: &ParseCtx<'_>) -> Result<S
             let hint = ctx.origin_hint(&at);
             ConfigError::at(at, format!("{m}{hint}"))
         })?,
-        None => from_env(ctx).map_err(|m| ConfigError::at(format!("{path}.default"), m))?,
+        None => {
+            from_env(ctx).map_err(|e| ConfigError::at(format!("{path}.default"), e.to_string()))?
+        }
     };
     let mut rules = Vec::new();
     for (i, r) in c.rules.iter().enumerate() {
@@ -279,11 +281,17 @@ fn parse_spec(v: &serde_yaml::Value, path: &str, ctx: &ParseCtx<'_>) -> Result<S
     Ok(Spec { default, rules })
 }
 
+/// A sampler variable of the environment that does not parse, worded as the sidecar's other
+/// config errors: the variable, then the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}", .0.var(), message(.0))]
+pub struct EnvSamplerError(#[source] SamplerSpecError);
+
 /// No `default:` in the YAML: the environment decides, read as the SDKs read it.
-fn from_env(ctx: &ParseCtx<'_>) -> Result<Kind, String> {
+fn from_env(ctx: &ParseCtx<'_>) -> Result<Kind, EnvSamplerError> {
     sampler_spec_from(|k| (ctx.lookup)(k))
         .map(Kind::from)
-        .map_err(|e| format!("{}: {}", e.var(), message(&e)))
+        .map_err(EnvSamplerError)
 }
 
 impl ProcessorSpec for Arc<Spec> {

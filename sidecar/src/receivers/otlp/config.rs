@@ -8,46 +8,94 @@ use serde::Deserialize;
 
 use super::DEFAULT_MAX_BYTES;
 use crate::component::ReceiverSpec;
-use crate::config::{parse_as, parse_endpoint, ComponentYaml, ConfigError};
+use crate::config::{endpoint_at, parse_as, require_positive, ComponentYaml, ConfigError};
 use crate::receivers::auth::{AuthConfig, BearerAuth};
 use crate::receivers::tls::{ServerTls, ServerTlsConfig};
 
+/// `protocols.grpc`; a missing field takes its value from `Default`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct GrpcConfig {
-    #[serde(default = "default_grpc")]
     endpoint: String,
-    #[serde(default = "default_max_mib")]
     max_recv_msg_size_mib: usize,
     /// TLS (and mTLS with `client_ca_file`); plaintext without it.
-    #[serde(default)]
     tls: Option<ServerTlsConfig>,
 }
 
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            endpoint: "127.0.0.1:4317".into(),
+            max_recv_msg_size_mib: DEFAULT_MAX_BYTES >> 20,
+            tls: None,
+        }
+    }
+}
+
+/// `protocols.http`; a missing field takes its value from `Default`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct HttpConfig {
-    #[serde(default = "default_http")]
     endpoint: String,
     /// Bytes, after decompression.
-    #[serde(default = "default_max_bytes")]
     max_request_body_size: usize,
     /// TLS (and mTLS with `client_ca_file`); plaintext without it.
-    #[serde(default)]
     tls: Option<ServerTlsConfig>,
 }
 
-fn default_grpc() -> String {
-    "127.0.0.1:4317".into()
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            endpoint: "127.0.0.1:4318".into(),
+            max_request_body_size: DEFAULT_MAX_BYTES,
+            tls: None,
+        }
+    }
 }
-fn default_http() -> String {
-    "127.0.0.1:4318".into()
+
+/// One protocol's settings, checked into a [`Listener`] at YAML path `at`.
+trait Protocol: Default {
+    fn listener(&self, at: &str) -> Result<Listener, ConfigError>;
 }
-fn default_max_mib() -> usize {
-    DEFAULT_MAX_BYTES >> 20
+
+impl Protocol for GrpcConfig {
+    fn listener(&self, at: &str) -> Result<Listener, ConfigError> {
+        let mib = self.max_recv_msg_size_mib;
+        let limit = ("max_recv_msg_size_mib", mib);
+        listener(
+            at,
+            &self.endpoint,
+            limit,
+            mib.saturating_mul(1024 * 1024),
+            &self.tls,
+        )
+    }
 }
-fn default_max_bytes() -> usize {
-    DEFAULT_MAX_BYTES
+
+impl Protocol for HttpConfig {
+    fn listener(&self, at: &str) -> Result<Listener, ConfigError> {
+        let bytes = self.max_request_body_size;
+        listener(
+            at,
+            &self.endpoint,
+            ("max_request_body_size", bytes),
+            bytes,
+            &self.tls,
+        )
+    }
+}
+
+/// The listener of `protocols.{name}` when the YAML names it (`grpc:` alone: defaults).
+fn enabled<P: Protocol>(
+    p: Option<Option<P>>,
+    path: &str,
+    name: &str,
+) -> Result<Option<Listener>, ConfigError> {
+    p.map(|p| {
+        p.unwrap_or_default()
+            .listener(&format!("{path}.protocols.{name}"))
+    })
+    .transpose()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -93,22 +141,6 @@ pub struct Spec {
     pub auth: Option<Arc<BearerAuth>>,
 }
 
-fn default_grpc_config() -> GrpcConfig {
-    GrpcConfig {
-        endpoint: default_grpc(),
-        max_recv_msg_size_mib: default_max_mib(),
-        tls: None,
-    }
-}
-
-fn default_http_config() -> HttpConfig {
-    HttpConfig {
-        endpoint: default_http(),
-        max_request_body_size: default_max_bytes(),
-        tls: None,
-    }
-}
-
 /// Checks one protocol's settings, both protocols alike: `at` is its YAML path, `limit` the
 /// name and value of its size setting, `max` that limit in bytes.
 fn listener(
@@ -118,14 +150,8 @@ fn listener(
     max: usize,
     tls: &Option<ServerTlsConfig>,
 ) -> Result<Listener, ConfigError> {
-    let addr = parse_endpoint(endpoint)
-        .map_err(|m| ConfigError::at(format!("{at}.endpoint"), m.to_string()))?;
-    if limit.1 == 0 {
-        return Err(ConfigError::at(
-            format!("{at}.{}", limit.0),
-            "must be greater than 0",
-        ));
-    }
+    let addr = endpoint_at(at, endpoint)?;
+    require_positive(at, limit.0, limit.1)?;
     let tls = match tls {
         Some(t) => Some(t.load(&format!("{at}.tls"))?),
         None => None,
@@ -140,32 +166,8 @@ pub fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ReceiverSpec>, ConfigError
         Some(a) => Some(Arc::new(a.resolve(path, ctx)?)),
         None => None,
     };
-    let grpc = match c.protocols.grpc {
-        None => None,
-        Some(g) => {
-            let g = g.unwrap_or_else(default_grpc_config);
-            Some(listener(
-                &format!("{path}.protocols.grpc"),
-                &g.endpoint,
-                ("max_recv_msg_size_mib", g.max_recv_msg_size_mib),
-                g.max_recv_msg_size_mib.saturating_mul(1024 * 1024),
-                &g.tls,
-            )?)
-        }
-    };
-    let http = match c.protocols.http {
-        None => None,
-        Some(h) => {
-            let h = h.unwrap_or_else(default_http_config);
-            Some(listener(
-                &format!("{path}.protocols.http"),
-                &h.endpoint,
-                ("max_request_body_size", h.max_request_body_size),
-                h.max_request_body_size,
-                &h.tls,
-            )?)
-        }
-    };
+    let grpc = enabled(c.protocols.grpc, path, "grpc")?;
+    let http = enabled(c.protocols.http, path, "http")?;
     if grpc.is_none() && http.is_none() {
         return Err(ConfigError::at(
             format!("{path}.protocols"),

@@ -6,19 +6,17 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
 use super::config::Listener;
 use super::status::{fix_codec_status, grpc_refusal};
-use super::Intake;
+use super::{Bound, Intake};
 use crate::component::{BoxFuture, ListenError};
 use crate::model::otlp::{EXPORT_PATH, TRACE_SERVICE};
 use crate::model::TraceRequest;
-use crate::receivers::auth::{BearerAuth, UNAUTHENTICATED};
+use crate::receivers::auth::UNAUTHENTICATED;
 
 /// `TraceService` as tonic would generate it, but decoding into [`TraceRequest`], whose spans
 /// stay slices of the received message (see `model::otlp`).
@@ -92,18 +90,15 @@ where
 
 /// Serves OTLP/gRPC on a bound listener until `stop`.
 pub(super) fn serve(
-    tcp: TcpListener,
+    b: Bound,
     listener: &Listener,
-    at: &str,
-    intake: Arc<Intake>,
-    auth: Option<Arc<BearerAuth>>,
-    stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ListenError> {
     let svc = TraceServer {
-        intake: intake.clone(),
+        intake: b.intake.clone(),
         max: listener.max,
     };
     // Runs on the request's metadata before the message is decoded.
+    let (intake, auth) = (b.intake, b.auth);
     let svc = tonic::service::interceptor::InterceptedService::new(
         svc,
         move |req: Request<()>| -> Result<Request<()>, Status> {
@@ -124,11 +119,11 @@ pub(super) fn serve(
     let mut server = tonic::transport::Server::builder();
     if let Some(t) = &listener.tls {
         server = server.tls_config(t.tonic()).map_err(|e| ListenError::Tls {
-            at: at.to_owned(),
+            at: b.at.clone(),
             message: e.to_string(),
         })?;
     }
-    let name = at.to_owned();
+    let (name, stop) = (b.at, b.stop);
     Ok(tokio::spawn(async move {
         let r = server
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -137,7 +132,7 @@ pub(super) fn serve(
             // Answers are small frames: with Nagle on, one can wait for the client's delayed
             // ACK (~40 ms on Linux) before it leaves.
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(tcp).with_nodelay(Some(true)),
+                TcpIncoming::from(b.tcp).with_nodelay(Some(true)),
                 stop.cancelled_owned(),
             )
             .await;

@@ -15,14 +15,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message as _;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::config::Listener;
 use super::drain::{drain_refused, Drain};
 use super::status::refusal_status;
-use super::Intake;
+use super::{Bound, Intake};
 use crate::component::{BoxFuture, ListenError};
 use crate::model::TraceRequest;
 use crate::receivers::auth::{BearerAuth, UNAUTHENTICATED};
@@ -88,10 +86,16 @@ pub fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
     Ok(out)
 }
 
-/// The body encoding a request's `Content-Type` names, compared without case or parameters;
-/// `Err` carries the media type when it is neither protobuf nor JSON. The one reading of the
-/// header, so the export path and every early refusal (401) answer in the same encoding.
-fn request_encoding(headers: &HeaderMap) -> Result<Encoding, String> {
+/// A `Content-Type` that is neither protobuf nor JSON (the media type, lower-cased, without
+/// parameters).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported content type {0:?}; use application/x-protobuf or application/json")]
+pub struct UnsupportedMediaType(pub String);
+
+/// The body encoding a request's `Content-Type` names, compared without case or parameters.
+/// The one reading of the header, so the export path and every early refusal (401) answer in
+/// the same encoding.
+fn request_encoding(headers: &HeaderMap) -> Result<Encoding, UnsupportedMediaType> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -106,66 +110,102 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, String> {
     match ctype.as_str() {
         "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Proto),
         "application/json" => Ok(Encoding::Json),
-        _ => Err(ctype),
+        _ => Err(UnsupportedMediaType(ctype)),
     }
 }
 
-/// Decodes an OTLP/HTTP request body (already decompressed), protobuf or JSON; the error is the
-/// message the client gets. Public for the fuzz targets (`fuzz/`).
-pub fn decode_http_body(raw: Bytes, json: bool) -> Result<TraceRequest, String> {
+/// Why an OTLP/HTTP body (already decompressed) is not a valid export request; the message is
+/// what the client gets.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeBodyError {
+    #[error("invalid OTLP/JSON ExportTraceServiceRequest: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON that parses but whose spans do not (the same checks as protobuf intake).
+    #[error("invalid OTLP/JSON ExportTraceServiceRequest: {0}")]
+    JsonSpans(#[source] prost::DecodeError),
+    #[error("invalid protobuf ExportTraceServiceRequest: {0}")]
+    Proto(#[source] prost::DecodeError),
+}
+
+/// Decodes an OTLP/HTTP request body (already decompressed), protobuf or JSON. Public for the
+/// fuzz targets (`fuzz/`).
+pub fn decode_http_body(raw: Bytes, json: bool) -> Result<TraceRequest, DecodeBodyError> {
     if json {
-        serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
-            .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
-            .and_then(|req| {
-                TraceRequest::from_proto(&req)
-                    .map_err(|e| format!("invalid OTLP/JSON ExportTraceServiceRequest: {e}"))
-            })
+        let req = serde_json::from_slice::<ExportTraceServiceRequest>(&raw)?;
+        TraceRequest::from_proto(&req).map_err(DecodeBodyError::JsonSpans)
     } else {
-        TraceRequest::decode(raw)
-            .map_err(|e| format!("invalid protobuf ExportTraceServiceRequest: {e}"))
+        TraceRequest::decode(raw).map_err(DecodeBodyError::Proto)
     }
 }
 
-async fn http_export(
-    State(st): State<HttpState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let enc = match request_encoding(&headers) {
-        Ok(enc) => enc,
-        Err(ctype) => {
-            st.intake.refused_bad("http", "unsupported_media_type");
-            return http_error(
-                Encoding::Json,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Code::InvalidArgument,
-                &format!("unsupported content type {ctype:?}; use application/x-protobuf or application/json"),
-            );
+/// Why an export request was refused before it reached the pipeline: each is counted under
+/// its `reason` and answered with its HTTP status and gRPC code.
+#[derive(Debug, thiserror::Error)]
+enum BadRequest {
+    #[error(transparent)]
+    MediaType(#[from] UnsupportedMediaType),
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("cannot read the request body: {0}")]
+    Unreadable(String),
+    #[error(transparent)]
+    Gunzip(#[from] GunzipError),
+    #[error("unsupported Content-Encoding {0:?}; use gzip or none")]
+    ContentEncoding(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeBodyError),
+}
+
+impl BadRequest {
+    /// The `reason` label of `receiver_refused_spans_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            BadRequest::MediaType(_) => "unsupported_media_type",
+            BadRequest::ContentEncoding(_) => "unsupported_encoding",
+            BadRequest::TooLarge(_) | BadRequest::Gunzip(GunzipError::TooLarge { .. }) => {
+                "too_large"
+            }
+            BadRequest::Unreadable(_)
+            | BadRequest::Gunzip(GunzipError::Invalid)
+            | BadRequest::Decode(_) => "bad_request",
         }
-    };
+    }
+
+    fn status(&self) -> (StatusCode, Code) {
+        match self {
+            BadRequest::MediaType(_) | BadRequest::ContentEncoding(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::InvalidArgument)
+            }
+            BadRequest::TooLarge(_) | BadRequest::Gunzip(GunzipError::TooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted)
+            }
+            BadRequest::Unreadable(_)
+            | BadRequest::Gunzip(GunzipError::Invalid)
+            | BadRequest::Decode(_) => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
+        }
+    }
+
+    /// Counts the refusal and answers it in `enc`.
+    fn refuse(self, intake: &Intake, enc: Encoding) -> Response {
+        intake.refused_bad("http", self.reason());
+        let (status, code) = self.status();
+        http_error(enc, status, code, &self.to_string())
+    }
+}
+
+/// The decoded body of a request in `enc` (with the body's size), or why not.
+fn read_request(
+    st: &HttpState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    enc: Encoding,
+) -> Result<(TraceRequest, usize), BadRequest> {
     // Over the limit (declared or while reading) is an OTLP refusal in the request's encoding,
     // not axum's plain-text rejection, and is counted like every other refusal.
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            st.intake.refused_bad("http", "too_large");
-            return http_error(
-                enc,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Code::ResourceExhausted,
-                &format!("request body exceeds {} bytes", st.max),
-            );
-        }
-        Err(e) => {
-            st.intake.refused_bad("http", "bad_request");
-            return http_error(
-                enc,
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                &format!("cannot read the request body: {}", e.body_text()),
-            );
-        }
-    };
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => BadRequest::TooLarge(st.max),
+        _ => BadRequest::Unreadable(e.body_text()),
+    })?;
     let content_encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -174,54 +214,31 @@ async fn http_export(
     // Bytes all the way: decoded spans are slices of this buffer.
     let raw: Bytes = match content_encoding.as_str() {
         "" | "identity" => body,
-        "gzip" | "x-gzip" => match gunzip_capped(&body, st.max) {
-            Ok(b) => Bytes::from(b),
-            Err(e @ GunzipError::TooLarge { .. }) => {
-                st.intake.refused_bad("http", "too_large");
-                return http_error(
-                    enc,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Code::ResourceExhausted,
-                    &e.to_string(),
-                );
-            }
-            Err(e @ GunzipError::Invalid) => {
-                st.intake.refused_bad("http", "bad_request");
-                return http_error(
-                    enc,
-                    StatusCode::BAD_REQUEST,
-                    Code::InvalidArgument,
-                    &e.to_string(),
-                );
-            }
-        },
-        other => {
-            st.intake.refused_bad("http", "unsupported_encoding");
-            return http_error(
-                enc,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Code::InvalidArgument,
-                &format!("unsupported Content-Encoding {other:?}; use gzip or none"),
-            );
-        }
+        "gzip" | "x-gzip" => Bytes::from(gunzip_capped(&body, st.max)?),
+        other => return Err(BadRequest::ContentEncoding(other.to_owned())),
     };
     if raw.len() > st.max {
-        st.intake.refused_bad("http", "too_large");
-        return http_error(
-            enc,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Code::ResourceExhausted,
-            &format!("request body exceeds {} bytes", st.max),
-        );
+        return Err(BadRequest::TooLarge(st.max));
     }
-    let req = match decode_http_body(raw.clone(), enc == Encoding::Json) {
-        Ok(r) => r,
-        Err(m) => {
-            st.intake.refused_bad("http", "bad_request");
-            return http_error(enc, StatusCode::BAD_REQUEST, Code::InvalidArgument, &m);
-        }
+    let len = raw.len();
+    Ok((decode_http_body(raw, enc == Encoding::Json)?, len))
+}
+
+async fn http_export(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // An unknown content type is answered in JSON: there is no request encoding to answer in.
+    let enc = match request_encoding(&headers) {
+        Ok(enc) => enc,
+        Err(e) => return BadRequest::from(e).refuse(&st.intake, Encoding::Json),
     };
-    match st.intake.take(req, raw.len(), "http").await {
+    let (req, len) = match read_request(&st, &headers, body, enc) {
+        Ok(r) => r,
+        Err(bad) => return bad.refuse(&st.intake, enc),
+    };
+    match st.intake.take(req, len, "http").await {
         Ok(()) => {
             let resp = ExportTraceServiceResponse {
                 partial_success: None,
@@ -294,13 +311,16 @@ async fn method_not_allowed() -> Response {
 
 /// Serves OTLP/HTTP on a bound listener until `stop`.
 pub(super) fn serve(
-    tcp: TcpListener,
+    b: Bound,
     listener: &Listener,
-    at: &str,
-    intake: Arc<Intake>,
-    auth: Option<Arc<BearerAuth>>,
-    stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ListenError> {
+    let Bound {
+        tcp,
+        at,
+        intake,
+        auth,
+        stop,
+    } = b;
     let max = listener.max;
     let state = HttpState {
         intake: intake.clone(),
@@ -325,7 +345,7 @@ pub(super) fn serve(
     let serve = match &listener.tls {
         Some(t) => {
             let l = t.listener(tcp).map_err(|e| ListenError::Tls {
-                at: at.to_owned(),
+                at: at.clone(),
                 message: e.to_string(),
             })?;
             Box::pin(async move {
@@ -346,7 +366,7 @@ pub(super) fn serve(
                 .await
         }),
     };
-    let name = at.to_owned();
+    let name = at;
     Ok(tokio::spawn(async move {
         if let Err(e) = serve.await {
             tracing::error!(receiver = %name, "HTTP server failed: {e}");
@@ -375,8 +395,8 @@ mod tests {
             assert!(enc(proto) == Ok(Encoding::Proto), "{proto}");
         }
         assert!(enc("application/json; charset=utf-8") == Ok(Encoding::Json));
-        assert!(enc("text/plain") == Err("text/plain".to_owned()));
-        assert!(request_encoding(&HeaderMap::new()) == Err(String::new()));
+        assert!(enc("text/plain") == Err(UnsupportedMediaType("text/plain".to_owned())));
+        assert!(request_encoding(&HeaderMap::new()) == Err(UnsupportedMediaType(String::new())));
     }
 
     #[test]

@@ -12,15 +12,19 @@ pub mod status;
 
 // The body decoders `http_export` calls, for the fuzz targets (`fuzz/`).
 #[doc(hidden)]
-pub use http::{decode_http_body, gunzip_capped, GunzipError};
+pub use http::{decode_http_body, gunzip_capped, DecodeBodyError, GunzipError};
 
 use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use super::{Consumer, ListenError, Listening, ReceiverCtx, ReceiverSpec, Started};
 use crate::component::{BoxFuture, Factory, Refusal};
 use crate::config::ComponentId;
 use crate::metrics::{Metric, Metrics};
 use crate::model::{span_count, TraceRequest};
+use crate::receivers::auth::BearerAuth;
 
 pub const FACTORY: Factory<dyn ReceiverSpec> = Factory {
     kind: "otlp",
@@ -83,6 +87,16 @@ impl Intake {
     }
 }
 
+/// What either transport needs to serve: its bound socket, its YAML path (for errors), the
+/// shared intake, the token check and the stop signal.
+struct Bound {
+    tcp: TcpListener,
+    at: String,
+    intake: Arc<Intake>,
+    auth: Option<Arc<BearerAuth>>,
+    stop: CancellationToken,
+}
+
 impl ReceiverSpec for config::Spec {
     fn start(
         &self,
@@ -104,10 +118,16 @@ impl ReceiverSpec for config::Spec {
                 let Some(listener) = listener else { continue };
                 let at = format!("receivers.{id}.protocols.{kind}");
                 let (tcp, local) = ListenError::bind(&at, listener.addr).await?;
-                let (intake, auth, stop) = (intake.clone(), auth.clone(), ctx.shutdown.clone());
+                let bound = Bound {
+                    tcp,
+                    at,
+                    intake: intake.clone(),
+                    auth: auth.clone(),
+                    stop: ctx.shutdown.clone(),
+                };
                 let task = match kind {
-                    "grpc" => grpc::serve(tcp, &listener, &at, intake, auth, stop)?,
-                    _ => http::serve(tcp, &listener, &at, intake, auth, stop)?,
+                    "grpc" => grpc::serve(bound, &listener)?,
+                    _ => http::serve(bound, &listener)?,
                 };
                 tasks.push(task);
                 listening.push(Listening {
