@@ -55,6 +55,18 @@ pub struct TraceParent {
 }
 
 impl TraceParent {
+    /// `None` for an all-zero trace or span id, which W3C says to ignore.
+    fn valid(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> Option<TraceParent> {
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceParent {
+            trace_id,
+            span_id,
+            flags,
+        })
+    }
+
     pub fn sampled(&self) -> bool {
         self.flags & FLAG_SAMPLED != 0
     }
@@ -136,14 +148,7 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
     let trace_id = decode_hex::<16>(&b[3..35])?;
     let span_id = decode_hex::<8>(&b[36..52])?;
     let flags = decode_hex::<1>(&b[53..55])?[0];
-    if trace_id == [0; 16] || span_id == [0; 8] {
-        return None;
-    }
-    Some(TraceParent {
-        trace_id,
-        span_id,
-        flags,
-    })
+    TraceParent::valid(trace_id, span_id, flags)
 }
 
 /// Length of a version-00 `traceparent`.
@@ -215,14 +220,7 @@ pub fn trace_parent_of(md: &HashMap<String, String>) -> Option<TraceParent> {
         None => 0,
         Some(f) => decode_hex::<1>(f.trim_matches([' ', '\t']).as_bytes())?[0],
     };
-    if trace_id == [0; 16] || span_id == [0; 8] {
-        return None;
-    }
-    Some(TraceParent {
-        trace_id,
-        span_id,
-        flags,
-    })
+    TraceParent::valid(trace_id, span_id, flags)
 }
 
 fn number(md: &HashMap<String, String>, key: &str) -> Option<u32> {

@@ -965,13 +965,7 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("loadgen: {e:#}");
-            std::process::ExitCode::from(1)
-        }
-    }
+    common::exit_code("loadgen", result)
 }
 
 #[cfg(test)]

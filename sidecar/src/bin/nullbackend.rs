@@ -552,13 +552,7 @@ async fn run(cli: Cli) -> Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = common::runtime(cli.threads).and_then(|rt| rt.block_on(run(cli)));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nullbackend: {e:#}");
-            std::process::ExitCode::from(1)
-        }
-    }
+    common::exit_code("nullbackend", result)
 }
 
 #[cfg(test)]

@@ -57,34 +57,15 @@ impl Config {
             origins: &document.origins,
             lookup,
         };
-        let receivers = parse_section(
-            &document.section("receivers"),
-            "receivers",
-            registry.receivers,
-            &ctx,
-            &mut errors,
-        );
-        let processors = parse_section(
-            &document.section("processors"),
-            "processors",
-            registry.processors,
-            &ctx,
-            &mut errors,
-        );
-        let exporters = parse_section(
-            &document.section("exporters"),
-            "exporters",
-            registry.exporters,
-            &ctx,
-            &mut errors,
-        );
-        let extensions = parse_section(
-            &document.section("extensions"),
-            "extensions",
-            registry.extensions,
-            &ctx,
-            &mut errors,
-        );
+        let mut sections = Sections {
+            document: &document,
+            ctx: &ctx,
+            errors: &mut errors,
+        };
+        let receivers = sections.parse("receivers", registry.receivers);
+        let processors = sections.parse("processors", registry.processors);
+        let exporters = sections.parse("exporters", registry.exporters);
+        let extensions = sections.parse("extensions", registry.extensions);
         let service = document.service(&mut errors);
         let failed = failed_ids(&errors);
         let defined = |section: &str, id: &ComponentId| match section {
@@ -130,6 +111,30 @@ impl Config {
     /// The expanded document with secrets replaced by `<redacted>`.
     pub fn redacted_yaml(&self) -> String {
         self.document.redacted_yaml()
+    }
+}
+
+/// What parsing one component section needs; problems are collected, not returned.
+struct Sections<'a, 'c> {
+    document: &'a Document,
+    ctx: &'a ParseCtx<'c>,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Sections<'_, '_> {
+    /// The components of section `name`, each parsed by the factory of its type.
+    fn parse<S: ?Sized>(
+        &mut self,
+        name: &str,
+        factories: &[Factory<S>],
+    ) -> BTreeMap<ComponentId, Box<S>> {
+        parse_section(
+            &self.document.section(name),
+            name,
+            factories,
+            self.ctx,
+            self.errors,
+        )
     }
 }
 

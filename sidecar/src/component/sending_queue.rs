@@ -7,35 +7,25 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{require_positive, ConfigError};
 
 /// `sending_queue`: in memory (batches), or the persistent queue with `storage` (a write-ahead
-/// log on disk; `storage` is the Collector's YAML key for it).
+/// log on disk; `storage` is the Collector's YAML key for it). A missing field takes its
+/// value from `Default`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    #[serde(default = "yes")]
     pub enabled: bool,
-    #[serde(default = "default_consumers")]
     pub num_consumers: usize,
     /// In memory: batches the queue holds before new ones are dropped for this exporter
     /// (counted). Not used with `storage`, whose bound is `storage.max_bytes`.
-    #[serde(default)]
     pub queue_size: Option<usize>,
     /// Persist the queue on disk.
-    #[serde(default)]
     pub storage: Option<StorageConfig>,
     /// With `storage`: what to do at `max_bytes` (default `refuse`).
-    #[serde(default)]
     pub when_full: Option<WhenFull>,
 }
 
-fn yes() -> bool {
-    true
-}
-fn default_consumers() -> usize {
-    2
-}
 fn default_queue_size() -> usize {
     1000
 }
@@ -44,7 +34,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             enabled: true,
-            num_consumers: default_consumers(),
+            num_consumers: 2,
             queue_size: None,
             storage: None,
             when_full: None,
@@ -69,17 +59,10 @@ impl QueueConfig {
                 "false is not supported: the queue is what keeps a slow backend from blocking the receivers",
             ));
         }
-        if self.num_consumers == 0 {
-            return Err(ConfigError::at(
-                format!("{path}.sending_queue.num_consumers"),
-                "must be greater than 0",
-            ));
-        }
-        if self.queue_size == Some(0) {
-            return Err(ConfigError::at(
-                format!("{path}.sending_queue.queue_size"),
-                "must be greater than 0",
-            ));
+        let at = format!("{path}.sending_queue");
+        require_positive(&at, "num_consumers", self.num_consumers)?;
+        if let Some(n) = self.queue_size {
+            require_positive(&at, "queue_size", n)?;
         }
         match &self.storage {
             Some(storage) => {
@@ -104,37 +87,48 @@ impl QueueConfig {
     }
 }
 
+/// `retry_on_failure`; a missing field takes its value from `Default`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
-    #[serde(default = "yes")]
     pub enabled: bool,
-    #[serde(default = "default_initial", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub initial_interval: Duration,
-    #[serde(default = "default_max_interval", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
     /// Give up on a batch after retrying this long (0: never give up).
-    #[serde(default = "default_max_elapsed", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub max_elapsed_time: Duration,
-}
-
-fn default_initial() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_max_interval() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_elapsed() -> Duration {
-    Duration::from_secs(300)
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
             enabled: true,
-            initial_interval: default_initial(),
-            max_interval: default_max_interval(),
-            max_elapsed_time: default_max_elapsed(),
+            initial_interval: Duration::from_secs(5),
+            max_interval: Duration::from_secs(30),
+            max_elapsed_time: Duration::from_secs(300),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// One consumer: for exporters that hand batches to something in-process, where order is
+    /// kept and a second consumer would only contend.
+    pub fn single_consumer() -> Self {
+        QueueConfig {
+            num_consumers: 1,
+            ..QueueConfig::default()
+        }
+    }
+}
+
+impl RetryConfig {
+    /// No retries: for exporters whose failures a retry cannot fix (a local write or print).
+    pub fn disabled() -> Self {
+        RetryConfig {
+            enabled: false,
+            ..RetryConfig::default()
         }
     }
 }
@@ -217,11 +211,9 @@ impl StorageConfig {
                 format!("{} is below the minimum of {MIN_MAX_BYTES}", self.max_bytes),
             ));
         }
-        if self.fsync == FsyncPolicy::Interval && self.fsync_interval.is_zero() {
-            return Err(ConfigError::at(
-                at("fsync_interval"),
-                "must be greater than 0",
-            ));
+        if self.fsync == FsyncPolicy::Interval {
+            let at = format!("{path}.sending_queue.storage");
+            require_positive(&at, "fsync_interval", self.fsync_interval)?;
         }
         Ok(())
     }

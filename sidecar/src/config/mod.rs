@@ -153,52 +153,41 @@ impl ParseCtx<'_> {
     }
 }
 
+/// A missing list is an empty one.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
-    #[serde(default)]
     pub receivers: Vec<String>,
-    #[serde(default)]
     pub processors: Vec<String>,
-    #[serde(default)]
     pub exporters: Vec<String>,
 }
 
+/// A missing field takes its value from `Default`, the one place the defaults live.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Prometheus `/metrics` listen address; `none` turns it off.
-    #[serde(default = "default_metrics_address")]
     pub address: String,
-}
-
-fn default_metrics_address() -> String {
-    "127.0.0.1:8888".into()
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
-            address: default_metrics_address(),
+            address: "127.0.0.1:8888".into(),
         }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogsConfig {
-    #[serde(default = "default_log_level")]
     pub level: String,
-}
-
-fn default_log_level() -> String {
-    "info".into()
 }
 
 impl Default for LogsConfig {
     fn default() -> Self {
         LogsConfig {
-            level: default_log_level(),
+            level: "info".into(),
         }
     }
 }
@@ -485,6 +474,45 @@ pub enum EndpointError {
     Resolve(String, #[source] std::io::Error),
     #[error("{0:?}: host resolves to no address")]
     NoAddress(String),
+}
+
+/// A setting's `endpoint` as a socket address, an error naming `{path}.endpoint`.
+pub fn endpoint_at(path: &str, endpoint: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    parse_endpoint(endpoint).map_err(|m| ConfigError::at(format!("{path}.endpoint"), m.to_string()))
+}
+
+/// A size, count or duration that 0 would make meaningless (an empty batch, a queue of none).
+pub trait Positive {
+    fn is_zero(&self) -> bool;
+}
+
+impl Positive for usize {
+    fn is_zero(&self) -> bool {
+        *self == 0
+    }
+}
+
+impl Positive for u64 {
+    fn is_zero(&self) -> bool {
+        *self == 0
+    }
+}
+
+impl Positive for Duration {
+    fn is_zero(&self) -> bool {
+        Duration::is_zero(self)
+    }
+}
+
+/// Refuses 0 for `{path}.{key}`, in the one wording every component uses.
+pub fn require_positive(path: &str, key: &str, value: impl Positive) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::at(
+            format!("{path}.{key}"),
+            "must be greater than 0",
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `host:port` (IPv6 in brackets; `localhost` allowed) into a socket address.

@@ -54,14 +54,8 @@ impl ExporterSpec for DebugConfig {
                 verbosity: self.verbosity,
             }),
             // Printing cannot fail transiently: one consumer keeps output in order.
-            queue: QueueConfig {
-                num_consumers: 1,
-                ..QueueConfig::default()
-            },
-            retry: RetryConfig {
-                enabled: false,
-                ..RetryConfig::default()
-            },
+            queue: QueueConfig::single_consumer(),
+            retry: RetryConfig::disabled(),
         })
     }
 }

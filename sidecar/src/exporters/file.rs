@@ -52,10 +52,7 @@ impl ExporterSpec for FileConfig {
             exporter: Arc::new(FileExporter {
                 out: Arc::new(Mutex::new(BufWriter::new(f))),
             }),
-            queue: QueueConfig {
-                num_consumers: 1,
-                ..QueueConfig::default()
-            },
+            queue: QueueConfig::single_consumer(),
             retry: RetryConfig::default(),
         })
     }

@@ -14,7 +14,7 @@ use super::{ExtensionCtx, ExtensionSpec, Health};
 use crate::component::BoxFuture;
 use crate::component::Factory;
 use crate::component::{ListenError, Listening, Started};
-use crate::config::{parse_as, parse_endpoint, ComponentId, ComponentYaml, ConfigError};
+use crate::config::{endpoint_at, parse_as, ComponentId, ComponentYaml, ConfigError};
 
 pub const FACTORY: Factory<dyn ExtensionSpec> = Factory {
     kind: "health_check",
@@ -22,20 +22,19 @@ pub const FACTORY: Factory<dyn ExtensionSpec> = Factory {
 };
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct HealthConfig {
-    #[serde(default = "default_endpoint")]
     endpoint: String,
-    #[serde(default = "default_path")]
     path: String,
 }
 
-fn default_endpoint() -> String {
-    "127.0.0.1:13133".into()
-}
-
-fn default_path() -> String {
-    "/health".into()
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            endpoint: "127.0.0.1:13133".into(),
+            path: "/health".into(),
+        }
+    }
 }
 
 struct Spec {
@@ -46,8 +45,7 @@ struct Spec {
 fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExtensionSpec>, ConfigError> {
     let (v, path) = (y.value, y.path);
     let c: HealthConfig = parse_as(v, path)?;
-    let addr = parse_endpoint(&c.endpoint)
-        .map_err(|m| ConfigError::at(format!("{path}.endpoint"), m.to_string()))?;
+    let addr = endpoint_at(path, &c.endpoint)?;
     if !c.path.starts_with('/') {
         return Err(ConfigError::at(format!("{path}.path"), "must start with /"));
     }

@@ -496,14 +496,17 @@ impl Span {
 
     /// Appends a string attribute.
     pub fn push_str_attr(&mut self, key: &str, value: &str) {
-        let kv = KeyValue {
-            key: key.to_owned(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(value.to_owned())),
-            }),
-            ..KeyValue::default()
-        };
-        encoding::message::encode(9, &kv, &mut self.extra);
+        encoding::message::encode(9, &string_attr(key, value), &mut self.extra);
+    }
+}
+
+/// A string-valued attribute.
+pub fn string_attr(key: &str, value: &str) -> KeyValue {
+    let value = any_value::Value::StringValue(value.to_owned());
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..KeyValue::default()
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{BuildCtx, ProcessorSpec, Stage};
 use crate::component::{BatchSettings, Factory};
-use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
+use crate::config::{parse_as, require_positive, ComponentId, ComponentYaml, ConfigError};
 use crate::memory::MemoryTicket;
 use crate::model::{self, Batch, ResourceSpans};
 
@@ -20,12 +20,7 @@ pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
 fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
     let (v, path) = (y.value, y.path);
     let c: BatchSettings = parse_as(v, path)?;
-    if c.send_batch_size == 0 {
-        return Err(ConfigError::at(
-            format!("{path}.send_batch_size"),
-            "must be greater than 0",
-        ));
-    }
+    require_positive(path, "send_batch_size", c.send_batch_size)?;
     if c.send_batch_max_size != 0 && c.send_batch_max_size < c.send_batch_size {
         return Err(ConfigError::at(
             format!("{path}.send_batch_max_size"),
@@ -35,18 +30,8 @@ fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
             ),
         ));
     }
-    if c.timeout.is_zero() {
-        return Err(ConfigError::at(
-            format!("{path}.timeout"),
-            "must be greater than 0",
-        ));
-    }
-    if c.queue_size == 0 {
-        return Err(ConfigError::at(
-            format!("{path}.queue_size"),
-            "must be greater than 0",
-        ));
-    }
+    require_positive(path, "timeout", c.timeout)?;
+    require_positive(path, "queue_size", c.queue_size)?;
     Ok(Box::new(c))
 }
 

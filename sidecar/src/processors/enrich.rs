@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde::Deserialize;
 
@@ -16,6 +16,7 @@ use super::{BuildCtx, Processor, ProcessorSpec, Stage};
 use crate::component::Factory;
 use crate::component::Refusal;
 use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
+use crate::model::otlp::string_attr;
 use crate::model::ResourceSpans;
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
@@ -78,16 +79,6 @@ pub struct Enrich {
     spec: Arc<Spec>,
 }
 
-fn string_kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
-        ..KeyValue::default()
-    }
-}
-
 fn has(attrs: &[KeyValue], key: &str) -> bool {
     attrs.iter().any(|kv| kv.key == key)
 }
@@ -98,7 +89,7 @@ impl Processor for Enrich {
             let resource = rs.resource.get_or_insert_with(Resource::default);
             for (k, v) in &self.spec.node {
                 if !has(&resource.attributes, k) {
-                    resource.attributes.push(string_kv(k, v));
+                    resource.attributes.push(string_attr(k, v));
                 }
             }
             let resource_agent = resource_agent(&resource.attributes);

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
 use crate::component::Factory;
 use crate::component::Refusal;
-use crate::config::{parse_as, ComponentId, ComponentYaml, ConfigError};
+use crate::config::{parse_as, require_positive, ComponentId, ComponentYaml, ConfigError};
 use crate::memory::MemoryTracker;
 
 pub const FACTORY: Factory<dyn ProcessorSpec> = Factory {
@@ -52,12 +52,7 @@ fn default_retry_after() -> Duration {
 fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
     let (v, path) = (y.value, y.path);
     let c: MemoryLimiterConfig = parse_as(v, path)?;
-    if c.limit_mib == 0 {
-        return Err(ConfigError::at(
-            format!("{path}.limit_mib"),
-            "must be greater than 0",
-        ));
-    }
+    require_positive(path, "limit_mib", c.limit_mib)?;
     if let Some(s) = c.spike_limit_mib {
         if s >= c.limit_mib {
             return Err(ConfigError::at(
@@ -66,12 +61,7 @@ fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ProcessorSpec>, ConfigError> {
             ));
         }
     }
-    if c.check_interval.is_zero() {
-        return Err(ConfigError::at(
-            format!("{path}.check_interval"),
-            "must be greater than 0",
-        ));
-    }
+    require_positive(path, "check_interval", c.check_interval)?;
     Ok(Box::new(c))
 }
 
@@ -146,21 +136,29 @@ impl Processor for MemoryLimiter {
 mod tests {
     use super::*;
 
+    fn limiter(tracker: &Arc<MemoryTracker>, soft: u64, hard: u64) -> MemoryLimiter {
+        MemoryLimiter {
+            tracker: tracker.clone(),
+            soft,
+            hard,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+
+    fn refuses(lim: &MemoryLimiter) -> bool {
+        matches!(
+            lim.process(&mut Vec::new()),
+            Err(Refusal::MemoryLimit { .. })
+        )
+    }
+
     #[test]
     fn refuses_above_the_soft_limit_and_recovers() {
         let tracker = MemoryTracker::new();
-        let lim = MemoryLimiter {
-            tracker: tracker.clone(),
-            soft: 1000,
-            hard: u64::MAX,
-            retry_after: Duration::from_secs(1),
-        };
+        let lim = limiter(&tracker, 1000, u64::MAX);
         assert!(lim.process(&mut Vec::new()).is_ok());
         let ticket = tracker.take(2000);
-        assert!(matches!(
-            lim.process(&mut Vec::new()),
-            Err(Refusal::MemoryLimit { .. })
-        ));
+        assert!(refuses(&lim));
         drop(ticket);
         assert!(lim.process(&mut Vec::new()).is_ok());
     }
@@ -168,20 +166,12 @@ mod tests {
     #[test]
     fn high_rss_refuses_only_while_the_pipeline_holds_data() {
         let tracker = MemoryTracker::new();
-        let lim = MemoryLimiter {
-            tracker: tracker.clone(),
-            soft: u64::MAX,
-            hard: 16_000,
-            retry_after: Duration::from_secs(1),
-        };
+        let lim = limiter(&tracker, u64::MAX, 16_000);
         // After a burst: RSS stays high, the pipeline is empty. Refusing would never end.
         tracker.set_rss(50_000);
         assert!(lim.process(&mut Vec::new()).is_ok());
         let ticket = tracker.take(2_000);
-        assert!(matches!(
-            lim.process(&mut Vec::new()),
-            Err(Refusal::MemoryLimit { .. })
-        ));
+        assert!(refuses(&lim));
         drop(ticket);
         tracker.set_rss(10_000);
         let _ticket = tracker.take(2_000);
