@@ -101,15 +101,8 @@ def proto_seeds() -> dict[str, bytes]:
 
 
 JSON_SEEDS = {
-    # sidecar/tests/python/test_bad_input.py: the OTLP/JSON request it posts.
-    "bad_input_test": {"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "json-client"}}]},
-        "scopeSpans": [{"scope": {"name": "s"}, "spans": [{
-            "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
-            "parentSpanId": "eee19b7ec3c1b173", "name": "json-span", "kind": 2,
-            "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
-            "attributes": [{"key": "n", "value": {"intValue": "42"}}, {"key": "f", "value": {"doubleValue": 1.5}}],
-            "status": {"code": 2, "message": "bad"}}]}]}]},
+    # The OTLP/JSON request sidecar/tests/python/test_bad_input.py posts.
+    "bad_input_test": json.loads((REPO / "sidecar/tests/python/otlp_json_request.json").read_text()),
     "all_value_kinds": {"resourceSpans": [{"scopeSpans": [{"spans": [{
         "traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": "00f067aa0ba902b7", "flags": 769,
         "traceState": "a=b", "name": "v",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use common::{attr, Tracing};
 use loom_core::envelope::{parse_traceparent, Envelope, FLAG_SAMPLED, TRACEPARENT, TRACESTATE};
-use loom_core::event_bus::{BusConfig, BusError, EventBus, QoS};
+use loom_core::event_bus::{BusConfig, BusError, EventBus, QoS, Subscription};
 use loom_core::proto::Event;
 use loom_core::telemetry::SamplerSpec;
 use opentelemetry::trace::SpanKind;
@@ -15,6 +15,13 @@ fn ev(payload: &str) -> Event {
         payload: payload.as_bytes().to_vec(),
         ..Event::default()
     }
+}
+
+/// A bus with one real-time subscriber on topic `t`.
+fn bus_with_subscriber() -> (EventBus, Subscription) {
+    let bus = EventBus::default();
+    let sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    (bus, sub)
 }
 
 fn payload(d: &loom_core::event_bus::Delivery) -> String {
@@ -64,8 +71,7 @@ async fn wildcard_routing_reaches_exactly_the_matching_subscribers() {
 
 #[tokio::test]
 async fn publish_stamps_id_and_timestamp_and_keeps_given_ones() {
-    let bus = EventBus::default();
-    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    let (bus, mut sub) = bus_with_subscriber();
     bus.publish("t", ev("x")).await.unwrap();
     let d = sub.recv().await.unwrap();
     assert_eq!(d.event.id.len(), 36, "uuid: {}", d.event.id);
@@ -162,8 +168,7 @@ async fn dropped_subscription_unsubscribes_and_frees_blocked_publishers() {
 
 #[tokio::test]
 async fn close_drains_then_ends_subscribers_and_refuses_publishes() {
-    let bus = EventBus::default();
-    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    let (bus, mut sub) = bus_with_subscriber();
     bus.publish("t", ev("last")).await.unwrap();
     bus.close();
     assert_eq!(payload(&sub.recv().await.unwrap()), "last");
@@ -195,8 +200,7 @@ async fn invalid_topics_and_patterns_are_refused() {
 #[tokio::test]
 async fn events_without_trace_context_still_flow() {
     // No tracing subscriber at all: nothing to inject, the event is delivered untouched.
-    let bus = EventBus::default();
-    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    let (bus, mut sub) = bus_with_subscriber();
     bus.publish("t", ev("plain")).await.unwrap();
     let d = sub.recv().await.unwrap();
     assert_eq!(payload(&d), "plain");
@@ -206,8 +210,7 @@ async fn events_without_trace_context_still_flow() {
 #[tokio::test]
 async fn malformed_incoming_traceparent_does_not_stop_the_event() {
     let _t = Tracing::new();
-    let bus = EventBus::default();
-    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    let (bus, mut sub) = bus_with_subscriber();
     let mut e = ev("x");
     e.metadata.insert(TRACEPARENT.into(), "garbage".into());
     bus.publish("t", e).await.unwrap();
@@ -300,8 +303,7 @@ fn always_off() -> [fn() -> Tracing; 2] {
 async fn unsampled_publish_propagates_a_not_sampled_context_and_records_nothing() {
     for tracing in always_off() {
         let t = tracing();
-        let bus = EventBus::default();
-        let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+        let (bus, mut sub) = bus_with_subscriber();
         let upstream = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut e = ev("x");
         e.metadata.insert(TRACEPARENT.into(), upstream.into());
@@ -332,8 +334,7 @@ fn hex(b: &[u8]) -> String {
 async fn unsampled_publish_of_a_bare_event_starts_a_fresh_not_sampled_trace() {
     for tracing in always_off() {
         let t = tracing();
-        let bus = EventBus::default();
-        let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+        let (bus, mut sub) = bus_with_subscriber();
         let mut trace_ids = Vec::new();
         for _ in 0..2 {
             let e = ev("x");
@@ -415,8 +416,7 @@ async fn sampling_ahead_of_the_sdk_keeps_the_ratio_of_root_publishes() {
 #[tokio::test]
 async fn sampling_ahead_follows_the_parent_decision() {
     let t = Tracing::with_spec(SamplerSpec::ParentBasedTraceIdRatio(0.0));
-    let bus = EventBus::default();
-    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    let (bus, mut sub) = bus_with_subscriber();
     for (flags, want_sampled) in [("01", true), ("00", false)] {
         let mut e = ev("x");
         e.metadata.insert(
@@ -453,8 +453,7 @@ async fn sampling_ahead_follows_the_parent_decision() {
 async fn outside_any_tracing_span_the_opentelemetry_api_context_is_the_parent() {
     use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
     let t = Tracing::new();
-    let bus = EventBus::default();
-    let mut sub = bus.subscribe("t", QoS::Realtime).unwrap();
+    let (bus, mut sub) = bus_with_subscriber();
     let api_span = t.provider.tracer("api-user").start("api.parent");
     let api_sc = api_span.span_context().clone();
     {

@@ -3,6 +3,7 @@ session (the global provider can be set only once per process; tests clear it be
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -99,3 +100,12 @@ def wait_until(pred, timeout: float = 10.0, what: str = "condition") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+async def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
+    """`wait_until` inside a coroutine: the event loop keeps running while it waits."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import loom
 from loom.agent import Message
 
-from sdk_harness import BridgeProcess, free_port
+from sdk_harness import BridgeProcess, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 FAST = loom.RetryPolicy(initial_s=0.05, max_s=0.3, start_attempts=20)
@@ -24,14 +24,6 @@ FAST = loom.RetryPolicy(initial_s=0.05, max_s=0.3, start_attempts=20)
 
 def by_name(spans, name):
     return [s for s in spans.get_finished_spans() if s.name == name]
-
-
-async def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_emit_is_received_inside_an_on_event_span_parented_by_bridge_forward(bridge, spans) -> None:

@@ -18,18 +18,12 @@ from opentelemetry import trace
 import loom
 from loom.v1 import loom_pb2 as pb
 
+from sdk_harness import wait_for
+
 pytestmark = pytest.mark.timeout(60)
 FAST = loom.RetryPolicy(initial_s=0.05, max_s=0.3, start_attempts=20)
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
-
-
-async def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # ----- the shapes, without a bridge ---------------------------------------------------------------

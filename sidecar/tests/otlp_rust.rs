@@ -1,7 +1,7 @@
 //! The Rust `opentelemetry-otlp` exporter (tonic) drives the real loom-sidecar binary; every
 //! span the Rust SDK recorded comes back through the file exporter with its fields intact.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{
@@ -15,7 +15,7 @@ use opentelemetry_sdk::Resource;
 use serde_json::Value;
 
 mod common;
-use common::Sidecar;
+use common::{config_file, sidecar_cli, Sidecar};
 
 fn attr_map(v: &Value) -> serde_json::Map<String, Value> {
     v.as_array()
@@ -168,17 +168,8 @@ service:
 #[test]
 fn validate_reports_yaml_paths_and_print_config_redacts() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "exporters:\n  otlp/x: { endpoint: 'http://h:1', headers: { authorization: 'Bearer s3cr3t' }, bogus: 1 }\nservice:\n  pipelines:\n    traces: { receivers: [otlp], exporters: [otlp/x] }\n",
-    )
-    .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_loom-sidecar"))
-        .args(["validate", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let bad = config_file(dir.path(), "bad.yaml", "exporters:\n  otlp/x: { endpoint: 'http://h:1', headers: { authorization: 'Bearer s3cr3t' }, bogus: 1 }\nservice:\n  pipelines:\n    traces: { receivers: [otlp], exporters: [otlp/x] }\n");
+    let o = sidecar_cli("validate", &bad);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -190,23 +181,10 @@ fn validate_reports_yaml_paths_and_print_config_redacts() {
         "{err}"
     );
 
-    let good = dir.path().join("good.yaml");
-    std::fs::write(
-        &good,
-        "receivers:\n  otlp: { protocols: { grpc: } }\nexporters:\n  otlp/x: { endpoint: 'http://h:1', headers: { authorization: 'Bearer s3cr3t' } }\nservice:\n  pipelines:\n    traces: { receivers: [otlp], exporters: [otlp/x] }\n",
-    )
-    .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_loom-sidecar"))
-        .args(["validate", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let good = config_file(dir.path(), "good.yaml", "receivers:\n  otlp: { protocols: { grpc: } }\nexporters:\n  otlp/x: { endpoint: 'http://h:1', headers: { authorization: 'Bearer s3cr3t' } }\nservice:\n  pipelines:\n    traces: { receivers: [otlp], exporters: [otlp/x] }\n");
+    let o = sidecar_cli("validate", &good);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new(env!("CARGO_BIN_EXE_loom-sidecar"))
-        .args(["print-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let o = sidecar_cli("print-config", &good);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
     assert!(

@@ -4,7 +4,7 @@
 //! certificate (mTLS), plaintext to a TLS port, and an exporter trusting another CA are refused.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 mod common;
-use common::Sidecar;
+use common::{config_file, sidecar_cli, Sidecar};
 
 struct Pki {
     _dir: tempfile::TempDir,
@@ -350,19 +350,11 @@ fn bad_tls_files_fail_validation_with_their_yaml_path() {
         ),
     ];
     for (tls, want) in cases {
-        let cfg = dir.path().join("c.yaml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: 127.0.0.1:0, tls: {{ {tls} }} }}\nexporters:\n  debug: {{}}\nservice:\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [debug] }}\n"
-            ),
-        )
-        .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_loom-sidecar"))
-            .args(["validate", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
+        let yaml = format!(
+            "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: 127.0.0.1:0, tls: {{ {tls} }} }}\nexporters:\n  debug: {{}}\nservice:\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [debug] }}\n"
+        );
+        let cfg = config_file(dir.path(), "c.yaml", &yaml);
+        let out = sidecar_cli("validate", &cfg);
         let err = String::from_utf8_lossy(&out.stderr);
         println!("validate → exit {:?}: {}", out.status.code(), err.trim());
         assert_eq!(out.status.code(), Some(1));

@@ -7,13 +7,17 @@ import json
 import re
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 from loom._runner import Project, Runner
 from loom._traces import Span, group_by_trace, read_spans
+
+# Extra environment variables per agent name.
+AgentEnv = Dict[str, Dict[str, str]]
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = REPO / "examples" / "trace-test"
@@ -78,6 +82,59 @@ def settle(run: Run, quiet: float = 2.0, timeout: float = 30.0) -> None:
     raise AssertionError("spans kept arriving")
 
 
+@contextmanager
+def project_runs(
+    project: Path, trace_file: Path, base_env: Optional[Callable[[], AgentEnv]] = None
+) -> Iterator[Callable[..., Run]]:
+    """`start(agent_env=None)` runs `project` on free ports (spans to `trace_file`); each agent's
+    variables are `base_env()`'s, overridden by `agent_env`'s. Every run is stopped on exit."""
+    runners: List[Runner] = []
+
+    def start(agent_env: Optional[AgentEnv] = None) -> Run:
+        lines: List[str] = []
+        lock = threading.Lock()
+
+        def out(line: str) -> None:
+            with lock:
+                lines.append(line)
+
+        env = base_env() if base_env else {}
+        for name, extra in (agent_env or {}).items():
+            env.setdefault(name, {}).update(extra)
+        runner = Runner(
+            Project.load(project),
+            auto_ports=True,
+            out=out,
+            trace_file=trace_file,
+            agent_env=env,
+            env={"LOOM_BRIDGE_DASHBOARD": "off", "RUST_LOG": "warn"},
+        )
+        runners.append(runner)
+        runner.start()
+        return Run(runner, lines)
+
+    try:
+        yield start
+    finally:
+        for r in runners:
+            r.stop()
+
+
+def linear_chain(root: Span, spans: List[Span]) -> Tuple[List[Tuple[str, str]], Optional[str]]:
+    """(name, service) of each span from `root` down through only children, and where that
+    stops: None at a leaf, else which span has several children."""
+    children: Dict[str, List[Span]] = {}
+    for s in spans:
+        children.setdefault(s.parent_span_id, []).append(s)
+    node, got = root, []
+    while True:
+        got.append((node.name, node.service))
+        kids = children.get(node.span_id, [])
+        if len(kids) != 1:
+            return got, (f"{node.name} has {len(kids)} children" if kids else None)
+        node = kids[0]
+
+
 def chain_problems(spans: List[Span]) -> List[str]:
     """Everything wrong with one trace compared to EXPECTED_CHAIN (empty list: complete)."""
     problems: List[str] = []
@@ -94,18 +151,9 @@ def chain_problems(spans: List[Span]) -> List[str]:
     roots = [s for s in spans if not s.parent_span_id]
     if len(roots) != 1:
         return problems + [f"{len(roots)} roots"]
-    children: Dict[str, List[Span]] = {}
-    for s in spans:
-        children.setdefault(s.parent_span_id, []).append(s)
-    node, got = roots[0], []
-    while True:
-        got.append((node.name, node.service))
-        kids = children.get(node.span_id, [])
-        if len(kids) != 1:
-            if kids:
-                problems.append(f"{node.name} has {len(kids)} children")
-            break
-        node = kids[0]
+    got, fork = linear_chain(roots[0], spans)
+    if fork:
+        problems.append(fork)
     if got != EXPECTED_CHAIN:
         problems.append(f"chain {got}")
     if len(spans) != len(EXPECTED_CHAIN):

@@ -18,7 +18,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -55,35 +55,41 @@ except ImportError:  # pragma: no cover - requirements-dev.txt pins selenium
     _missing("selenium is not installed")
 
 
+def serve_query(answer: Callable[[str], Optional[bytes]]) -> Tuple[ThreadingHTTPServer, str]:
+    """A stand-in api_v3 query service on a free loopback port, and its URL: `GET path` gets
+    `answer(path)` as JSON, or api_v3's 404 when that is None."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep pytest output quiet
+            pass
+
+        def do_GET(self) -> None:
+            body = answer(self.path)
+            self.send_response(404 if body is None else 200)
+            if body is None:
+                body = b'{"error":{"code":5,"message":"trace not found"}}'
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 class FileBackedQuery:
     """A stand-in Jaeger api_v3 query service over the sidecar's file exporter output:
     `GET /api/v3/traces/{id}` → `{"result": {"resourceSpans": [...]}}` (OTLP JSON, hex ids)."""
 
     def __init__(self, trace_file: Path) -> None:
         self.trace_file = trace_file
-        outer = self
+        self.server, self.url = serve_query(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # keep pytest output quiet
-                pass
-
-            def do_GET(self) -> None:
-                m = re.fullmatch(r"/api/v3/traces/([0-9a-f]{32})", self.path)
-                body = outer.trace(m.group(1)) if m else None
-                if body is None:
-                    self.send_response(404)
-                    payload = b'{"error":{"code":5,"message":"trace not found"}}'
-                else:
-                    self.send_response(200)
-                    payload = json.dumps({"result": {"resourceSpans": body}}).encode()
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, path: str) -> Optional[bytes]:
+        m = re.fullmatch(r"/api/v3/traces/([0-9a-f]{32})", path)
+        body = self.trace(m.group(1)) if m else None
+        return None if body is None else json.dumps({"result": {"resourceSpans": body}}).encode()
 
     def trace(self, trace_id: str) -> Optional[List[dict]]:
         out: List[dict] = []
@@ -332,24 +338,8 @@ class FixedQuery:
                                       status={"code": 2, "message": "<i>rate limited</i>"})]),
         ]}}
         payload = json.dumps(doc).encode()
-        trace = self.TRACE
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                ok = self.path == f"/api/v3/traces/{trace}"
-                body = payload if ok else b'{"error":{"code":5,"message":"trace not found"}}'
-                self.send_response(200 if ok else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        path = f"/api/v3/traces/{self.TRACE}"
+        self.server, self.url = serve_query(lambda p: payload if p == path else None)
 
 
 def test_timeline_draws_span_links_and_marks_errors(tmp_path: Path) -> None:

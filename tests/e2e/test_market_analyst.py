@@ -11,14 +11,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 
 import loom
-from loom._runner import Project, Runner, free_port
+from loom._runner import free_port
 from loom._traces import Span
-from e2e_harness import MARKET_PROJECT, Run, settle, span_extras, wait_until
+from e2e_harness import MARKET_PROJECT, AgentEnv, Run, project_runs, settle, span_extras, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,33 +30,17 @@ ERROR = 2
 @pytest.fixture
 def start_market(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     """Starts the demo on free ports (bridge, sidecar, and the stand-in LLM)."""
-    runners: List[Runner] = []
 
-    def start(agent_env: Optional[Dict[str, Dict[str, str]]] = None) -> Run:
-        lines: List[str] = []
-        lock = threading.Lock()
-
-        def out(line: str) -> None:
-            with lock:
-                lines.append(line)
-
+    def standin_env() -> AgentEnv:
         port = free_port()
-        env: Dict[str, Dict[str, str]] = {
+        return {
             "llm-standin": {"STANDIN_PORT": str(port), "STANDIN_LATENCY_MS": "30,120"},
             "planner": {"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1", "OPENAI_API_KEY": "",
                         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": ""},
         }
-        for name, extra in (agent_env or {}).items():
-            env.setdefault(name, {}).update(extra)
-        runner = Runner(Project.load(MARKET_PROJECT), auto_ports=True, out=out, trace_file=tmp_path / "spans.jsonl",
-                        agent_env=env, env={"LOOM_BRIDGE_DASHBOARD": "off", "RUST_LOG": "warn"})
-        runners.append(runner)
-        runner.start()
-        return Run(runner, lines)
 
-    yield start
-    for r in runners:
-        r.stop()
+    with project_runs(MARKET_PROJECT, tmp_path / "spans.jsonl", standin_env) as start:
+        yield start
 
 
 class BusClient:

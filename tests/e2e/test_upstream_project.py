@@ -19,7 +19,7 @@ import pytest
 
 from loom._runner import Project, Runner
 from loom._traces import Span
-from e2e_harness import REPO, Run, settle, wait_until
+from e2e_harness import REPO, Run, linear_chain, settle, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,17 +48,9 @@ def chain_of(spans: List[Span]) -> List[tuple]:
     assert not orphans, f"parents missing for {orphans}"
     roots = [s for s in spans if not s.parent_span_id]
     assert len(roots) == 1, f"{len(roots)} roots"
-    children: Dict[str, List[Span]] = {}
-    for s in spans:
-        children.setdefault(s.parent_span_id, []).append(s)
-    node, got = roots[0], []
-    while True:
-        got.append((node.name, node.service))
-        kids = children.get(node.span_id, [])
-        assert len(kids) <= 1, f"{node.name} has {len(kids)} children"
-        if not kids:
-            return got
-        node = kids[0]
+    got, fork = linear_chain(roots[0], spans)
+    assert fork is None, fork
+    return got
 
 
 def check_readings(run: Run, expected: int) -> None:

@@ -168,23 +168,17 @@ mod tests {
             ),
             "{e}"
         );
-        let both = AuthConfig {
-            bearer_token: Some("a".into()),
-            bearer_token_file: Some("/x".into()),
-        };
-        assert!(both
+        let refusal = |token: Option<&str>, file: Option<&str>| {
+            AuthConfig {
+                bearer_token: token.map(str::to_owned),
+                bearer_token_file: file.map(str::to_owned),
+            }
             .resolve("receivers.otlp", &ctx)
             .unwrap_err()
             .to_string()
-            .contains("not both"));
-        let missing = AuthConfig {
-            bearer_token: None,
-            bearer_token_file: Some("/nonexistent/token".into()),
         };
-        assert!(missing
-            .resolve("receivers.otlp", &ctx)
-            .unwrap_err()
-            .to_string()
+        assert!(refusal(Some("a"), Some("/x")).contains("not both"));
+        assert!(refusal(None, Some("/nonexistent/token"))
             .starts_with("receivers.otlp.auth.bearer_token_file: cannot read"));
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("token");

@@ -1,8 +1,8 @@
 //! Starts the real loom-sidecar binary for integration tests and reads back its listeners.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 
 /// A running sidecar, killed when dropped.
 pub struct Sidecar {
@@ -56,4 +56,22 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes a config file `name` into `dir`; its path.
+#[allow(dead_code)] // not every test binary writes one
+pub fn config_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `loom-sidecar <subcommand> --config <config>` (validate, print-config) to completion.
+#[allow(dead_code)] // not every test binary runs the CLI
+pub fn sidecar_cli(subcommand: &str, config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loom-sidecar"))
+        .args([subcommand, "--config"])
+        .arg(config)
+        .output()
+        .expect("run loom-sidecar")
 }

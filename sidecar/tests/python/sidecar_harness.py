@@ -79,6 +79,12 @@ class Sidecar:
             text = self.metrics()
         return text
 
+    def __enter__(self) -> "Sidecar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> Optional[int]:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -155,8 +161,22 @@ class GrpcCapture(trace_service_pb2_grpc.TraceServiceServicer):
                     out.extend((rs.resource, ss.scope, s) for s in ss.spans)
         return out
 
+    def __enter__(self) -> "GrpcCapture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.server.stop(0)
+
+
+def start_clients(client, n: int) -> List[threading.Thread]:
+    """`n` threads running `client`, started (load from several connections at once)."""
+    threads = [threading.Thread(target=client) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
 
 
 def free_port() -> int:

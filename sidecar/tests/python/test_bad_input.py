@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +21,8 @@ from otlp_gen import request, send, span
 
 pytestmark = pytest.mark.timeout(60)
 
+# An OTLP/JSON request in the protocol mapping (also a fuzz seed, fuzz/gen_corpus.py).
+OTLP_JSON_REQUEST = Path(__file__).resolve().parent / "otlp_json_request.json"
 LIMIT = 64 * 1024
 
 
@@ -109,14 +112,7 @@ def test_http_other_methods_get_405_with_allow(sc) -> None:
 
 
 def test_http_json_in_the_otlp_mapping_is_accepted_and_answered_in_json(sc) -> None:
-    body = json.dumps({"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "json-client"}}]},
-        "scopeSpans": [{"scope": {"name": "s"}, "spans": [{
-            "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
-            "parentSpanId": "eee19b7ec3c1b173", "name": "json-span", "kind": 2,
-            "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
-            "attributes": [{"key": "n", "value": {"intValue": "42"}}, {"key": "f", "value": {"doubleValue": 1.5}}],
-            "status": {"code": 2, "message": "bad"}}]}]}]}).encode()
+    body = OTLP_JSON_REQUEST.read_bytes()
     status, headers, data = post(sc.http, body, "application/json")
     assert status == 200 and headers["content-type"] == "application/json", data
     json.loads(data)

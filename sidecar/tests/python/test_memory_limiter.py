@@ -16,7 +16,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from sidecar_harness import GrpcCapture, Sidecar, base_config, collect, metric
+from sidecar_harness import GrpcCapture, Sidecar, base_config, collect, metric, start_clients
 from otlp_gen import request, span
 
 pytestmark = pytest.mark.timeout(120)
@@ -84,10 +84,8 @@ def test_memory_limiter_under_10x_overload(tmp_path) -> None:
                 with lock:
                     accepted.update(s.span_id for s in spans)
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
     t0 = time.monotonic()
-    for t in threads:
-        t.start()
+    threads = start_clients(client, 4)
     peak_in_load = 0
     while any(t.is_alive() for t in threads):
         peak_in_load = max(peak_in_load, status_kb(pid, "VmRSS") // 1024)

@@ -17,7 +17,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from sidecar_harness import GrpcCapture, Sidecar, base_config, collect, free_port, metric
+from sidecar_harness import GrpcCapture, Sidecar, base_config, collect, free_port, metric, start_clients
 from otlp_gen import request, span
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,6 +37,18 @@ def kill9(sc: Sidecar) -> None:
 
 def segments(directory: Path) -> list:
     return sorted((directory / "otlp_backend").glob("*.wal"))
+
+
+def send_spans(sc: Sidecar, requests: int, per_request: int, name: str) -> set:
+    """Sends `requests` gRPC requests of `per_request` new spans, each answered; their span ids."""
+    sent: set = set()
+    with grpc.insecure_channel(sc.grpc) as ch:
+        stub = trace_service_pb2_grpc.TraceServiceStub(ch)
+        for _ in range(requests):
+            spans = [span(os.urandom(16), name=name) for _ in range(per_request)]
+            stub.Export(request(spans), timeout=5)
+            sent.update(s.span_id for s in spans)
+    return sent
 
 
 def big_request():
@@ -72,10 +84,8 @@ def test_kill_9_mid_load_then_restart_delivers_every_acknowledged_span(fsync, tm
                 with lock:
                     acked.update(s.span_id for s in spans)
 
-    threads = [threading.Thread(target=client) for _ in range(3)]
     t0 = time.monotonic()
-    for t in threads:
-        t.start()
+    threads = start_clients(client, 3)
     time.sleep(2.0)
     kill9(sc)  # mid-load: clients are sending
     stop.set()
@@ -85,37 +95,30 @@ def test_kill_9_mid_load_then_restart_delivers_every_acknowledged_span(fsync, tm
     files = segments(qdir)
     on_disk = sum(f.stat().st_size for f in files)
 
-    backend = GrpcCapture(port=port, workers=8)
-    try:
-        sc2 = Sidecar(cfg, tmp_path).start()
-        try:
-            t1 = time.monotonic()
-            got = collect(backend, acked, timeout=30)
-            took = time.monotonic() - t1
-            lost = len(acked - got.keys())
-            extra = len(got.keys() - acked)  # in the log but the client never saw the answer
-            dups = sum(c - 1 for c in got.values())
-            m = sc2.metrics()
-            replayed = metric(m, 'loom_sidecar_exporter_queue_replayed_records_total{exporter="otlp/backend"}')
-            corrupt = metric(m, 'loom_sidecar_exporter_queue_corrupt_records_total{exporter="otlp/backend"')
-            print(f"\nfsync={fsync}: {len(acked)} spans acknowledged in {load_s:.1f} s by 3 clients, then kill -9 "
-                  f"({refused} requests unanswered); {len(files)} segment(s), {on_disk} B on disk; restart replayed "
-                  f"{replayed} records; backend got {len(got)} unique spans in {took:.1f} s: lost={lost} "
-                  f"unacknowledged-but-delivered={extra} duplicates={dups} damaged tails={corrupt}")
-            assert len(acked) > 1000, "the load ran"
-            assert lost == 0, f"{lost} acknowledged spans lost"
-            assert replayed > 0
-            t2 = time.monotonic()
-            rc = sc2.stop()
-            stop_s = time.monotonic() - t2
-            print(f"  SIGTERM with the queue drained: exit {rc} in {stop_s:.2f} s; "
-                  f"segments left {len(segments(qdir))}")
-            assert rc == 0 and stop_s < 5
-            assert not segments(qdir), "everything exported: nothing left on disk"
-        finally:
-            sc2.stop()
-    finally:
-        backend.stop()
+    with GrpcCapture(port=port, workers=8) as backend, Sidecar(cfg, tmp_path).start() as sc2:
+        t1 = time.monotonic()
+        got = collect(backend, acked, timeout=30)
+        took = time.monotonic() - t1
+        lost = len(acked - got.keys())
+        extra = len(got.keys() - acked)  # in the log but the client never saw the answer
+        dups = sum(c - 1 for c in got.values())
+        m = sc2.metrics()
+        replayed = metric(m, 'loom_sidecar_exporter_queue_replayed_records_total{exporter="otlp/backend"}')
+        corrupt = metric(m, 'loom_sidecar_exporter_queue_corrupt_records_total{exporter="otlp/backend"')
+        print(f"\nfsync={fsync}: {len(acked)} spans acknowledged in {load_s:.1f} s by 3 clients, then kill -9 "
+              f"({refused} requests unanswered); {len(files)} segment(s), {on_disk} B on disk; restart replayed "
+              f"{replayed} records; backend got {len(got)} unique spans in {took:.1f} s: lost={lost} "
+              f"unacknowledged-but-delivered={extra} duplicates={dups} damaged tails={corrupt}")
+        assert len(acked) > 1000, "the load ran"
+        assert lost == 0, f"{lost} acknowledged spans lost"
+        assert replayed > 0
+        t2 = time.monotonic()
+        rc = sc2.stop()
+        stop_s = time.monotonic() - t2
+        print(f"  SIGTERM with the queue drained: exit {rc} in {stop_s:.2f} s; "
+              f"segments left {len(segments(qdir))}")
+        assert rc == 0 and stop_s < 5
+        assert not segments(qdir), "everything exported: nothing left on disk"
 
 
 def test_a_damaged_tail_record_is_skipped_counted_and_the_sidecar_starts(tmp_path) -> None:
@@ -123,36 +126,23 @@ def test_a_damaged_tail_record_is_skipped_counted_and_the_sidecar_starts(tmp_pat
     qdir = tmp_path / "queue"
     cfg = base_config(persistent_exporter(port, qdir), "otlp/backend")
     sc = Sidecar(cfg, tmp_path).start()
-    sent: set = set()
-    with grpc.insecure_channel(sc.grpc) as ch:
-        stub = trace_service_pb2_grpc.TraceServiceStub(ch)
-        for _ in range(10):
-            spans = [span(os.urandom(16), name="ok") for _ in range(20)]
-            stub.Export(request(spans), timeout=5)
-            sent.update(s.span_id for s in spans)
+    sent = send_spans(sc, 10, 20, "ok")
     kill9(sc)
     newest = segments(qdir)[-1]
     size = newest.stat().st_size
     with open(newest, "ab") as f:  # a torn write: half a header and noise
         f.write(b"\x40\x00\x00\x00\xde\xad" + os.urandom(50))
     # A second run must not trip over it again, and neither must a crash loop.
-    backend = GrpcCapture(port=port)
-    try:
-        sc2 = Sidecar(cfg, tmp_path).start()
-        try:
-            got = collect(backend, sent, timeout=20)
-            m = sc2.metrics_with('loom_sidecar_exporter_queue_corrupt_records_total{exporter="otlp/backend",reason=')
-            corrupt = metric(m, 'loom_sidecar_exporter_queue_corrupt_records_total{exporter="otlp/backend"')
-            reasons = [l for l in m.splitlines() if l.startswith("loom_sidecar_exporter_queue_corrupt_records_total{")]
-            print(f"\ndamaged tail: segment {newest.name} had {size} B of records + 56 B of garbage; sidecar started; "
-                  f"{reasons}; delivered {len(sent & got.keys())}/{len(sent)} valid spans")
-            assert corrupt == 1
-            assert sent <= got.keys()
-            assert not newest.exists() or newest.stat().st_size <= size, "damage cut off"
-        finally:
-            sc2.stop()
-    finally:
-        backend.stop()
+    with GrpcCapture(port=port) as backend, Sidecar(cfg, tmp_path).start() as sc2:
+        got = collect(backend, sent, timeout=20)
+        m = sc2.metrics_with('loom_sidecar_exporter_queue_corrupt_records_total{exporter="otlp/backend",reason=')
+        corrupt = metric(m, 'loom_sidecar_exporter_queue_corrupt_records_total{exporter="otlp/backend"')
+        reasons = [l for l in m.splitlines() if l.startswith("loom_sidecar_exporter_queue_corrupt_records_total{")]
+        print(f"\ndamaged tail: segment {newest.name} had {size} B of records + 56 B of garbage; sidecar started; "
+              f"{reasons}; delivered {len(sent & got.keys())}/{len(sent)} valid spans")
+        assert corrupt == 1
+        assert sent <= got.keys()
+        assert not newest.exists() or newest.stat().st_size <= size, "damage cut off"
 
 
 def post(addr: str, body: bytes):
@@ -227,22 +217,15 @@ def test_after_a_crash_only_a_bounded_tail_of_delivered_data_is_sent_again(tmp_p
     backend = GrpcCapture(workers=8)
     qdir = tmp_path / "queue"
     cfg = base_config(persistent_exporter(backend.port, qdir), "otlp/backend")
-    try:
+    with backend:
         sc = Sidecar(cfg, tmp_path).start()
-        sent: set = set()
-        with grpc.insecure_channel(sc.grpc) as ch:
-            stub = trace_service_pb2_grpc.TraceServiceStub(ch)
-            for _ in range(300):
-                spans = [span(os.urandom(16), name="dup") for _ in range(100)]
-                stub.Export(request(spans), timeout=5)
-                sent.update(s.span_id for s in spans)
+        sent = send_spans(sc, 300, 100, "dup")
         first = collect(backend, sent, timeout=20)
         assert sent <= first.keys()
         time.sleep(0.3)  # let the last completions and the early roll land
         left = sum(f.stat().st_size for f in segments(qdir))
         kill9(sc)
-        sc2 = Sidecar(cfg, tmp_path).start()
-        try:
+        with Sidecar(cfg, tmp_path).start() as sc2:
             again = collect(backend, {b"never"}, timeout=2.0)
             replayed = metric(sc2.metrics(), 'loom_sidecar_exporter_queue_replayed_records_total{exporter="otlp/backend"}')
             print(f"\n{len(sent)} spans (~{len(sent) * 52 // 1024} KiB in the log) delivered, then kill -9; "
@@ -250,10 +233,6 @@ def test_after_a_crash_only_a_bounded_tail_of_delivered_data_is_sent_again(tmp_p
                   f"({100 * len(again) / len(sent):.1f} %)")
             assert left <= 2 * 64 * 1024 + 8192
             assert len(again) <= len(sent) // 10
-        finally:
-            sc2.stop()
-    finally:
-        backend.stop()
 
 
 def test_sigterm_with_the_backend_down_keeps_the_queue_for_the_next_start(tmp_path) -> None:
@@ -261,27 +240,14 @@ def test_sigterm_with_the_backend_down_keeps_the_queue_for_the_next_start(tmp_pa
     qdir = tmp_path / "queue"
     cfg = base_config(persistent_exporter(port, qdir), "otlp/backend").replace("shutdown_grace: 5s", "shutdown_grace: 1s")
     sc = Sidecar(cfg, tmp_path).start()
-    sent: set = set()
-    with grpc.insecure_channel(sc.grpc) as ch:
-        stub = trace_service_pb2_grpc.TraceServiceStub(ch)
-        for _ in range(20):
-            spans = [span(os.urandom(16), name="term") for _ in range(50)]
-            stub.Export(request(spans), timeout=5)
-            sent.update(s.span_id for s in spans)
+    sent = send_spans(sc, 20, 50, "term")
     t0 = time.monotonic()
     rc = sc.stop()
     stop_s = time.monotonic() - t0
     kept = sum(f.stat().st_size for f in segments(qdir))
-    backend = GrpcCapture(port=port)
-    try:
-        sc2 = Sidecar(cfg, tmp_path).start()
-        try:
-            got = collect(backend, sent, timeout=20)
-            print(f"\nSIGTERM with the backend down: exit {rc} after {stop_s:.2f} s (grace 1 s), {kept} B kept on disk; "
-                  f"next start delivered {len(sent & got.keys())}/{len(sent)}")
-            assert rc == 0 and stop_s < 5
-            assert kept > 0 and sent <= got.keys()
-        finally:
-            sc2.stop()
-    finally:
-        backend.stop()
+    with GrpcCapture(port=port) as backend, Sidecar(cfg, tmp_path).start() as sc2:
+        got = collect(backend, sent, timeout=20)
+        print(f"\nSIGTERM with the backend down: exit {rc} after {stop_s:.2f} s (grace 1 s), {kept} B kept on disk; "
+              f"next start delivered {len(sent & got.keys())}/{len(sent)}")
+        assert rc == 0 and stop_s < 5
+        assert kept > 0 and sent <= got.keys()

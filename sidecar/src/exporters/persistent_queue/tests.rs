@@ -87,6 +87,43 @@ impl Exporter for Recorder {
     }
 }
 
+impl Recorder {
+    /// An exporter that is up (records what it gets) or down (fails retryably).
+    fn new(up: bool) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            up: AtomicBool::new(up),
+            names: Default::default(),
+        })
+    }
+}
+
+/// A queue on `dir` for exporter `otlp/x`, with its own metrics and stop signal.
+struct Opened {
+    q: Arc<PersistentQueue>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+}
+
+fn open(dir: &Path, rec: Arc<Recorder>, max_bytes: u64, when_full: WhenFull) -> Opened {
+    let (metrics, stop) = (Metrics::new(), CancellationToken::new());
+    let (q, tasks) = start(
+        "otlp/x".into(),
+        built(rec),
+        &storage(dir, max_bytes),
+        when_full,
+        metrics.clone(),
+        stop.clone(),
+    )
+    .unwrap();
+    Opened {
+        q,
+        tasks,
+        metrics,
+        stop,
+    }
+}
+
 fn built(rec: Arc<Recorder>) -> Built {
     Built {
         exporter: rec,
@@ -120,21 +157,8 @@ fn wal_files(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsent_records_survive_a_restart_and_damage_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = Metrics::new();
-    let down = Arc::new(Recorder {
-        up: AtomicBool::new(false),
-        names: Default::default(),
-    });
-    let stop = CancellationToken::new();
-    let (q, tasks) = start(
-        "otlp/x".into(),
-        built(down),
-        &storage(dir.path(), 1 << 20),
-        WhenFull::Refuse,
-        metrics.clone(),
-        stop.clone(),
-    )
-    .unwrap();
+    let Opened { q, tasks, stop, .. } =
+        open(dir.path(), Recorder::new(false), 1 << 20, WhenFull::Refuse);
     for i in 0..20 {
         q.append(payload(&format!("r{i}"), 5), 5).await.unwrap();
     }
@@ -152,21 +176,13 @@ async fn unsent_records_survive_a_restart_and_damage_is_skipped() {
     f.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).unwrap();
     drop(f);
 
-    let up = Arc::new(Recorder {
-        up: AtomicBool::new(true),
-        names: Default::default(),
-    });
-    let metrics2 = Metrics::new();
-    let stop2 = CancellationToken::new();
-    let (q2, tasks2) = start(
-        "otlp/x".into(),
-        built(up.clone()),
-        &storage(dir.path(), 1 << 20),
-        WhenFull::Refuse,
-        metrics2.clone(),
-        stop2.clone(),
-    )
-    .unwrap();
+    let up = Recorder::new(true);
+    let Opened {
+        q: q2,
+        tasks: tasks2,
+        metrics: metrics2,
+        ..
+    } = open(dir.path(), up.clone(), 1 << 20, WhenFull::Refuse);
     let deadline = Instant::now() + Duration::from_secs(10);
     while up.names.lock().len() < 100 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -202,21 +218,12 @@ async fn unsent_records_survive_a_restart_and_damage_is_skipped() {
 async fn a_full_queue_refuses_or_drops_its_oldest_data() {
     for when_full in [WhenFull::Refuse, WhenFull::DropOldest] {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new();
-        let down = Arc::new(Recorder {
-            up: AtomicBool::new(false),
-            names: Default::default(),
-        });
-        let stop = CancellationToken::new();
-        let (q, tasks) = start(
-            "otlp/x".into(),
-            built(down),
-            &storage(dir.path(), MIN_MAX_BYTES),
-            when_full,
-            metrics.clone(),
-            stop.clone(),
-        )
-        .unwrap();
+        let Opened {
+            q,
+            tasks,
+            metrics,
+            stop,
+        } = open(dir.path(), Recorder::new(false), MIN_MAX_BYTES, when_full);
         let one = payload("p", 50);
         let (mut ok, mut full) = (0, 0);
         for _ in 0..200 {
