@@ -312,14 +312,23 @@ fn status(v: Option<&Value>) -> (&'static str, Option<String>) {
     }
 }
 
+/// Why a trace query answer holds no OTLP/JSON spans to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NotOtlpJson {
+    #[error("no result.resourceSpans in the answer")]
+    NoResourceSpans,
+    #[error("resourceSpans is not a list")]
+    NotAList,
+}
+
 /// The spans of an api_v3 `{"result": {"resourceSpans": […]}}` document (a bare
 /// `{"resourceSpans": …}` too), sorted by start time.
-pub(crate) fn spans_from_otlp_json(doc: &Value) -> Result<Vec<SpanOut>, String> {
+pub(crate) fn spans_from_otlp_json(doc: &Value) -> Result<Vec<SpanOut>, NotOtlpJson> {
     let root = doc.get("result").unwrap_or(doc);
-    let Some(rs) = root.get("resourceSpans") else {
-        return Err("no result.resourceSpans in the answer".into());
-    };
-    let rs = rs.as_array().ok_or("resourceSpans is not a list")?;
+    let rs = root
+        .get("resourceSpans")
+        .ok_or(NotOtlpJson::NoResourceSpans)?;
+    let rs = rs.as_array().ok_or(NotOtlpJson::NotAList)?;
     let mut out = Vec::new();
     for r in rs {
         let resource = attrs(r.get("resource").and_then(|x| x.get("attributes")));

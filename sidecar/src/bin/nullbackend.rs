@@ -171,7 +171,7 @@ impl Verifier {
         for rs in req.resource_spans {
             let n: u64 = rs.scope_spans.iter().map(|s| s.spans.len() as u64).sum();
             if let Err(e) = self.check_resource(rs.resource.as_ref(), &rs.schema_url) {
-                self.fail(n, || e);
+                self.fail(n, || e.to_string());
                 continue;
             }
             for ss in rs.scope_spans {
@@ -191,10 +191,10 @@ impl Verifier {
     }
 
     /// The template's resource attributes, in order, then only what `enrich` may add.
-    fn check_resource(&self, got: Option<&Resource>, schema_url: &str) -> Result<(), String> {
+    fn check_resource(&self, got: Option<&Resource>, schema_url: &str) -> Result<()> {
         let m = self.manifest.as_ref().expect("manifest loaded");
         if schema_url != m.resource_schema_url {
-            return Err(format!("resource schema_url {schema_url:?} differs"));
+            bail!("resource schema_url {schema_url:?} differs");
         }
         let want = m.resource.clone().unwrap_or_default();
         let got = got.cloned().unwrap_or_default();
@@ -202,16 +202,16 @@ impl Verifier {
             || got.attributes[..want.attributes.len()] != want.attributes[..]
             || got.dropped_attributes_count != want.dropped_attributes_count
         {
-            return Err("resource attributes differ from the template".into());
+            bail!("resource attributes differ from the template");
         }
         if let Some(extra) = got.attributes[want.attributes.len()..]
             .iter()
             .find(|kv| !ENRICH_RESOURCE_KEYS.contains(&kv.key.as_str()))
         {
-            return Err(format!(
+            bail!(
                 "resource has an attribute the generator did not make: {}",
                 extra.key
-            ));
+            );
         }
         Ok(())
     }
@@ -219,7 +219,7 @@ impl Verifier {
     fn check_span(&mut self, span: Span) {
         let (n, index) = match self.match_template(span) {
             Ok(v) => v,
-            Err(e) => return self.fail(1, || e),
+            Err(e) => return self.fail(1, || e.to_string()),
         };
         let spr = self.manifest.as_ref().map_or(0, |m| m.spans.len() as u64);
         let bits = self
@@ -239,25 +239,28 @@ impl Verifier {
     }
 
     /// The span's request number and index, if it is exactly what the generator made for them.
-    fn match_template(&self, mut span: Span) -> Result<(u64, u64), String> {
-        let m = self.manifest.as_ref().ok_or("no manifest loaded")?;
+    fn match_template(&self, mut span: Span) -> Result<(u64, u64)> {
+        let m = self
+            .manifest
+            .as_ref()
+            .ok_or_else(|| anyhow!("no manifest loaded"))?;
         let spr = m.spans.len() as u64;
         let (seed, n) = match (id_u64(&span.trace_id, 0), id_u64(&span.trace_id, 8)) {
             (Some(s), Some(n)) if span.trace_id.len() == 16 => (s, n),
-            _ => return Err("a trace id is not 16 bytes".into()),
+            _ => bail!("a trace id is not 16 bytes"),
         };
         let sid = match id_u64(&span.span_id, 0) {
             Some(v) if span.span_id.len() == 8 => v,
-            _ => return Err("a span id is not 8 bytes".into()),
+            _ => bail!("a span id is not 8 bytes"),
         };
         let index = (sid & 0xff_ffff).wrapping_sub(1);
         if seed != m.seed || n == 0 || sid >> 24 != n || index >= spr {
-            return Err(format!(
+            bail!(
                 "span {} / {}: ids were not made by the generator (seed {}, request {n})",
                 hex(&span.trace_id),
                 hex(&span.span_id),
                 m.seed
-            ));
+            );
         }
         let want = &m.spans[index as usize];
         // Ids of request n are the template's (request 0) with n in their high bits.
@@ -269,21 +272,21 @@ impl Verifier {
             }
         };
         if !parent_ok {
-            return Err(format!(
+            bail!(
                 "span {}: parent {} is not the generator's",
                 hex(&span.span_id),
                 hex(&span.parent_span_id)
-            ));
+            );
         }
         // Put the template's ids back; then the whole span must equal the template's.
         span.trace_id.clone_from(&want.trace_id);
         span.span_id.clone_from(&want.span_id);
         span.parent_span_id.clone_from(&want.parent_span_id);
         if span != *want {
-            return Err(format!(
+            bail!(
                 "request {n} span {index}: {} differs from what the generator sent",
                 first_difference(&span, want)
-            ));
+            );
         }
         Ok((n, index))
     }
