@@ -46,6 +46,16 @@ pub enum Metric {
     TraceStoreRefusedSpans,
     TraceStoreTraces,
     TraceStoreBytes,
+    TailSamplingPolicyDecisions,
+    TailSamplingTraces,
+    TailSamplingOverflowTraces,
+    TailSamplingLateSpans,
+    TailSamplingForwardFailedSpans,
+    TailSamplingBufferedTraces,
+    TailSamplingBufferedBytes,
+    LoadBalancingRoutedSpans,
+    LoadBalancingBackends,
+    LoadBalancingResolveFailures,
 }
 
 /// A metric's Prometheus type.
@@ -67,7 +77,7 @@ impl Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 19] = [
+    pub const ALL: [Metric; 29] = [
         Metric::ReceiverAcceptedSpans,
         Metric::ReceiverRefusedSpans,
         Metric::SamplerDroppedSpans,
@@ -87,6 +97,16 @@ impl Metric {
         Metric::TraceStoreRefusedSpans,
         Metric::TraceStoreTraces,
         Metric::TraceStoreBytes,
+        Metric::TailSamplingPolicyDecisions,
+        Metric::TailSamplingTraces,
+        Metric::TailSamplingOverflowTraces,
+        Metric::TailSamplingLateSpans,
+        Metric::TailSamplingForwardFailedSpans,
+        Metric::TailSamplingBufferedTraces,
+        Metric::TailSamplingBufferedBytes,
+        Metric::LoadBalancingRoutedSpans,
+        Metric::LoadBalancingBackends,
+        Metric::LoadBalancingResolveFailures,
     ];
 
     /// The exported name (dashboards and tests read these: never rename one).
@@ -115,6 +135,24 @@ impl Metric {
             Metric::TraceStoreRefusedSpans => "loom_sidecar_trace_store_refused_spans_total",
             Metric::TraceStoreTraces => "loom_sidecar_trace_store_traces",
             Metric::TraceStoreBytes => "loom_sidecar_trace_store_bytes",
+            Metric::TailSamplingPolicyDecisions => {
+                "loom_sidecar_tail_sampling_policy_decisions_total"
+            }
+            Metric::TailSamplingTraces => "loom_sidecar_tail_sampling_traces_total",
+            Metric::TailSamplingOverflowTraces => {
+                "loom_sidecar_tail_sampling_overflow_traces_total"
+            }
+            Metric::TailSamplingLateSpans => "loom_sidecar_tail_sampling_late_spans_total",
+            Metric::TailSamplingForwardFailedSpans => {
+                "loom_sidecar_tail_sampling_forward_failed_spans_total"
+            }
+            Metric::TailSamplingBufferedTraces => "loom_sidecar_tail_sampling_buffered_traces",
+            Metric::TailSamplingBufferedBytes => "loom_sidecar_tail_sampling_buffered_bytes",
+            Metric::LoadBalancingRoutedSpans => "loom_sidecar_loadbalancing_routed_spans_total",
+            Metric::LoadBalancingBackends => "loom_sidecar_loadbalancing_backends",
+            Metric::LoadBalancingResolveFailures => {
+                "loom_sidecar_loadbalancing_resolve_failures_total"
+            }
         }
     }
 
@@ -131,13 +169,23 @@ impl Metric {
             | Metric::ExporterQueueCorruptRecords
             | Metric::ExporterQueueReplayedRecords
             | Metric::TraceStoreEvictedTraces
-            | Metric::TraceStoreRefusedSpans => Kind::Counter,
+            | Metric::TraceStoreRefusedSpans
+            | Metric::TailSamplingPolicyDecisions
+            | Metric::TailSamplingTraces
+            | Metric::TailSamplingOverflowTraces
+            | Metric::TailSamplingLateSpans
+            | Metric::TailSamplingForwardFailedSpans
+            | Metric::LoadBalancingRoutedSpans
+            | Metric::LoadBalancingResolveFailures => Kind::Counter,
             Metric::ExporterQueueSize
             | Metric::ExporterQueueBytes
             | Metric::MemoryInUseBytes
             | Metric::ProcessRssBytes
             | Metric::TraceStoreTraces
-            | Metric::TraceStoreBytes => Kind::Gauge,
+            | Metric::TraceStoreBytes
+            | Metric::TailSamplingBufferedTraces
+            | Metric::TailSamplingBufferedBytes
+            | Metric::LoadBalancingBackends => Kind::Gauge,
             Metric::BatchSize => Kind::Histogram,
         }
     }
@@ -179,6 +227,16 @@ impl Metric {
             }
             Metric::TraceStoreTraces => "Traces held by a trace_store.",
             Metric::TraceStoreBytes => "Bytes held by a trace_store (span bytes and index).",
+            Metric::TailSamplingPolicyDecisions => "Traces each tail_sampling policy voted on, by verdict (sampled, not_sampled).",
+            Metric::TailSamplingTraces => "Traces tail_sampling decided, by final verdict.",
+            Metric::TailSamplingOverflowTraces => "Undecided traces tail_sampling let go before decision_wait, by reason (max_bytes, num_traces) and action (decided_early, dropped).",
+            Metric::TailSamplingLateSpans => "Spans that arrived after their trace was decided and followed the cached verdict.",
+            Metric::TailSamplingForwardFailedSpans => "Sampled spans the rest of the pipeline refused after tail_sampling, by reason.",
+            Metric::TailSamplingBufferedTraces => "Undecided traces tail_sampling holds.",
+            Metric::TailSamplingBufferedBytes => "Bytes of undecided spans tail_sampling holds (bounded by max_bytes).",
+            Metric::LoadBalancingRoutedSpans => "Spans the loadbalancing exporter queued for a backend.",
+            Metric::LoadBalancingBackends => "Backends in the loadbalancing exporter's ring.",
+            Metric::LoadBalancingResolveFailures => "DNS look-ups of the loadbalancing resolver that failed (the last set is kept).",
         }
     }
 

@@ -125,27 +125,41 @@ impl Pipeline {
             }
             None => (Sink::Direct(fanout), None),
         };
-        (
-            Arc::new(Pipeline {
-                name,
-                stages,
-                sink: Mutex::new(Some(sink)),
-                memory_exporters,
-                persistent,
-                memory,
-            }),
-            task,
-        )
+        let pipeline = Arc::new(Pipeline {
+            name,
+            stages,
+            sink: Mutex::new(Some(sink)),
+            memory_exporters,
+            persistent,
+            memory,
+        });
+        for (i, stage) in pipeline.stages.iter().enumerate() {
+            stage.attach_downstream(Arc::new(Downstream {
+                pipeline: Arc::downgrade(&pipeline),
+                from: i + 1,
+            }));
+        }
+        (pipeline, task)
     }
 
     /// Runs the inline processors and queues what is left. Returns the spans kept. Resolves
     /// once every persistent queue of the pipeline has the data.
     pub async fn consume(
         &self,
+        spans: Vec<ResourceSpans>,
+        encoded_len: usize,
+    ) -> Result<usize, Refusal> {
+        self.consume_from(0, spans, encoded_len).await
+    }
+
+    /// [`Pipeline::consume`] starting at stage `from` (a holding processor's release).
+    async fn consume_from(
+        &self,
+        from: usize,
         mut spans: Vec<ResourceSpans>,
         encoded_len: usize,
     ) -> Result<usize, Refusal> {
-        for stage in &self.stages {
+        for stage in self.stages.iter().skip(from) {
             stage.process(&mut spans)?;
             if spans.is_empty() {
                 return Ok(0);
@@ -196,6 +210,27 @@ impl Pipeline {
     /// Stops accepting; the batcher flushes what it holds and ends.
     pub fn close(&self) {
         self.sink.lock().take();
+    }
+}
+
+/// The rest of a pipeline after one stage; weak, since the stage lives in the pipeline.
+struct Downstream {
+    pipeline: std::sync::Weak<Pipeline>,
+    from: usize,
+}
+
+impl Consumer for Downstream {
+    fn consume(
+        &self,
+        spans: Vec<ResourceSpans>,
+        encoded_len: usize,
+    ) -> BoxFuture<'_, Result<usize, Refusal>> {
+        Box::pin(async move {
+            match self.pipeline.upgrade() {
+                Some(p) => p.consume_from(self.from, spans, encoded_len).await,
+                None => Err(Refusal::ShuttingDown),
+            }
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Refusal;
+use super::{Consumer, Refusal};
 use crate::config::ComponentId;
 use crate::memory::MemoryTracker;
 use crate::metrics::Metrics;
@@ -32,6 +32,10 @@ pub enum Stage {
 /// Runs on the receiving task; may drop spans or refuse the whole request.
 pub trait Processor: Send + Sync {
     fn process(&self, spans: &mut Vec<ResourceSpans>) -> Result<(), Refusal>;
+
+    /// A processor that holds spans and releases them later (tail_sampling) is handed, once
+    /// its pipeline is built, the rest of that pipeline: the stages after it and the exporters.
+    fn attach_downstream(&self, _next: Arc<dyn Consumer>) {}
 }
 
 /// The `batch` processor's settings (checked in `processors/batch.rs`).

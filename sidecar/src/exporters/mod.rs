@@ -5,6 +5,7 @@
 pub mod debug;
 pub mod encoded;
 pub mod file;
+pub mod loadbalancing;
 pub mod otlp;
 pub mod otlphttp;
 pub mod persistent_queue;
@@ -30,4 +31,5 @@ pub const FACTORIES: &[Factory<dyn ExporterSpec>] = &[
     debug::FACTORY,
     file::FACTORY,
     trace_store::FACTORY,
+    loadbalancing::FACTORY,
 ];

@@ -63,7 +63,12 @@ struct Spec {
 }
 
 fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExporterSpec>, ConfigError> {
-    let (v, path) = (y.value, y.path);
+    spec_from(y.value, y.path)
+}
+
+/// Checks an `otlp` exporter's settings at `path`; the loadbalancing exporter builds one per
+/// backend this way, with the backend's endpoint filled in.
+pub fn spec_from(v: &serde_yaml::Value, path: &str) -> Result<Box<dyn ExporterSpec>, ConfigError> {
     let c: OtlpConfig = parse_as(v, path)?;
     let ep = c.endpoint.trim();
     // Collector semantics: an explicit scheme decides; a bare host:port means TLS unless

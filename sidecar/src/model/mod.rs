@@ -2,6 +2,7 @@
 
 pub mod otlp;
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -100,6 +101,51 @@ pub fn split(rs: Vec<ResourceSpans>, max: usize) -> Vec<Vec<ResourceSpans>> {
     }
     if !cur.is_empty() {
         out.push(cur);
+    }
+    out
+}
+
+/// Splits resource spans into one piece per key (`key` sees each span and its resource), each
+/// piece keeping the span's resource and scope; pieces come in order of each key's first span
+/// within a resource. Tail sampling groups by trace id, load balancing by backend.
+pub fn group_by<K: Copy + Eq + std::hash::Hash>(
+    rs: Vec<ResourceSpans>,
+    mut key: impl FnMut(&ResourceSpans, &Span) -> K,
+) -> Vec<(K, ResourceSpans)> {
+    let mut out: Vec<(K, ResourceSpans)> = Vec::new();
+    for mut r in rs {
+        let scopes = std::mem::take(&mut r.scope_spans);
+        // Per key: its piece in `out` and the scope it last took a span from, so consecutive
+        // spans of one scope share a ScopeSpans.
+        let mut pieces: HashMap<K, (usize, usize)> = HashMap::new();
+        for (si, mut scope) in scopes.into_iter().enumerate() {
+            for span in std::mem::take(&mut scope.spans) {
+                let k = key(&r, &span);
+                let (ix, last_scope) = *pieces.entry(k).or_insert_with(|| {
+                    out.push((
+                        k,
+                        ResourceSpans {
+                            resource: r.resource.clone(),
+                            scope_spans: Vec::new(),
+                            schema_url: r.schema_url.clone(),
+                        },
+                    ));
+                    (out.len() - 1, usize::MAX)
+                });
+                let piece = &mut out[ix].1;
+                if last_scope != si {
+                    piece.scope_spans.push(ScopeSpans {
+                        scope: scope.scope.clone(),
+                        spans: Vec::new(),
+                        schema_url: scope.schema_url.clone(),
+                    });
+                    pieces.insert(k, (ix, si));
+                }
+                if let Some(s) = piece.scope_spans.last_mut() {
+                    s.spans.push(span);
+                }
+            }
+        }
     }
     out
 }

@@ -250,7 +250,7 @@ struct RawField<'a> {
     tag: u32,
     wire_type: WireType,
     payload: &'a [u8],
-    /// Varint value or fixed32 value (flags), else 0.
+    /// Varint, fixed32 (flags) or fixed64 (times) value, else 0.
     number: u64,
 }
 
@@ -287,7 +287,8 @@ fn next_field<'a>(b: &mut &'a [u8]) -> Option<RawField<'a>> {
             &[]
         }
         WireType::SixtyFourBit => {
-            let (_, rest) = b.split_first_chunk::<8>()?;
+            let (v, rest) = b.split_first_chunk::<8>()?;
+            number = u64::from_le_bytes(*v);
             *b = rest;
             &[]
         }
@@ -461,6 +462,29 @@ impl Span {
         self.flags
     }
 
+    /// `(start_time_unix_nano, end_time_unix_nano, status code)` read from the bytes (fields
+    /// processors append are attributes only), for tail sampling's latency and status policies.
+    pub fn times_and_status(&self) -> (u64, u64, i32) {
+        let (mut start, mut end, mut code) = (0, 0, 0);
+        let mut b: &[u8] = &self.raw;
+        while let Some(f) = next_field(&mut b) {
+            match (f.tag, f.wire_type) {
+                (7, WireType::SixtyFourBit) => start = f.number,
+                (8, WireType::SixtyFourBit) => end = f.number,
+                (15, WireType::LengthDelimited) => {
+                    let mut st = f.payload;
+                    while let Some(sf) = next_field(&mut st) {
+                        if sf.tag == 3 && sf.wire_type == WireType::Varint {
+                            code = sf.number as i32;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (start, end, code)
+    }
+
     /// Every attribute as `(key, string value)`; the value is None unless it is a string.
     fn attributes(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
         attributes(&self.raw).chain(attributes(&self.extra))
@@ -622,6 +646,7 @@ mod tests {
             assert_eq!(sp.trace_id(), &[i as u8; 16][..]);
             assert_eq!(sp.has_parent(), i.is_multiple_of(2));
             assert_eq!(sp.flags(), 0x101);
+            assert_eq!(sp.times_and_status(), (1_000, 2_000, 1));
             assert_eq!(sp.str_attr("loom.topic"), Some("sensor.temp"));
             assert_eq!(sp.str_attr("n"), None, "an int is not a string");
             assert_eq!(sp.find_attrs(["n"]), [Some(None)], "present, not a string");

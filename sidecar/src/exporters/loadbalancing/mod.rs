@@ -1,0 +1,224 @@
+//! loadbalancing: routes each span by trace id (or `service.name`) over a consistent-hash ring
+//! of backends, each an otlp exporter with its own sending queue and retry, so every span of a
+//! trace reaches the same gateway.
+//!
+//! A backend that is down keeps its batches in its own queue, retried there: they are never
+//! sent to another backend, which would split their traces. When the set changes (DNS), only
+//! the ids on the arcs of the backend that came or went move; a removed backend's queue is
+//! closed and drains what it already holds.
+
+mod config;
+mod resolver;
+pub mod ring;
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use self::config::Members;
+pub use self::config::{RoutingKey, Settings};
+use self::ring::Ring;
+use super::{
+    start_queue, BoxFuture, BuildCtx, BuildError, Built, ExportError, ExportOk, Exporter,
+    ExporterQueue, ExporterSpec, RetryConfig,
+};
+use crate::component::Factory;
+use crate::config::{ComponentId, ComponentYaml, ConfigError};
+use crate::metrics::{Metric, Metrics};
+use crate::model::{self, Batch, ResourceSpans};
+
+pub const FACTORY: Factory<dyn ExporterSpec> = Factory {
+    kind: "loadbalancing",
+    parse,
+};
+
+fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExporterSpec>, ConfigError> {
+    Ok(Box::new(Spec(Arc::new(config::parse_settings(
+        y.value, y.path,
+    )?))))
+}
+
+/// Parses a `loadbalancing` config (for tests and tools that drive the router directly).
+pub fn parse_settings(v: &serde_yaml::Value, path: &str) -> Result<Settings, ConfigError> {
+    config::parse_settings(v, path)
+}
+
+struct Spec(Arc<Settings>);
+
+impl ExporterSpec for Spec {
+    fn build(&self, id: &ComponentId, ctx: &BuildCtx) -> Result<Built, BuildError> {
+        let lb = LoadBalancer::new(id, self.0.clone(), ctx.metrics.clone());
+        match &self.0.members {
+            Members::Static(hosts) => lb.set_backends(hosts),
+            Members::Dns(d) => {
+                tokio::spawn(resolver::run(Arc::downgrade(&lb), d.clone()));
+            }
+        }
+        Ok(Built {
+            exporter: lb,
+            queue: self.0.queue.clone(),
+            // Routing fails only while no backend is known yet (DNS): retry that.
+            retry: RetryConfig::default(),
+        })
+    }
+}
+
+/// The current backend set: the ring and each backend's queue, by ring index.
+struct Membership {
+    ring: Ring,
+    queues: Vec<Arc<ExporterQueue>>,
+}
+
+pub struct LoadBalancer {
+    id: String,
+    cid: ComponentId,
+    s: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    members: RwLock<Arc<Membership>>,
+    /// Backend queues retry until their own `max_elapsed_time`; nothing cancels them early.
+    hard_stop: CancellationToken,
+}
+
+impl LoadBalancer {
+    pub fn new(cid: &ComponentId, s: Arc<Settings>, metrics: Arc<Metrics>) -> Arc<LoadBalancer> {
+        Arc::new(LoadBalancer {
+            id: cid.to_string(),
+            cid: cid.clone(),
+            s,
+            metrics,
+            members: RwLock::new(Arc::new(Membership {
+                ring: Ring::default(),
+                queues: Vec::new(),
+            })),
+            hard_stop: CancellationToken::new(),
+        })
+    }
+
+    /// The backends now in the ring, sorted.
+    pub fn backends(&self) -> Vec<String> {
+        self.members.read().ring.backends().to_vec()
+    }
+
+    /// Replaces the backend set: backends that stay keep their queue; new ones get an otlp
+    /// exporter and queue; removed ones have their queue closed (it drains to that backend).
+    pub fn set_backends(&self, endpoints: &[String]) {
+        let cur = self.members.read().clone();
+        let mut wanted: Vec<String> = endpoints.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        if wanted == cur.ring.backends() {
+            return;
+        }
+        let mut kept = Vec::new();
+        let mut queues = Vec::new();
+        for ep in &wanted {
+            if let Some(i) = cur.ring.backends().iter().position(|b| b == ep) {
+                kept.push(ep.clone());
+                queues.push(cur.queues[i].clone());
+                continue;
+            }
+            match self.start_backend(ep) {
+                Ok(q) => {
+                    kept.push(ep.clone());
+                    queues.push(q);
+                }
+                Err(e) => {
+                    tracing::error!(exporter = %self.id, backend = %ep, error = %e, "loadbalancing: cannot build the backend's exporter; left out of the ring");
+                }
+            }
+        }
+        let ring = Ring::new(&kept, self.s.virtual_nodes);
+        for (i, ep) in cur.ring.backends().iter().enumerate() {
+            if !kept.contains(ep) {
+                cur.queues[i].close();
+            }
+        }
+        tracing::info!(exporter = %self.id, backends = ?kept, "loadbalancing: backend set changed");
+        self.metrics.gauge(
+            Metric::LoadBalancingBackends,
+            &[("exporter", &self.id)],
+            kept.len() as i64,
+        );
+        *self.members.write() = Arc::new(Membership { ring, queues });
+    }
+
+    fn start_backend(&self, endpoint: &str) -> Result<Arc<ExporterQueue>, BuildError> {
+        let spec = self
+            .s
+            .backend(endpoint)
+            .map_err(|e| BuildError::refused(format!("backend {endpoint}"), e))?;
+        let built = spec.build(
+            &self.cid,
+            &BuildCtx {
+                metrics: self.metrics.clone(),
+            },
+        )?;
+        let (q, _tasks) = start_queue(
+            format!("{}/{endpoint}", self.id),
+            built,
+            self.metrics.clone(),
+            self.hard_stop.clone(),
+        );
+        Ok(q)
+    }
+
+    /// Splits a batch by backend; each part keeps the batch's memory accounting.
+    fn route(&self, batch: &Batch) -> Result<(), ExportError> {
+        let m = self.members.read().clone();
+        if m.queues.is_empty() {
+            return Err(ExportError::retryable(
+                "no_backends",
+                "no backend resolved yet",
+                None,
+            ));
+        }
+        let parts = match self.s.routing_key {
+            RoutingKey::TraceId => model::group_by(batch.resource_spans.clone(), |_, span| {
+                m.ring.pick(span.trace_id()).unwrap_or(0)
+            }),
+            RoutingKey::Service => model::group_by(batch.resource_spans.clone(), |rs, _| {
+                m.ring.pick(service_name(rs).as_bytes()).unwrap_or(0)
+            }),
+        };
+        let mut per_backend: Vec<Vec<ResourceSpans>> = vec![Vec::new(); m.queues.len()];
+        for (ix, rs) in parts {
+            per_backend[ix].push(rs);
+        }
+        for (ix, rs) in per_backend.into_iter().enumerate() {
+            if rs.is_empty() {
+                continue;
+            }
+            let part = Batch::new(rs, batch.memory.clone());
+            self.metrics.count(
+                Metric::LoadBalancingRoutedSpans,
+                &[("exporter", &self.id), ("backend", &m.ring.backends()[ix])],
+                part.span_count as u64,
+            );
+            m.queues[ix].offer(Arc::new(part));
+        }
+        Ok(())
+    }
+}
+
+/// The resource's `service.name` ("" when absent: those spans share one backend).
+fn service_name(rs: &ResourceSpans) -> &str {
+    rs.resource
+        .as_ref()
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
+                Some(s.as_str())
+            }
+            _ => None,
+        })
+        .unwrap_or("")
+}
+
+impl Exporter for LoadBalancer {
+    fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>> {
+        let r = self.route(&batch).map(|()| ExportOk::default());
+        Box::pin(std::future::ready(r))
+    }
+}
