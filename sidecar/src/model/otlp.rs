@@ -439,6 +439,12 @@ impl Span {
         pb::Span::decode(self.raw.clone().chain(&self.extra[..]))
     }
 
+    /// Gives the span its own copy of its bytes. A span is a slice of the request it came in;
+    /// one held for long (tail sampling) would keep that whole request buffer alive.
+    pub fn detach(&mut self) {
+        self.raw = Bytes::copy_from_slice(&self.raw);
+    }
+
     /// Encoded length of the span's fields.
     pub fn len(&self) -> usize {
         self.raw.len() + self.extra.len()

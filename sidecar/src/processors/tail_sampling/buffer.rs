@@ -7,7 +7,7 @@ use prost::Message;
 use tokio::time::Instant;
 
 use crate::memory::MemoryTicket;
-use crate::model::ResourceSpans;
+use crate::model::{ResourceSpans, ScopeSpans, Span};
 
 /// A trace id as a map key (ids of another length are zero-padded or cut: they are invalid
 /// OTLP, and only need to stay together).
@@ -20,10 +20,24 @@ pub fn key_of(id: &[u8]) -> TraceKey {
     k
 }
 
-/// Bookkeeping per trace and per fragment, counted with the span bytes so `max_bytes` bounds
-/// what the process really holds.
-const TRACE_OVERHEAD: usize = 160;
-const FRAGMENT_OVERHEAD: usize = 96;
+/// Bookkeeping per trace (its map entry, with the map's spare room, and its place in the
+/// arrival order), counted with the span bytes so `max_bytes` bounds what the process holds.
+const TRACE_OVERHEAD: usize =
+    2 * (size_of::<TraceKey>() + size_of::<Pending>()) + 2 * size_of::<TraceKey>() + 64;
+
+/// What a held piece costs: its encoded bytes (each span's own copy), the structs around them
+/// and an allocator header per allocation.
+fn held_size(frag: &ResourceSpans) -> usize {
+    const ALLOC: usize = 16;
+    let mut n = frag.encoded_len()
+        + size_of::<ResourceSpans>()
+        + size_of::<MemoryTicket>()
+        + frag.scope_spans.len() * (size_of::<ScopeSpans>() + ALLOC);
+    for s in &frag.scope_spans {
+        n += s.spans.len() * (size_of::<Span>() + ALLOC);
+    }
+    n + 2 * ALLOC
+}
 
 /// One undecided trace: the pieces of requests that carried its spans.
 pub struct Pending {
@@ -141,17 +155,26 @@ impl Buffer {
         if self.not_sampled.set.contains(&key) {
             return Arrival::NotSampled(crate::model::span_count(std::slice::from_ref(&frag)));
         }
+        let mut frag = frag;
+        // Own copies of the span bytes and tight vectors: what is held is what is counted.
+        frag.scope_spans.shrink_to_fit();
+        for scope in &mut frag.scope_spans {
+            scope.spans.shrink_to_fit();
+            for s in &mut scope.spans {
+                s.detach();
+            }
+        }
         let spans = crate::model::span_count(std::slice::from_ref(&frag));
-        let mut bytes = frag.encoded_len() + FRAGMENT_OVERHEAD;
+        let mut bytes = held_size(&frag);
         let t = self.traces.entry(key).or_insert_with(|| {
             bytes += TRACE_OVERHEAD;
             self.order.push_back(key);
             Pending {
-                fragments: Vec::new(),
+                fragments: Vec::with_capacity(1),
                 spans: 0,
                 bytes: 0,
                 first_seen: now,
-                _memory: Vec::new(),
+                _memory: Vec::with_capacity(1),
             }
         });
         t.fragments.push(frag);
@@ -219,7 +242,6 @@ mod tests {
 
     use super::*;
     use crate::memory::MemoryTracker;
-    use crate::model::{ScopeSpans, Span};
 
     fn span(id: u8) -> Span {
         Span::from_proto(&pb::Span {
@@ -261,7 +283,7 @@ mod tests {
     #[test]
     fn byte_bound_lets_the_oldest_go_first_and_cache_answers_late_spans() {
         let memory = MemoryTracker::new();
-        let one = rs(vec![vec![1]]).encoded_len() + FRAGMENT_OVERHEAD + TRACE_OVERHEAD;
+        let one = held_size(&rs(vec![vec![1]])) + TRACE_OVERHEAD;
         let mut b = Buffer::new(one * 2, 100, 10, 10);
         let now = Instant::now();
         for id in 1..=3u8 {
