@@ -28,6 +28,9 @@ impl ExporterQueue {
     /// and logged (at most every 5 s).
     pub fn offer(&self, batch: Arc<Batch>) {
         let spans = batch.span_count as u64;
+        // Counted before the send: a consumer may take the batch (and decrement) before
+        // try_send returns, and the depth must never go below zero.
+        let d = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
         let sent = match self.tx.lock().as_ref() {
             Some(tx) => tx.try_send(batch).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => "queue_full",
@@ -37,7 +40,6 @@ impl ExporterQueue {
         };
         match sent {
             Ok(()) => {
-                let d = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
                 self.metrics.gauge(
                     Metric::ExporterQueueSize,
                     &[("exporter", &self.id)],
@@ -45,6 +47,7 @@ impl ExporterQueue {
                 );
             }
             Err(reason) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.count(
                     Metric::ExporterSendFailedSpans,
                     &[("exporter", &self.id), ("reason", reason)],

@@ -222,3 +222,75 @@ impl Exporter for LoadBalancer {
         Box::pin(std::future::ready(r))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_dns_resolver_fills_the_ring_and_routing_waits_for_it() {
+        let yaml = "protocol: { otlp: { tls: { insecure: true } } }\n\
+                    resolver: { dns: { hostname: localhost, port: 14317, interval: 50ms } }\n";
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+        let spec = Spec(Arc::new(
+            parse_settings(&v, "exporters.loadbalancing").expect("ok"),
+        ));
+        let metrics = Metrics::new();
+        let id = ComponentId::parse("loadbalancing").expect("id");
+        let built = spec
+            .build(
+                &id,
+                &BuildCtx {
+                    metrics: metrics.clone(),
+                },
+            )
+            .expect("built");
+        // Before the first answer there is nowhere to send: a retryable refusal.
+        let batch = Arc::new(Batch::new(
+            vec![crate::model::test_resource_spans(&[1])],
+            Arc::new(Vec::new()),
+        ));
+        let lb = built.exporter;
+        let mut waited = Duration::ZERO;
+        loop {
+            match lb.export(batch.clone()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(e.retryable && e.reason == "no_backends", "{e:?}");
+                    assert!(waited < Duration::from_secs(10), "localhost never resolved");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+        let routed = metrics.render();
+        assert!(
+            routed.contains("backend=\"127.0.0.1:14317\"")
+                || routed.contains("backend=\"[::1]:14317\""),
+            "{routed}"
+        );
+    }
+
+    #[test]
+    fn service_routing_keeps_a_service_on_one_backend() {
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        let ring = Ring::new(&["a:1".into(), "b:1".into(), "c:1".into()], 50);
+        let mut rs = crate::model::test_resource_spans(&[3]);
+        rs.resource = Some(Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("planner".into())),
+                }),
+                ..KeyValue::default()
+            }],
+            ..Resource::default()
+        });
+        assert_eq!(service_name(&rs), "planner");
+        let parts = model::group_by(vec![rs], |r, _| ring.pick(service_name(r).as_bytes()));
+        assert_eq!(parts.len(), 1, "one service, one backend");
+    }
+}

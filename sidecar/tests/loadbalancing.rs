@@ -1,0 +1,179 @@
+//! The loadbalancing exporter against three real OTLP/gRPC backends on loopback: every span of
+//! a trace reaches one backend, and removing a backend mid-run moves only that backend's trace
+//! ids (about 1/3), while traces sent after the change arrive whole.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1 as pb;
+use tokio::sync::mpsc;
+
+use loom_sidecar::component::Exporter;
+use loom_sidecar::config::ComponentId;
+use loom_sidecar::exporters::loadbalancing::{parse_settings, LoadBalancer};
+use loom_sidecar::metrics::Metrics;
+use loom_sidecar::model::{Batch, ResourceSpans};
+
+/// A backend that reports (its index, trace id, span id) for every span it receives.
+struct Backend {
+    ix: usize,
+    tx: mpsc::UnboundedSender<(usize, Vec<u8>, Vec<u8>)>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Backend {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    let _ = self.tx.send((self.ix, s.trace_id, s.span_id));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn backend(ix: usize, tx: mpsc::UnboundedSender<(usize, Vec<u8>, Vec<u8>)>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Backend { ix, tx }))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    addr.to_string()
+}
+
+/// Trace ids from a counter, mixed so their low bytes are spread.
+fn trace_id(i: u64) -> Vec<u8> {
+    let mut id = Vec::with_capacity(16);
+    id.extend_from_slice(&i.to_be_bytes());
+    id.extend_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    id
+}
+
+/// One batch per "agent": span `j` of every trace goes to batch `j` (3 spans per trace).
+fn batches(ids: &[Vec<u8>], round: u8) -> Vec<Arc<Batch>> {
+    (0..3u8)
+        .map(|j| {
+            let spans = ids
+                .iter()
+                .map(|id| pb::Span {
+                    trace_id: id.clone(),
+                    span_id: vec![round, j, id[6], id[7], 1, 2, 3, 4],
+                    name: format!("s{j}"),
+                    ..pb::Span::default()
+                })
+                .collect();
+            let rs = ResourceSpans::from_proto(&pb::ResourceSpans {
+                scope_spans: vec![pb::ScopeSpans {
+                    spans,
+                    ..pb::ScopeSpans::default()
+                }],
+                ..pb::ResourceSpans::default()
+            })
+            .expect("valid");
+            Arc::new(Batch::new(vec![rs], Arc::new(Vec::new())))
+        })
+        .collect()
+}
+
+/// Exports the batches and waits for `want` spans; returns trace id -> backends of its spans.
+async fn deliver(
+    lb: &LoadBalancer,
+    batches: Vec<Arc<Batch>>,
+    rx: &mut mpsc::UnboundedReceiver<(usize, Vec<u8>, Vec<u8>)>,
+    want: usize,
+) -> HashMap<Vec<u8>, Vec<usize>> {
+    for b in batches {
+        lb.export(b).await.expect("routed");
+    }
+    let mut by_trace: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+    let mut spans = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spans.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((ix, tid, sid))) = tokio::time::timeout(left, rx.recv()).await else {
+            panic!("only {} of {want} spans arrived", spans.len());
+        };
+        assert!(spans.insert(sid), "a span arrived twice");
+        by_trace.entry(tid).or_default().push(ix);
+    }
+    by_trace
+}
+
+fn whole_at_one(by_trace: &HashMap<Vec<u8>, Vec<usize>>) -> HashMap<Vec<u8>, usize> {
+    by_trace
+        .iter()
+        .map(|(tid, ixs)| {
+            assert_eq!(ixs.len(), 3, "trace incomplete");
+            assert!(ixs.iter().all(|i| *i == ixs[0]), "trace split: {ixs:?}");
+            (tid.clone(), ixs[0])
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_backend_mid_run_moves_only_its_trace_ids() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut addrs = Vec::new();
+    for ix in 0..3 {
+        addrs.push(backend(ix, tx.clone()).await);
+    }
+    let yaml = format!(
+        "protocol: {{ otlp: {{ tls: {{ insecure: true }}, compression: none }} }}\n\
+         resolver: {{ static: {{ hostnames: [{}] }} }}\n",
+        addrs.join(", ")
+    );
+    let v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("yaml");
+    let settings = parse_settings(&v, "exporters.loadbalancing").expect("valid");
+    let id = ComponentId::parse("loadbalancing").expect("id");
+    let lb = LoadBalancer::new(&id, Arc::new(settings), Metrics::new());
+    lb.set_backends(&addrs);
+
+    let ids: Vec<Vec<u8>> = (0..3000).map(trace_id).collect();
+    let before = whole_at_one(&deliver(&lb, batches(&ids, 1), &mut rx, 3 * ids.len()).await);
+    let mut shares = [0usize; 3];
+    for ix in before.values() {
+        shares[*ix] += 1;
+    }
+    assert!(shares.iter().all(|s| *s > 700), "shares {shares:?}");
+
+    // Mid-run: backend 2 leaves the set (as when its pod leaves the headless Service).
+    let removed = 2;
+    let remaining: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != removed)
+        .map(|(_, a)| a.clone())
+        .collect();
+    lb.set_backends(&remaining);
+    assert_eq!(lb.backends().len(), 2);
+
+    // The same ids again plus new ones, all after the change.
+    let mut again = ids.clone();
+    again.extend((10_000..11_000).map(trace_id));
+    let after = whole_at_one(&deliver(&lb, batches(&again, 2), &mut rx, 3 * again.len()).await);
+    assert!(after.values().all(|ix| *ix != removed));
+    let moved: Vec<&Vec<u8>> = ids.iter().filter(|t| before[*t] != after[*t]).collect();
+    assert!(
+        moved.iter().all(|t| before[*t] == removed),
+        "only the removed backend's ids move"
+    );
+    assert_eq!(moved.len(), shares[removed], "and all of them move");
+    let share = moved.len() as f64 / ids.len() as f64;
+    assert!((0.25..=0.42).contains(&share), "moved {share:.3}");
+}
