@@ -807,3 +807,63 @@ def test_trace_store_alone_needs_no_debug_fallback_and_is_off_by_default(render,
     assert "trace-query" not in {p["name"] for p in one(default, "Service")["spec"]["ports"]}
     err = render_error({"exporters": {"traceStore": {"enabled": True, "maxBytes": 10}}})
     assert "maxBytes" in err
+
+
+# ---------------------------------------------------------------- two tiers (docs/gateway.md)
+
+GATEWAY_DNS = f"loom-gateway-loom-sidecar-headless.{NAMESPACE}.svc.cluster.local"
+
+
+def test_gateway_tier_runs_tail_sampling_behind_a_headless_service(render, sidecar_bin, tmp_path):
+    docs = render({"mode": "deployment", "tailSampling": {"enabled": True, "decisionWait": "5s"},
+                   "exporters": {"jaeger": {"endpoint": JAEGER}}})
+    cfg = config_of(docs)
+    assert cfg["service"]["pipelines"]["traces"]["processors"] == [
+        "memory_limiter", "sampler", "enrich", "tail_sampling", "batch"]
+    ts = cfg["processors"]["tail_sampling"]
+    assert ts["decision_wait"] == "5s" and ts["max_bytes"] == 134217728
+    assert [p["type"] for p in ts["policies"]] == ["status_code", "latency", "probabilistic"]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    headless = services[f"{FULLNAME}-headless"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == services[FULLNAME]["spec"]["selector"]
+    assert [p["port"] for p in headless["spec"]["ports"]] == [4317]
+    assert_valid(sidecar_bin, tmp_path, docs)
+
+
+def test_agent_tier_routes_through_loadbalancing_to_the_gateway(render, sidecar_bin, tmp_path):
+    docs = render({"loadbalancing": {"enabled": True, "hostname": GATEWAY_DNS}})
+    cfg = config_of(docs)
+    lb = cfg["exporters"]["loadbalancing"]
+    assert lb["routing_key"] == "traceID"
+    assert lb["resolver"] == {"dns": {"hostname": GATEWAY_DNS, "port": 4317, "interval": "5s"}}
+    assert lb["protocol"]["otlp"]["tls"] == {"insecure": True}
+    traces = cfg["service"]["pipelines"]["traces"]
+    assert traces["exporters"] == ["loadbalancing"], "no debug fallback: loadbalancing is an exporter"
+    assert "tail_sampling" not in traces["processors"]
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-headless")]
+    assert_valid(sidecar_bin, tmp_path, docs)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"tailSampling": {"enabled": True}}, "tailSampling.enabled needs mode: deployment"),
+    ({"mode": "deployment", "loadbalancing": {"enabled": True, "hostname": GATEWAY_DNS}},
+     "loadbalancing.enabled is for the agent tier"),
+    ({"loadbalancing": {"enabled": True}}, "loadbalancing.enabled needs loadbalancing.hostname"),
+    ({"mode": "deployment", "tailSampling": {"enabled": True, "maxBytes": 268435456}},
+     "tailSampling.maxBytes (256 MiB) must be at most half"),
+])
+def test_two_tier_values_are_checked(render_error, values, message):
+    err = render_error(values)
+    assert message in err, err
+
+
+@pytest.mark.parametrize("values,field", [
+    ({"tailSampling": {"whenFull": "panic"}}, "tailSampling[./]whenFull"),
+    ({"tailSampling": {"policies": [{"name": "x", "type": "sometimes"}]}}, "tailSampling[./]policies"),
+    ({"loadbalancing": {"routingKey": "spanID"}}, "loadbalancing[./]routingKey"),
+    ({"loadbalancing": {"hostname": "gw:4317"}}, "loadbalancing[./]hostname"),
+])
+def test_schema_rejects_bad_two_tier_values(render_error, values, field):
+    err = render_error(values)
+    assert re.search(field, err), f"the error does not name {field}:\n{err}"

@@ -247,8 +247,35 @@ sending_queue:
 {{/* true when no exporter is configured anywhere: the chart then falls back to debug. */}}
 {{- define "loom-sidecar.debugFallback" -}}
 {{- $x := .Values.exporters -}}
-{{- if not (or $x.jaeger.endpoint $x.otlphttp.endpoint $x.file.enabled $x.debug.enabled $x.traceStore.enabled (hasKey (.Values.config | default dict) "exporters")) -}}
+{{- if not (or $x.jaeger.endpoint $x.otlphttp.endpoint $x.file.enabled $x.debug.enabled $x.traceStore.enabled .Values.loadbalancing.enabled (hasKey (.Values.config | default dict) "exporters")) -}}
 true
+{{- end -}}
+{{- end -}}
+
+{{/* The headless Service agent-tier releases resolve: one address per ready gateway pod. */}}
+{{- define "loom-sidecar.headlessName" -}}
+{{- printf "%s-headless" (include "loom-sidecar.fullname" . | trunc 54 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* Checks of the two-tier values (docs/gateway.md) that the schema cannot express. */}}
+{{- define "loom-sidecar.gatewayChecks" -}}
+{{- $v := .Values -}}
+{{- if and $v.tailSampling.enabled (ne $v.mode "deployment") -}}
+{{- fail "tailSampling.enabled needs mode: deployment (the gateway tier); every span of a trace must reach the pod that decides it, which the agent tier's loadbalancing exporter ensures" -}}
+{{- end -}}
+{{- if and $v.loadbalancing.enabled (eq $v.mode "deployment") -}}
+{{- fail "loadbalancing.enabled is for the agent tier (mode: daemonset or sidecar); the gateway (mode: deployment) runs tailSampling" -}}
+{{- end -}}
+{{- if and $v.loadbalancing.enabled (not $v.loadbalancing.hostname) -}}
+{{- fail "loadbalancing.enabled needs loadbalancing.hostname: the gateway release's headless Service, e.g. <gateway-release>-loom-sidecar-headless.<namespace>.svc.cluster.local" -}}
+{{- end -}}
+{{- if $v.tailSampling.enabled -}}
+{{- $limits := include "loom-sidecar.memoryLimits" . | splitList " " -}}
+{{- $soft := sub (index $limits 0 | int) (index $limits 1 | int) -}}
+{{- $maxMib := div (int64 $v.tailSampling.maxBytes) 1048576 -}}
+{{- if gt (mul $maxMib 2) $soft -}}
+{{- fail (printf "tailSampling.maxBytes (%d MiB) must be at most half the memory_limiter's soft limit (%d MiB): the spans tail_sampling holds count against it; raise resources.limits.memory or lower maxBytes" $maxMib $soft) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -260,6 +287,7 @@ The chart's default sidecar config, before `config:` is merged over it.
 {{- $x := $v.exporters -}}
 {{- $limits := include "loom-sidecar.memoryLimits" . | splitList " " -}}
 {{- include "loom-sidecar.queueChecks" . -}}
+{{- include "loom-sidecar.gatewayChecks" . -}}
 {{- $sendingQueue := include "loom-sidecar.sendingQueue" . -}}
 {{- $pipelineExporters := list -}}
 receivers:
@@ -282,6 +310,15 @@ processors:
   batch:
     send_batch_size: {{ int $v.batch.sendBatchSize }}
     timeout: {{ $v.batch.timeout | toJson }}
+{{- if $v.tailSampling.enabled }}
+{{- $ts := $v.tailSampling }}
+  tail_sampling:
+    decision_wait: {{ $ts.decisionWait | toJson }}
+    num_traces: {{ int64 $ts.numTraces }}
+    max_bytes: {{ int64 $ts.maxBytes }}
+    when_full: {{ $ts.whenFull | toJson }}
+    policies: {{ $ts.policies | toJson }}
+{{- end }}
 exporters:
 {{- if $x.jaeger.endpoint }}
 {{- $pipelineExporters = append $pipelineExporters "otlp/jaeger" }}
@@ -315,6 +352,24 @@ exporters:
     max_traces: {{ int64 $x.traceStore.maxTraces }}
     ttl: {{ $x.traceStore.ttl | toJson }}
 {{- end }}
+{{- if $v.loadbalancing.enabled }}
+{{- $lb := $v.loadbalancing }}
+{{- $pipelineExporters = append $pipelineExporters "loadbalancing" }}
+  loadbalancing:
+    routing_key: {{ $lb.routingKey | toJson }}
+    protocol:
+      otlp:
+        timeout: {{ $lb.timeout | toJson }}
+        compression: {{ $lb.compression | toJson }}
+        {{- with $lb.tls }}
+        tls: {{ . | toJson }}
+        {{- end }}
+    resolver:
+      dns:
+        hostname: {{ $lb.hostname | toJson }}
+        port: {{ int $lb.port }}
+        interval: {{ $lb.interval | toJson }}
+{{- end }}
 {{- if or $x.debug.enabled (include "loom-sidecar.debugFallback" .) }}
 {{- $pipelineExporters = append $pipelineExporters "debug" }}
   debug:
@@ -334,7 +389,7 @@ service:
   pipelines:
     traces:
       receivers: [otlp]
-      processors: [memory_limiter, sampler, enrich, batch]
+      processors: {{ ternary (list "memory_limiter" "sampler" "enrich" "tail_sampling" "batch") (list "memory_limiter" "sampler" "enrich" "batch") (and $v.tailSampling.enabled true) | toJson }}
       exporters: {{ $pipelineExporters | toJson }}
   telemetry:
     metrics:
