@@ -130,6 +130,27 @@ pub struct ComponentYaml<'a> {
     pub ctx: &'a ParseCtx<'a>,
 }
 
+/// Test helper for component parsers: each `(yaml, path)` case is refused with an error at (or
+/// under) `path`, the YAML path of the mistake. `at` is the component's own path.
+#[cfg(test)]
+pub(crate) fn assert_errors_at<T>(
+    parse: impl Fn(&Value, &str) -> Result<T, ConfigError>,
+    at: &str,
+    cases: &[(&str, &str)],
+) {
+    for (yaml, want) in cases {
+        let v: Value = serde_yaml::from_str(yaml).expect("test yaml");
+        match parse(&v, at) {
+            Ok(_) => panic!("{yaml}: accepted"),
+            Err(e) => assert!(
+                e.path.starts_with(want),
+                "{yaml}: error at {:?}: {e}",
+                e.path
+            ),
+        }
+    }
+}
+
 /// What each component can see while its config is checked.
 pub struct ParseCtx<'a> {
     /// Env variables each expanded value came from, by YAML path (for error messages).

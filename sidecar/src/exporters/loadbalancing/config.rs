@@ -270,13 +270,6 @@ mod tests {
                 "exporters.loadbalancing.resolver.dns.hostname",
             ),
         ];
-        for (yaml, want) in cases {
-            let e = parse(yaml).expect_err(yaml);
-            assert!(
-                e.path.starts_with(want),
-                "{yaml}: error at {:?}: {e}",
-                e.path
-            );
-        }
+        crate::config::assert_errors_at(parse_settings, "exporters.loadbalancing", &cases);
     }
 }

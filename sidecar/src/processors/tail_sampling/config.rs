@@ -607,13 +607,6 @@ mod tests {
                 "processors.tail_sampling.policies[0].and.and_sub_policy[0].type",
             ),
         ];
-        for (yaml, want) in cases {
-            let e = parse(yaml).expect_err(yaml);
-            assert!(
-                e.path.starts_with(want),
-                "{yaml}: error at {:?}: {e}",
-                e.path
-            );
-        }
+        crate::config::assert_errors_at(parse_settings, "processors.tail_sampling", &cases);
     }
 }
