@@ -155,7 +155,8 @@ start_sidecar() {
     [ -n "${BENCH_SIDECAR_PRELOAD:-}" ] && preload=("LD_PRELOAD=$BENCH_SIDECAR_PRELOAD")
     env "${preload[@]}" BENCH_OTLP_GRPC_ENDPOINT=127.0.0.1:0 BENCH_OTLP_HTTP_ENDPOINT=127.0.0.1:0 \
         BENCH_METRICS_ENDPOINT=127.0.0.1:0 BENCH_BACKEND_ENDPOINT="http://$NB_ADDR" \
-        "$BIN/loom-sidecar" --config "$CONFIG" >"$WORK/$name.sc.out" 2>"$WORK/$name.sc.err" &
+        BENCH_BACKEND_HOSTPORT="$NB_ADDR" \
+        "$BIN/loom-sidecar" --config "${ROW_CONFIG:-$CONFIG}" >"$WORK/$name.sc.out" 2>"$WORK/$name.sc.err" &
     SC_PID=$!
     PIDS+=("$SC_PID")
     wait_ready "$WORK/$name.sc.out" "$SC_PID"
@@ -177,9 +178,11 @@ ROWS=()
 VERIFY_FAILED=0
 
 # run_row SHAPE PROTOCOL SPANS_PER_REQUEST RATE DURATION [verify]
+# ROW_CONFIG / ROW_LABEL / ROW_WINDOW (set for one call) run the row on another pipeline,
+# named in the shape column, with another window.
 run_row() {
     local shape=$1 proto=$2 spr=$3 rate=$4 dur=$5 verify=${6:-}
-    local name="$shape-$proto-$spr-$rate${verify:+-verify}" nb_args=() ep lg
+    local name="$shape-$proto-$spr-$rate${verify:+-verify}${ROW_LABEL:+-$ROW_LABEL}" nb_args=() ep lg
     log "bench: $name ($dur)"
     if [ -n "$verify" ]; then
         "$BIN/loadgen" manifest --shape "$shape" --spans-per-request "$spr" --seed "$SEED" \
@@ -189,7 +192,7 @@ run_row() {
     start_backend "$name" "${nb_args[@]}"
     start_sidecar "$name"
     if [ "$proto" = grpc ]; then ep=$SC_GRPC; else ep=$SC_HTTP; fi
-    local window=$WINDOW
+    local window=${ROW_WINDOW:-$WINDOW}
     [ "$shape" = large ] && window=$WINDOW_LARGE
 
     local c0 t0 c1 t1 hwm delivered
@@ -249,7 +252,7 @@ run_row() {
     else
         load="max"
     fi
-    ROWS+=("$(awk -v shape="$shape" -v proto="$proto" -v spr="$spr" -v load="$load" \
+    ROWS+=("$(awk -v shape="$shape${ROW_LABEL:+ + $ROW_LABEL}" -v proto="$proto" -v spr="$spr" -v load="$load" \
         -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v tck="$CLK_TCK" -v d="$delivered" \
         -v hwm="$hwm" -v lim="$lim" -v notes="$notes" 'BEGIN {
         cpu = (c1 - c0) / tck; wall = t1 - t0
@@ -267,7 +270,9 @@ fi
 for b in loom-sidecar loadgen nullbackend; do
     [ -x "$BIN/$b" ] || die "$BIN/$b missing; build with cargo build --release -p loom-sidecar"
 done
-"$BIN/loom-sidecar" validate --config "$CONFIG" >/dev/null || die "$CONFIG does not validate"
+for c in "$CONFIG" "$ROOT/configs/bench-tail-sampling.yaml" "$ROOT/configs/bench-loadbalancing.yaml"; do
+    "$BIN/loom-sidecar" validate --config "$c" >/dev/null || die "$c does not validate"
+done
 
 run_row testbed grpc 100 0 "$DURATION"
 run_row testbed grpc 1000 0 "$DURATION"
@@ -279,6 +284,13 @@ run_row large http 10 0 "$DURATION"
 run_row testbed grpc 100 10000 "$RATE_DURATION"
 run_row loom grpc 100 0 "$VERIFY_DURATION" verify
 run_row loom http 100 0 "$VERIFY_DURATION" verify
+# The gateway tier at 100k spans/s beside the plain pipeline (docs/gateway.md). Tail sampling
+# holds every span for decision_wait (1 s), so its window must cover a second of load.
+run_row testbed grpc 100 100000 "$RATE_DURATION"
+ROW_CONFIG=$ROOT/configs/bench-tail-sampling.yaml ROW_LABEL=tail_sampling ROW_WINDOW=262144 \
+    run_row testbed grpc 100 100000 "$RATE_DURATION"
+ROW_CONFIG=$ROOT/configs/bench-loadbalancing.yaml ROW_LABEL=loadbalancing \
+    run_row testbed grpc 100 100000 "$RATE_DURATION"
 
 log "bench: done in $(awk -v a="$(now)" -v b="$START" 'BEGIN { printf "%.0f", a - b }') s ($(nproc) CPUs: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo))"
 echo "| shape | protocol | spans/request | load | spans/s delivered | sidecar CPU µs/span | sidecar CPU % of one core | sidecar peak RSS MiB | limit µs/span | sidecar/limit | notes |"
