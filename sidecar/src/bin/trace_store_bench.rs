@@ -1,8 +1,10 @@
 //! `trace_store_bench`: latency of the trace_store exporter's `GET /api/v3/traces/{id}` for a
 //! 1000-span trace, over loopback HTTP (keep-alive), with the store otherwise full of other
 //! traces; once idle and once while another task keeps inserting batches (lock contention).
-//! Repeated GETs of an unchanged trace are served from the API's last rendering; the first row
-//! times the rendering itself (what a GET costs when the trace changed since).
+//! Repeated GETs of an unchanged trace are served from the API's last rendering; the first
+//! rows time the rendering itself (what a GET costs when the trace changed since): the OTLP/JSON
+//! writer the API uses, and the prost + serde path it replaced (still its reference), then GETs
+//! that alternate between two such traces, so that every one renders.
 //! Prints one markdown table (p50/p99/max per row).
 //!
 //! `cargo run --release -p loom-sidecar --bin trace_store_bench [-- --requests 2000]`
@@ -105,15 +107,39 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
+/// Timed GETs of one trace; checks that the answer holds all its spans.
 async fn row(
     client: &reqwest::Client,
     url: &str,
     requests: usize,
     spans: usize,
 ) -> Result<(Vec<Duration>, usize)> {
+    let timed = alternating(client, [url, url], requests).await?;
+    let v: serde_json::Value = serde_json::from_slice(&reqwest::get(url).await?.bytes().await?)?;
+    let n: usize = v["result"]["resourceSpans"]
+        .as_array()
+        .context("no resourceSpans")?
+        .iter()
+        .flat_map(|rs| rs["scopeSpans"].as_array().into_iter().flatten())
+        .map(|ss| ss["spans"].as_array().map_or(0, Vec::len))
+        .sum();
+    if n != spans {
+        bail!("read {n} spans, stored {spans}");
+    }
+    Ok(timed)
+}
+
+/// GETs alternating between two URLs (the first tenth not timed: warm-up), sorted latencies
+/// and the last body's size. Two traces: the API keeps one rendering, so each GET renders.
+async fn alternating(
+    client: &reqwest::Client,
+    urls: [&str; 2],
+    requests: usize,
+) -> Result<(Vec<Duration>, usize)> {
     let mut lat = Vec::with_capacity(requests);
     let mut body_len = 0;
     for i in 0..requests + requests / 10 {
+        let url = urls[i % 2];
         let t = Instant::now();
         let r = client.get(url).send().await?;
         if r.status() != 200 {
@@ -126,17 +152,6 @@ async fn row(
             lat.push(d);
         }
         body_len = body.len();
-    }
-    let v: serde_json::Value = serde_json::from_slice(&reqwest::get(url).await?.bytes().await?)?;
-    let n: usize = v["result"]["resourceSpans"]
-        .as_array()
-        .context("no resourceSpans")?
-        .iter()
-        .flat_map(|rs| rs["scopeSpans"].as_array().into_iter().flatten())
-        .map(|ss| ss["spans"].as_array().map_or(0, Vec::len))
-        .sum();
-    if n != spans {
-        bail!("read {n} spans, stored {spans}");
     }
     lat.sort();
     Ok((lat, body_len))
@@ -156,26 +171,29 @@ async fn main() -> Result<()> {
         let p = store::prepare(&batch(trace_id(t + 1_000_000), 0, 10));
         shared.lock().insert(p, Instant::now());
     }
-    // The read trace arrives in batches of 100, as a batch processor would cut it.
+    // The read traces arrive in batches of 100, as a batch processor would cut them.
     let target = trace_id(42);
-    let mut sent = 0u64;
-    while sent < args.spans as u64 {
-        let n = 100.min(args.spans as u64 - sent);
-        let p = store::prepare(&batch(target, sent, n));
-        shared.lock().insert(p, Instant::now());
-        sent += n;
+    let other = trace_id(43);
+    for t in [target, other] {
+        let mut sent = 0u64;
+        while sent < args.spans as u64 {
+            let n = 100.min(args.spans as u64 - sent);
+            let p = store::prepare(&batch(t, sent, n));
+            shared.lock().insert(p, Instant::now());
+            sent += n;
+        }
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = api::router(shared.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let url = format!(
-        "http://{addr}/api/v3/traces/{}",
-        target
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let url_of = |id: [u8; 16]| {
+        format!(
+            "http://{addr}/api/v3/traces/{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    };
+    let url = url_of(target);
     let client = reqwest::Client::new();
 
     // Where the time goes: decoding the stored bytes and writing OTLP/JSON, without HTTP.
@@ -183,25 +201,50 @@ async fn main() -> Result<()> {
         .lock()
         .get(&target, Instant::now())
         .context("stored")?;
-    let mut render = Vec::with_capacity(args.requests);
-    for _ in 0..args.requests {
-        let t = Instant::now();
-        let body = api::render_traces(&pieces).map_err(|e| anyhow::anyhow!(e.message))?;
-        render.push(t.elapsed());
-        std::hint::black_box(body);
+    let time_render = |f: fn(&[bytes::Bytes]) -> Result<Vec<u8>, api::ApiError>| {
+        let mut lat = Vec::with_capacity(args.requests);
+        for _ in 0..args.requests {
+            let t = Instant::now();
+            let body = f(&pieces).map_err(|e| anyhow::anyhow!(e.message))?;
+            lat.push(t.elapsed());
+            std::hint::black_box(body);
+        }
+        lat.sort();
+        anyhow::Ok(lat)
+    };
+    if api::render_traces(&pieces).ok() != api::render_traces_decoded(&pieces).ok() {
+        bail!("the OTLP/JSON writer and the serde path disagree");
     }
-    render.sort();
+    let render = time_render(api::render_traces)?;
+    let decoded = time_render(api::render_traces_decoded)?;
 
     println!(
         "| trace_store GET /api/v3/traces/{{id}} | spans | response | p50 ms | p99 ms | max ms |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
+    for (what, lat) in [
+        ("render only, OTLP/JSON from the bytes (no HTTP)", &render),
+        (
+            "render only, prost decode + serde (before; no HTTP)",
+            &decoded,
+        ),
+    ] {
+        println!(
+            "| {what} | {} | | {} | {} | {} |",
+            args.spans,
+            ms(pct(lat, 0.5)),
+            ms(pct(lat, 0.99)),
+            ms(*lat.last().context("no samples")?)
+        );
+    }
+    let (lat, len) = alternating(&client, [&url, &url_of(other)], args.requests).await?;
     println!(
-        "| render only (decode + OTLP/JSON, no HTTP) | {} | | {} | {} | {} |",
+        "| GET, idle store, alternating two traces (each GET renders) | {} | {} KB | {} | {} | {} |",
         args.spans,
-        ms(pct(&render, 0.5)),
-        ms(pct(&render, 0.99)),
-        ms(*render.last().context("no samples")?)
+        len / 1024,
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99)),
+        ms(*lat.last().context("no samples")?)
     );
     let (lat, len) = row(&client, &url, args.requests, args.spans).await?;
     println!(

@@ -246,12 +246,12 @@ fn field(m: Msg, tag: u32) -> Option<Field> {
 const MAX_DEPTH: u32 = 32;
 
 /// One field of a message: its tag and, for length-delimited fields, the payload.
-struct RawField<'a> {
-    tag: u32,
-    wire_type: WireType,
-    payload: &'a [u8],
-    /// Varint, fixed32 (flags) or fixed64 (times) value, else 0.
-    number: u64,
+pub struct RawField<'a> {
+    pub tag: u32,
+    pub wire_type: WireType,
+    pub payload: &'a [u8],
+    /// Varint, fixed32 or fixed64 value, else 0.
+    pub number: u64,
 }
 
 /// A varint; the one-byte case (most keys and lengths) without prost's general decoder.
@@ -267,8 +267,9 @@ fn varint(b: &mut &[u8]) -> Option<u64> {
     }
 }
 
-/// Reads the next field of `b`; None at the end or on any malformation.
-fn next_field<'a>(b: &mut &'a [u8]) -> Option<RawField<'a>> {
+/// Reads the next field of `b`; None at the end or on any malformation (a caller that needs
+/// to tell them apart checks `b.is_empty()` before the call). Groups are skipped whole.
+pub fn next_field<'a>(b: &mut &'a [u8]) -> Option<RawField<'a>> {
     // prost's decode_key is not used: its error for "no more bytes", which ends every walk, is
     // a heap allocation.
     let key = u32::try_from(varint(b)?).ok()?;

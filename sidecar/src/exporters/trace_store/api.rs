@@ -26,6 +26,7 @@ use opentelemetry_proto::tonic::trace::v1::TracesData;
 use parking_lot::Mutex;
 use prost::Message;
 
+use super::json;
 use super::store::{self, Query, Store, TraceId};
 
 /// Traces a search returns when `query.num_traces` is not given.
@@ -193,8 +194,15 @@ pub fn parse_go_duration(s: &str) -> Result<u64, String> {
     Ok(total as u64)
 }
 
-/// `{"result": <TracesData as OTLP JSON>}` for the given pieces.
+/// `{"result": <TracesData as OTLP JSON>}` for the given pieces: written from the bytes
+/// (`json`), or through prost and serde when the bytes hold what only they render exactly.
 pub fn render_traces(pieces: &[Bytes]) -> Result<Vec<u8>, ApiError> {
+    json::render(pieces).or_else(|_| render_traces_decoded(pieces))
+}
+
+/// The reference rendering: the pieces decoded into `opentelemetry_proto` and written by its
+/// serde derive.
+pub fn render_traces_decoded(pieces: &[Bytes]) -> Result<Vec<u8>, ApiError> {
     // The store only holds bytes it encoded from validated spans: a failure is ours (500).
     let td = TracesData::decode(&store::traces_data(pieces)[..])
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

@@ -14,6 +14,7 @@
 //! `listening <id> http <addr>`, like receivers and extensions report theirs.
 
 pub mod api;
+pub mod json;
 pub mod store;
 
 use std::net::SocketAddr;
