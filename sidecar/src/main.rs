@@ -96,8 +96,9 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "ready");
         let _ = out.flush();
         drop(out);
-        tracing::info!(config = %path.display(), "loom-sidecar running");
-        service::wait_for_signal().await;
+        tracing::info!(config = %path.display(), pid = std::process::id(), "loom-sidecar running");
+        // SIGHUP (and, with service.reload.watch, a changed file) reloads in place.
+        let running = service::serve(running, path).await;
         tracing::info!("shutting down: draining pipelines");
         if running.shutdown().await {
             tracing::info!("loom-sidecar stopped");

@@ -56,6 +56,9 @@ pub enum Metric {
     LoadBalancingRoutedSpans,
     LoadBalancingBackends,
     LoadBalancingResolveFailures,
+    ConfigReloads,
+    ConfigReloadLastTimestamp,
+    ConfigReloadLastSuccess,
 }
 
 /// A metric's Prometheus type.
@@ -77,7 +80,7 @@ impl Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 29] = [
+    pub const ALL: [Metric; 32] = [
         Metric::ReceiverAcceptedSpans,
         Metric::ReceiverRefusedSpans,
         Metric::SamplerDroppedSpans,
@@ -107,6 +110,9 @@ impl Metric {
         Metric::LoadBalancingRoutedSpans,
         Metric::LoadBalancingBackends,
         Metric::LoadBalancingResolveFailures,
+        Metric::ConfigReloads,
+        Metric::ConfigReloadLastTimestamp,
+        Metric::ConfigReloadLastSuccess,
     ];
 
     /// The exported name (dashboards and tests read these: never rename one).
@@ -153,6 +159,11 @@ impl Metric {
             Metric::LoadBalancingResolveFailures => {
                 "loom_sidecar_loadbalancing_resolve_failures_total"
             }
+            Metric::ConfigReloads => "loom_sidecar_config_reload_total",
+            Metric::ConfigReloadLastTimestamp => {
+                "loom_sidecar_config_reload_last_timestamp_seconds"
+            }
+            Metric::ConfigReloadLastSuccess => "loom_sidecar_config_reload_last_success",
         }
     }
 
@@ -176,7 +187,8 @@ impl Metric {
             | Metric::TailSamplingLateSpans
             | Metric::TailSamplingForwardFailedSpans
             | Metric::LoadBalancingRoutedSpans
-            | Metric::LoadBalancingResolveFailures => Kind::Counter,
+            | Metric::LoadBalancingResolveFailures
+            | Metric::ConfigReloads => Kind::Counter,
             Metric::ExporterQueueSize
             | Metric::ExporterQueueBytes
             | Metric::MemoryInUseBytes
@@ -185,7 +197,9 @@ impl Metric {
             | Metric::TraceStoreBytes
             | Metric::TailSamplingBufferedTraces
             | Metric::TailSamplingBufferedBytes
-            | Metric::LoadBalancingBackends => Kind::Gauge,
+            | Metric::LoadBalancingBackends
+            | Metric::ConfigReloadLastTimestamp
+            | Metric::ConfigReloadLastSuccess => Kind::Gauge,
             Metric::BatchSize => Kind::Histogram,
         }
     }
@@ -237,6 +251,13 @@ impl Metric {
             Metric::LoadBalancingRoutedSpans => "Spans the loadbalancing exporter queued for a backend.",
             Metric::LoadBalancingBackends => "Backends in the loadbalancing exporter's ring.",
             Metric::LoadBalancingResolveFailures => "DNS look-ups of the loadbalancing resolver that failed (the last set is kept).",
+            Metric::ConfigReloads => {
+                "Configuration reloads (SIGHUP or file watch), by result (success, failed)."
+            }
+            Metric::ConfigReloadLastTimestamp => "Unix time of the last configuration reload.",
+            Metric::ConfigReloadLastSuccess => {
+                "1 when the last configuration reload was applied, 0 when it failed."
+            }
         }
     }
 

@@ -231,9 +231,36 @@ pub struct ServiceConfig {
     pub pipelines: BTreeMap<String, PipelineConfig>,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
-    /// How long a SIGTERM/SIGINT drain may take before the sidecar exits anyway.
+    /// How long a SIGTERM/SIGINT drain may take before the sidecar exits anyway; also how
+    /// long a reload waits for in-flight requests and for a removed exporter to flush.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    #[serde(default)]
+    pub reload: ReloadConfig,
+}
+
+/// `service.reload`: live reconfiguration. SIGHUP always reloads; `watch` also reloads when
+/// the file's content changes and then stays the same for `debounce`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    #[serde(default)]
+    pub watch: bool,
+    #[serde(default = "default_reload_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+}
+
+fn default_reload_debounce() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: false,
+            debounce: default_reload_debounce(),
+        }
+    }
 }
 
 fn default_shutdown_grace() -> Duration {

@@ -80,25 +80,27 @@ impl ProcessorSpec for MemoryLimiterConfig {
     fn build(&self, _id: &ComponentId, ctx: &BuildCtx) -> Stage {
         let tracker = ctx.memory.clone();
         let interval = self.check_interval;
-        // RSS is sampled off the request path; reading /proc per request would cost more.
-        let sampler = Arc::downgrade(&tracker);
+        tracker.sample_rss();
+        let stage = Arc::new(MemoryLimiter {
+            tracker,
+            soft: self.soft_limit_bytes(),
+            hard: self.hard_limit_bytes(),
+            retry_after: self.retry_after,
+        });
+        // RSS is sampled off the request path; reading /proc per request would cost more. The
+        // sampler ends with the stage (a reload that rebuilds the pipeline drops it).
+        let sampler = Arc::downgrade(&stage);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
                 match sampler.upgrade() {
-                    Some(t) => t.sample_rss(),
+                    Some(s) => s.tracker.sample_rss(),
                     None => return,
                 }
             }
         });
-        tracker.sample_rss();
-        Stage::Inline(Arc::new(MemoryLimiter {
-            tracker,
-            soft: self.soft_limit_bytes(),
-            hard: self.hard_limit_bytes(),
-            retry_after: self.retry_after,
-        }))
+        Stage::Inline(stage)
     }
 }
 

@@ -51,6 +51,14 @@ impl Sidecar {
     }
 }
 
+impl Sidecar {
+    /// The process id, to signal it (SIGHUP reloads).
+    #[allow(dead_code)] // Only the reload tests signal the sidecar.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,134 @@
+//! What starts a reload: SIGHUP, and with `service.reload.watch` a change of the config file's
+//! content that then holds still for `service.reload.debounce`. Both re-read the same file with
+//! the same environment expansion (`load::load_file`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{ReloadError, Running};
+use crate::config::ReloadConfig;
+
+/// Runs until SIGTERM or Ctrl-C, reloading `path` on SIGHUP and on file changes; returns the
+/// sidecar for its shutdown.
+pub async fn serve(mut running: Running, path: PathBuf) -> Running {
+    let stop = super::wait_for_signal();
+    tokio::pin!(stop);
+    let mut hangup = hangup();
+    // Capacity 1: changes seen while a reload runs fold into one more reload.
+    let (tx, mut changed) = mpsc::channel::<()>(1);
+    let mut watching = start_watch(&running.service().reload, &path, &tx);
+    loop {
+        let why = tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = recv_hangup(&mut hangup) => "SIGHUP",
+            Some(()) = changed.recv() => "file changed",
+        };
+        let result = running.reload(crate::load::load_file(&path)).await;
+        log(why, &path, &result);
+        let want = &running.service().reload;
+        if watching.as_ref().map(|(cfg, _)| cfg) != Some(want).filter(|w| w.watch) {
+            if let Some((_, task)) = watching.take() {
+                task.abort();
+            }
+            watching = start_watch(want, &path, &tx);
+        }
+    }
+    if let Some((_, task)) = watching {
+        task.abort();
+    }
+    running
+}
+
+fn log(why: &str, path: &Path, result: &Result<super::Reloaded, ReloadError>) {
+    match result {
+        Ok(r) if r.changes.is_empty() => {
+            tracing::info!(trigger = why, config = %path.display(), "reload: nothing changed");
+        }
+        Ok(r) => tracing::info!(
+            trigger = why,
+            config = %path.display(),
+            changes = %r.changes.join("; "),
+            "reload applied"
+        ),
+        Err(ReloadError::Invalid(errors)) => {
+            tracing::error!(trigger = why, config = %path.display(), "reload failed: invalid configuration; the running one stays");
+            for e in &errors.0 {
+                tracing::error!("  {e}");
+            }
+        }
+        Err(e) => {
+            tracing::error!(trigger = why, config = %path.display(), "reload failed: {e}");
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+#[cfg(unix)]
+fn hangup() -> Hangup {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot watch SIGHUP ({e}): reload by signal is off");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup() -> Hangup {
+    None
+}
+
+async fn recv_hangup(h: &mut Hangup) -> Option<()> {
+    #[cfg(unix)]
+    if let Some(s) = h {
+        return s.recv().await;
+    }
+    let _ = h;
+    std::future::pending().await
+}
+
+fn start_watch(
+    cfg: &ReloadConfig,
+    path: &Path,
+    tx: &mpsc::Sender<()>,
+) -> Option<(ReloadConfig, tokio::task::JoinHandle<()>)> {
+    cfg.watch.then(|| {
+        let task = tokio::spawn(watch_file(path.to_owned(), cfg.debounce, tx.clone()));
+        (cfg.clone(), task)
+    })
+}
+
+/// Polls the file's content (a Kubernetes ConfigMap volume swaps a symlink, which inotify on
+/// the file itself would miss) and reports a change once it has held still for `debounce`.
+async fn watch_file(path: PathBuf, debounce: Duration, tx: mpsc::Sender<()>) {
+    let poll = (debounce / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut seen = tokio::fs::read(&path).await.ok();
+    let mut pending: Option<(Option<Vec<u8>>, tokio::time::Instant)> = None;
+    loop {
+        tokio::time::sleep(poll).await;
+        let now = tokio::fs::read(&path).await.ok();
+        if now == seen {
+            pending = None;
+            continue;
+        }
+        match &pending {
+            Some((content, since)) if *content == now => {
+                if since.elapsed() >= debounce {
+                    seen = now;
+                    pending = None;
+                    // Full: a reload is already due and reads the newest file.
+                    let _ = tx.try_send(());
+                }
+            }
+            _ => pending = Some((now, tokio::time::Instant::now())),
+        }
+    }
+}
