@@ -47,6 +47,8 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(&cli);
+    // Read before loading: the file watch reloads on any change after this.
+    let loaded = std::fs::read(&path).ok();
     let config = match load(&path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -98,7 +100,7 @@ fn main() -> ExitCode {
         drop(out);
         tracing::info!(config = %path.display(), pid = std::process::id(), "loom-sidecar running");
         // SIGHUP (and, with service.reload.watch, a changed file) reloads in place.
-        let running = service::serve(running, path).await;
+        let running = service::serve(running, path, loaded).await;
         tracing::info!("shutting down: draining pipelines");
         if running.shutdown().await {
             tracing::info!("loom-sidecar stopped");

@@ -11,20 +11,22 @@ use super::{ReloadError, Running};
 use crate::config::ReloadConfig;
 
 /// Runs until SIGTERM or Ctrl-C, reloading `path` on SIGHUP and on file changes; returns the
-/// sidecar for its shutdown.
-pub async fn serve(mut running: Running, path: PathBuf) -> Running {
+/// sidecar for its shutdown. `loaded` is the file's content as read before the running config
+/// was loaded from it: any later change reloads.
+pub async fn serve(mut running: Running, path: PathBuf, loaded: Option<Vec<u8>>) -> Running {
     let stop = super::wait_for_signal();
     tokio::pin!(stop);
     let mut hangup = hangup();
     // Capacity 1: changes seen while a reload runs fold into one more reload.
     let (tx, mut changed) = mpsc::channel::<()>(1);
-    let mut watching = start_watch(&running.service().reload, &path, &tx);
+    let mut watching = start_watch(&running.service().reload, &path, loaded, &tx);
     loop {
         let why = tokio::select! {
             _ = &mut stop => break,
             Some(()) = recv_hangup(&mut hangup) => "SIGHUP",
             Some(()) = changed.recv() => "file changed",
         };
+        let loaded = std::fs::read(&path).ok();
         let result = running.reload(crate::load::load_file(&path)).await;
         log(why, &path, &result);
         let want = &running.service().reload;
@@ -32,7 +34,7 @@ pub async fn serve(mut running: Running, path: PathBuf) -> Running {
             if let Some((_, task)) = watching.take() {
                 task.abort();
             }
-            watching = start_watch(want, &path, &tx);
+            watching = start_watch(want, &path, loaded, &tx);
         }
     }
     if let Some((_, task)) = watching {
@@ -98,19 +100,29 @@ async fn recv_hangup(h: &mut Hangup) -> Option<()> {
 fn start_watch(
     cfg: &ReloadConfig,
     path: &Path,
+    loaded: Option<Vec<u8>>,
     tx: &mpsc::Sender<()>,
 ) -> Option<(ReloadConfig, tokio::task::JoinHandle<()>)> {
     cfg.watch.then(|| {
-        let task = tokio::spawn(watch_file(path.to_owned(), cfg.debounce, tx.clone()));
+        let task = tokio::spawn(watch_file(
+            path.to_owned(),
+            loaded,
+            cfg.debounce,
+            tx.clone(),
+        ));
         (cfg.clone(), task)
     })
 }
 
 /// Polls the file's content (a Kubernetes ConfigMap volume swaps a symlink, which inotify on
 /// the file itself would miss) and reports a change once it has held still for `debounce`.
-async fn watch_file(path: PathBuf, debounce: Duration, tx: mpsc::Sender<()>) {
+async fn watch_file(
+    path: PathBuf,
+    mut seen: Option<Vec<u8>>,
+    debounce: Duration,
+    tx: mpsc::Sender<()>,
+) {
     let poll = (debounce / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut seen = tokio::fs::read(&path).await.ok();
     let mut pending: Option<(Option<Vec<u8>>, tokio::time::Instant)> = None;
     loop {
         tokio::time::sleep(poll).await;
