@@ -450,7 +450,13 @@ key; lists and scalars from `config:` win; a null removes the key (Helm's conven
 {{- end -}}
 
 {{- define "loom-sidecar.configChecksum" -}}
+{{- $cfg := include "loom-sidecar.config" . | fromYaml -}}
+{{- if dig "service" "reload" "watch" false $cfg -}}
+{{- /* The sidecar reloads the rest in place (docs/reload.md): roll only for what it cannot. */ -}}
+{{- dict "extensions" ($cfg.extensions | default dict) "service.extensions" (dig "service" "extensions" list $cfg) "service.telemetry" (dig "service" "telemetry" dict $cfg) | toYaml | sha256sum -}}
+{{- else -}}
 {{- include "loom-sidecar.config" . | sha256sum -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
