@@ -279,47 +279,24 @@ async fn reloads_under_load_lose_no_span_refuse_no_request_and_keep_health() {
             }
         }));
     }
-    let pause = || tokio::time::sleep(Duration::from_millis(800));
-    pause().await;
-    let rule = reload(
-        &sidecar,
-        &path,
-        &config(QUIET_SENSORS, None, main.addr),
-        "success",
-        1,
-    )
-    .await;
-    pause().await;
-    let added = reload(
-        &sidecar,
-        &path,
-        &config(QUIET_SENSORS, Some(a.addr), main.addr),
-        "success",
-        2,
-    )
-    .await;
-    pause().await;
-    let moved = reload(
-        &sidecar,
-        &path,
-        &config(QUIET_SENSORS, Some(c.addr), main.addr),
-        "success",
-        3,
-    )
-    .await;
-    pause().await;
-    let removed = reload(
-        &sidecar,
-        &path,
-        &config(QUIET_SENSORS, None, main.addr),
-        "success",
-        4,
-    )
-    .await;
-    pause().await;
     let bad = config(QUIET_SENSORS, None, main.addr).replace("timeout: 100ms", "timeout: soon");
-    let invalid = reload(&sidecar, &path, &bad, "failed", 1).await;
-    pause().await;
+    // (config, result, how many reloads with that result by then), each after 800 ms of load.
+    let steps = [
+        (config(QUIET_SENSORS, None, main.addr), "success", 1),
+        (config(QUIET_SENSORS, Some(a.addr), main.addr), "success", 2),
+        (config(QUIET_SENSORS, Some(c.addr), main.addr), "success", 3),
+        (config(QUIET_SENSORS, None, main.addr), "success", 4),
+        (bad, "failed", 1),
+    ];
+    let mut at = Vec::new();
+    for (yaml, result, n) in &steps {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        at.push(reload(&sidecar, &path, yaml, result, *n).await);
+    }
+    let [rule, added, moved, removed, invalid] = at[..] else {
+        unreachable!("five steps")
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.expect("client");

@@ -216,30 +216,25 @@ impl Writer {
     }
 
     fn resource_spans(&mut self, b: &[u8]) -> R {
-        let (mut resource, mut schema_url) = (None, &[][..]);
-        fields(b, |f| match (f.tag, f.wire_type) {
-            (1, Ld) => once(&mut resource, f.payload),
-            (2, Ld) => Ok(()),
-            (3, Ld) => {
-                schema_url = f.payload;
-                Ok(())
-            }
-            (t, _) => unknown_or_bad(t, 3),
-        })?;
-        self.raw(b"{\"resource\":");
-        self.decoded::<Resource>(resource)?;
-        self.raw(b",\"scopeSpans\":");
-        self.list(b, 2, 0, Self::scope_spans)?;
-        self.raw(b",\"schemaUrl\":");
-        self.str(schema_url)?;
-        self.raw(b"}");
-        Ok(())
+        self.holder::<Resource>(b, b"{\"resource\":", b",\"scopeSpans\":", Self::scope_spans)
     }
 
     fn scope_spans(&mut self, b: &[u8], _: u32) -> R {
-        let (mut scope, mut schema_url) = (None, &[][..]);
+        self.holder::<InstrumentationScope>(b, b"{\"scope\":", b",\"spans\":", Self::span)
+    }
+
+    /// `ResourceSpans` and `ScopeSpans`, one shape: a message written by serde (field 1), a
+    /// list (field 2), `schemaUrl` (field 3).
+    fn holder<M: Message + Default + serde::Serialize>(
+        &mut self,
+        b: &[u8],
+        head: &[u8],
+        list_key: &[u8],
+        each: fn(&mut Self, &[u8], u32) -> R,
+    ) -> R {
+        let (mut first, mut schema_url) = (None, &[][..]);
         fields(b, |f| match (f.tag, f.wire_type) {
-            (1, Ld) => once(&mut scope, f.payload),
+            (1, Ld) => once(&mut first, f.payload),
             (2, Ld) => Ok(()),
             (3, Ld) => {
                 schema_url = f.payload;
@@ -247,10 +242,10 @@ impl Writer {
             }
             (t, _) => unknown_or_bad(t, 3),
         })?;
-        self.raw(b"{\"scope\":");
-        self.decoded::<InstrumentationScope>(scope)?;
-        self.raw(b",\"spans\":");
-        self.list(b, 2, 0, Self::span)?;
+        self.raw(head);
+        self.decoded::<M>(first)?;
+        self.raw(list_key);
+        self.list(b, 2, 0, each)?;
         self.raw(b",\"schemaUrl\":");
         self.str(schema_url)?;
         self.raw(b"}");
