@@ -434,6 +434,21 @@ def test_checksum_annotation_follows_the_config(render):
     assert checksum(render({"exporters": {"jaeger": {"endpoint": JAEGER}}})) != checksum(base)
 
 
+
+def test_with_the_reload_watch_only_what_a_reload_cannot_change_rolls_the_pods(render):
+    def checksum(values):
+        docs = render({"config": {"service": {"reload": {"watch": True}}, **values}})
+        return workload(docs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    base = checksum({})
+    # The sidecar reloads these in place (docs/reload.md): the ConfigMap changes, the pods stay.
+    assert checksum({"processors": {"batch": {"send_batch_size": 1024}}}) == base
+    assert checksum({"exporters": {"debug": {}}}) == base
+    # These need a restart.
+    assert checksum({"service": {"reload": {"watch": True},
+                                 "telemetry": {"logs": {"level": "debug"}}}}) != base
+    assert checksum({"extensions": {"health_check": {"path": "/ready"}}}) != base
+
 @pytest.mark.parametrize("kind,mode", [("emptyDir", "daemonset"), ("hostPath", "daemonset"),
                                        ("pvc", "deployment")])
 def test_persistence_volume(render, kind, mode):
