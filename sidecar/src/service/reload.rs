@@ -190,46 +190,56 @@ impl Running {
         self.exporters.extend(started);
 
         let mut pipelines: BTreeMap<String, PipelineRun> = BTreeMap::new();
-        let mut old_pipelines = std::mem::take(&mut self.pipelines);
+        let mut old = std::mem::take(&mut self.pipelines);
+        // (name, pipeline) this reload replaces or removes: closed once the swap is done.
+        let mut replaced: Vec<(String, PipelineRun)> = Vec::new();
+        let mut fresh_names = BTreeSet::new();
         for (name, p) in &config.service.pipelines {
             let signature = super::pipeline_signature(&config, name, p);
-            match old_pipelines.remove(name) {
+            let prev = match old.remove(name) {
                 Some(run) if run.signature == signature => {
                     pipelines.insert(name.clone(), run);
+                    continue;
                 }
-                old => {
-                    changes.push(format!(
-                        "service.pipelines.{name}: {}",
-                        if old.is_some() { "changed" } else { "added" }
-                    ));
-                    if let Some(old) = old {
-                        old_pipelines.insert(format!("{name} (old)"), old);
-                    }
-                    let run = build_pipeline(
-                        &config,
-                        name,
-                        p,
-                        &self.exporters,
-                        &self.metrics,
-                        &self.memory,
-                    );
-                    match run {
-                        Ok(run) => {
-                            pipelines.insert(name.clone(), run);
+                prev => prev,
+            };
+            let built = build_pipeline(
+                &config,
+                name,
+                p,
+                &self.exporters,
+                &self.metrics,
+                &self.memory,
+            );
+            match built {
+                Ok(run) => {
+                    let what = if prev.is_some() { "changed" } else { "added" };
+                    changes.push(format!("service.pipelines.{name}: {what}"));
+                    pipelines.insert(name.clone(), run);
+                    fresh_names.insert(name.clone());
+                    replaced.extend(prev.map(|r| (name.clone(), r)));
+                }
+                Err(e) => {
+                    // Only an id missing from a validated config gets here. Nothing was
+                    // swapped: the running pipelines stay, the new ones close.
+                    drop(table);
+                    old.extend(prev.map(|r| (name.clone(), r)));
+                    old.extend(replaced);
+                    for (name, run) in pipelines {
+                        if fresh_names.contains(&name) {
+                            run.pipeline.close();
+                        } else {
+                            old.insert(name, run);
                         }
-                        Err(e) => {
-                            // Only an id missing from a validated config gets here.
-                            drop(table);
-                            return Err(ReloadError::Start(e));
-                        }
                     }
+                    self.pipelines = old;
+                    return Err(ReloadError::Start(e));
                 }
             }
         }
-        for name in old_pipelines.keys() {
-            if !name.ends_with(" (old)") {
-                changes.push(format!("service.pipelines.{name}: removed"));
-            }
+        for (name, run) in old {
+            changes.push(format!("service.pipelines.{name}: removed"));
+            replaced.push((name, run));
         }
         *table = routes(&config.service, &pipelines);
         let route_ids: BTreeSet<ComponentId> = table.keys().cloned().collect();
@@ -293,11 +303,11 @@ impl Running {
             .collect();
 
         // Flush what replaced pipelines hold, then let retired exporters send it.
-        for p in old_pipelines.values() {
+        for (_, p) in &replaced {
             p.pipeline.close();
         }
         let deadline = tokio::time::Instant::now() + grace;
-        for p in old_pipelines.into_values() {
+        for (_, p) in replaced {
             if let Some(t) = p.batcher {
                 let _ = tokio::time::timeout_at(deadline, t).await;
             }
