@@ -140,6 +140,10 @@ fn request(first: u64) -> ExportTraceServiceRequest {
     }
 }
 
+/// The sidecar's gRPC receiver on a free port, the same in every config (a reload keeps it).
+const RECEIVER: &str =
+    "receivers:\n  otlp:\n    protocols:\n      grpc: { endpoint: 127.0.0.1:0 }\n";
+
 fn config(rules: &str, extra: Option<SocketAddr>, main: SocketAddr) -> String {
     let exporter = |name: &str, addr: SocketAddr| {
         format!("  otlp/{name}: {{ endpoint: \"http://{addr}\", compression: none }}\n")
@@ -152,11 +156,7 @@ fn config(rules: &str, extra: Option<SocketAddr>, main: SocketAddr) -> String {
     }
     format!(
         r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: {{ endpoint: 127.0.0.1:0 }}
-processors:
+{RECEIVER}processors:
   sampler:
     default: {{ sampler: always_on }}
     rules: {rules}
@@ -174,7 +174,8 @@ service:
     logs: {{ level: warn }}
   shutdown_grace: 5s
 "#,
-        BATCH_TIMEOUT.as_millis()
+        BATCH_TIMEOUT.as_millis(),
+        RECEIVER = RECEIVER
     )
 }
 
@@ -418,11 +419,7 @@ async fn reloads_under_load_lose_no_span_refuse_no_request_and_keep_health() {
 fn pq_config(endpoint: &str, queue_dir: &std::path::Path, timeout: &str) -> String {
     format!(
         r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: {{ endpoint: 127.0.0.1:0 }}
-exporters:
+{RECEIVER}exporters:
   otlp/pq:
     endpoint: "http://{endpoint}"
     compression: none
@@ -437,7 +434,8 @@ service:
     logs: {{ level: warn }}
   shutdown_grace: 2s
 "#,
-        queue_dir.display()
+        queue_dir.display(),
+        RECEIVER = RECEIVER
     )
 }
 
