@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        let hangup = service::Hangup::install();
         let running = match service::start(config).await {
             Ok(r) => r,
             Err(e) => {
@@ -100,7 +101,7 @@ fn main() -> ExitCode {
         drop(out);
         tracing::info!(config = %path.display(), pid = std::process::id(), "loom-sidecar running");
         // SIGHUP (and, with service.reload.watch, a changed file) reloads in place.
-        let running = service::serve(running, path, loaded).await;
+        let running = service::serve(running, path, loaded, hangup).await;
         tracing::info!("shutting down: draining pipelines");
         if running.shutdown().await {
             tracing::info!("loom-sidecar stopped");

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::model::ResourceSpans;
 use crate::pipeline::{Fanin, Fanout, Pipeline};
 pub use reload::{ReloadError, Reloaded};
-pub use watch::serve;
+pub use watch::{serve, Hangup};
 
 /// Why the sidecar could not start; each variant names the component (by YAML path).
 #[derive(Debug, thiserror::Error)]

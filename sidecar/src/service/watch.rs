@@ -10,13 +10,28 @@ use tokio::sync::mpsc;
 use super::{ReloadError, Running};
 use crate::config::ReloadConfig;
 
+/// SIGHUP, caught from the moment this exists: SIGHUP's default action ends the process, so
+/// the binary installs it before it starts anything or says `ready`.
+pub struct Hangup(HangupSignal);
+
+impl Hangup {
+    pub fn install() -> Hangup {
+        Hangup(hangup())
+    }
+}
+
 /// Runs until SIGTERM or Ctrl-C, reloading `path` on SIGHUP and on file changes; returns the
 /// sidecar for its shutdown. `loaded` is the file's content as read before the running config
-/// was loaded from it: any later change reloads.
-pub async fn serve(mut running: Running, path: PathBuf, loaded: Option<Vec<u8>>) -> Running {
+/// was loaded from it: any later change reloads. New listeners are reported on stdout as at
+/// start (`listening <component> <kind> <addr>`).
+pub async fn serve(
+    mut running: Running,
+    path: PathBuf,
+    loaded: Option<Vec<u8>>,
+    Hangup(mut hangup): Hangup,
+) -> Running {
     let stop = super::wait_for_signal();
     tokio::pin!(stop);
-    let mut hangup = hangup();
     // Capacity 1: changes seen while a reload runs fold into one more reload.
     let (tx, mut changed) = mpsc::channel::<()>(1);
     let mut watching = start_watch(&running.service().reload, &path, loaded, &tx);
@@ -27,8 +42,10 @@ pub async fn serve(mut running: Running, path: PathBuf, loaded: Option<Vec<u8>>)
             Some(()) = changed.recv() => "file changed",
         };
         let loaded = std::fs::read(&path).ok();
+        let before: Vec<_> = running.listening.iter().map(|l| l.addr).collect();
         let result = running.reload(crate::load::load_file(&path)).await;
         log(why, &path, &result);
+        report_new_listeners(&running, &before);
         let want = &running.service().reload;
         if watching.as_ref().map(|(cfg, _)| cfg) != Some(want).filter(|w| w.watch) {
             if let Some((_, task)) = watching.take() {
@@ -66,13 +83,26 @@ fn log(why: &str, path: &Path, result: &Result<super::Reloaded, ReloadError>) {
     }
 }
 
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = Option<()>;
+fn report_new_listeners(running: &Running, before: &[std::net::SocketAddr]) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for l in running
+        .listening
+        .iter()
+        .filter(|l| !before.contains(&l.addr))
+    {
+        let _ = writeln!(out, "listening {} {} {}", l.component, l.kind, l.addr);
+    }
+    let _ = out.flush();
+}
 
 #[cfg(unix)]
-fn hangup() -> Hangup {
+type HangupSignal = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type HangupSignal = Option<()>;
+
+#[cfg(unix)]
+fn hangup() -> HangupSignal {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -84,11 +114,11 @@ fn hangup() -> Hangup {
 }
 
 #[cfg(not(unix))]
-fn hangup() -> Hangup {
+fn hangup() -> HangupSignal {
     None
 }
 
-async fn recv_hangup(h: &mut Hangup) -> Option<()> {
+async fn recv_hangup(h: &mut HangupSignal) -> Option<()> {
     #[cfg(unix)]
     if let Some(s) = h {
         return s.recv().await;

@@ -158,3 +158,32 @@ def test_reloads_while_the_python_sdk_exports(sidecars) -> None:
     finally:
         main.stop()
         extra.stop()
+
+
+def test_a_changed_receiver_listens_anew_and_says_where(sidecars) -> None:
+    backend = GrpcCapture()
+    try:
+        sc = sidecars(config(backend.port))
+        old_http = sc.http
+        # The otlp receiver changes (a gRPC protocol added): it is restarted on new ports.
+        sc.cfg.write_text(config(backend.port).replace(
+            "      http: { endpoint: 127.0.0.1:0 }",
+            "      http: { endpoint: 127.0.0.1:0 }\n      grpc: { endpoint: 127.0.0.1:0 }"))
+        sc.proc.send_signal(signal.SIGHUP)
+        new = {}
+        while len(new) < 2:
+            line = sc.proc.stdout.readline()
+            assert line, "sidecar exited"
+            parts = line.split()
+            if parts[:2] == ["listening", "otlp"]:
+                new[parts[2]] = parts[3]
+        assert set(new) == {"http", "grpc"} and new["http"] != old_http
+        exporter = OTLPSpanExporter(endpoint=f"http://{new['http']}/v1/traces", timeout=10)
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with provider.get_tracer("t").start_as_current_span("after", attributes={"loom.agent.id": "proc"}):
+            pass
+        provider.shutdown()
+        assert [s.name for _, _, s in backend.spans(1)] == ["after"]
+    finally:
+        backend.stop()
