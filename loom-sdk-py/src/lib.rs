@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+mod span_export;
+
 use loom_core::envelope::{self, Envelope as CoreEnvelope, TraceParent};
 use loom_core::sampler_spec;
 use pyo3::exceptions::PyValueError;
@@ -250,6 +252,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_traceparent, m)?)?;
     m.add_function(wrap_pyfunction!(format_traceparent, m)?)?;
     m.add_function(wrap_pyfunction!(parse_sampler_env, m)?)?;
+    span_export::register(m)?;
     m.add("SAMPLER_NAMES", sampler_spec::SAMPLER_NAMES.to_vec())?;
     m.add("DEFAULT_SAMPLER", sampler_spec::DEFAULT_SAMPLER)?;
     m.add("TRACEPARENT", envelope::TRACEPARENT)?;

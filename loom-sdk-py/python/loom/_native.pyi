@@ -1,8 +1,9 @@
-"""Type stubs for loom._native: loom-core's Envelope codec and sampler parser (Rust, via pyo3).
+"""Type stubs for loom._native: loom-core's Envelope codec and sampler parser, and the OTLP span
+encoder (Rust, via pyo3).
 
 Checked against the built module by ``python -m mypy.stubtest loom._native`` (tests/test_stubs.py).
 """
-from typing import Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from typing_extensions import disjoint_base
 
@@ -14,6 +15,7 @@ __all__ = [
     "parse_traceparent",
     "format_traceparent",
     "parse_sampler_env",
+    "encode_spans",
     "SAMPLER_NAMES",
     "DEFAULT_SAMPLER",
     "TRACEPARENT",
@@ -80,3 +82,4 @@ class Envelope:
 def parse_traceparent(value: str) -> Optional[Tuple[str, str, int]]: ...
 def format_traceparent(trace_id: str, span_id: str, flags: int) -> str: ...
 def parse_sampler_env(env: Dict[str, str]) -> Tuple[str, Optional[float]]: ...
+def encode_spans(spans: Sequence[Any]) -> bytes: ...

@@ -2,7 +2,8 @@
 
 Environment (docs/contracts.md §3): ``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_TRACES_SAMPLER`` (standard, wins) / ``OTEL_TRACE_SAMPLER`` and their ``_ARG``,
-``LOOM_TELEMETRY_AUTO=0`` to keep agents from installing anything.
+``LOOM_TELEMETRY_AUTO=0`` to keep agents from installing anything, ``LOOM_SPAN_ENCODER=python``
+to encode spans with the OpenTelemetry SDK's own (slower) OTLP encoder instead of ``loom._native``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import logging
 import os
 import threading
 import uuid
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -86,6 +87,116 @@ def sampler_from_env(env: Optional[Dict[str, str]] = None) -> Sampler:
     raise AssertionError(f"loom._native gave an unknown sampler {name!r}")
 
 
+_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+class _EncodedTraceServiceStub:
+    """The OTLP TraceService stub for a request that is already serialized (bytes)."""
+
+    def __init__(self, channel: Any) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+        self.Export = channel.unary_unary(
+            _EXPORT_METHOD,
+            request_serializer=bytes,
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+
+
+def native_otlp_exporter(**kwargs: Any) -> SpanExporter:
+    """The OpenTelemetry SDK's OTLP/gRPC span exporter with spans encoded by ``loom._native``.
+
+    Encoding is where the SDK's exporter spends its time (a protobuf object per span, attribute
+    and value, built in Python on the batch thread that shares the GIL with the agent). Everything
+    else (channel, retries and backoff, headers, compression, TLS, the OTEL_EXPORTER_OTLP_*
+    variables) stays the SDK's: only the request serialization is swapped.
+    """
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    class NativeOTLPSpanExporter(OTLPSpanExporter):
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            # The mixin rebuilds the client from `_stub` when it reconnects.
+            self._stub = _EncodedTraceServiceStub
+            self._client = _EncodedTraceServiceStub(self._channel)
+
+        def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
+            return _native.encode_spans(data)
+
+    return NativeOTLPSpanExporter(**kwargs)
+
+
+def otlp_exporter(**kwargs: Any) -> SpanExporter:
+    """The exporter ``init_telemetry`` installs: native encoding unless ``LOOM_SPAN_ENCODER=python``."""
+    encoder = os.environ.get("LOOM_SPAN_ENCODER", "native").strip().lower()
+    if encoder == "python":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(**kwargs)
+    if encoder != "native":
+        raise TelemetryConfigError(f"LOOM_SPAN_ENCODER: {encoder!r} is not one of native, python")
+    return native_otlp_exporter(**kwargs)
+
+
+class _CountingExporter(SpanExporter):
+    """Counts the spans of batches its exporter gave up on (after the exporter's own retries)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.inner.export(spans)
+        if result is not SpanExportResult.SUCCESS:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's BatchSpanProcessor (bounded queue, OTEL_BSP_* settings) that also counts what it
+    drops: spans refused because the queue was full, and spans of batches whose export failed."""
+
+    def __init__(self, exporter: SpanExporter, **kwargs: Any) -> None:
+        self._counting = _CountingExporter(exporter)
+        super().__init__(self._counting, **kwargs)
+        self.queue_full = 0
+        # The SDK keeps the queue (a bounded deque) on its shared BatchProcessor; without it
+        # (another SDK version) drops are still made, only not counted here.
+        self._queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        q = self._queue
+        if q is not None and q.maxlen is not None and len(q) >= q.maxlen and span.context.trace_flags.sampled:
+            self.queue_full += 1
+        super().on_end(span)
+
+    def drops(self) -> Dict[str, int]:
+        return {
+            "queue_full": self.queue_full,
+            "export_failed": self._counting.failed,
+            "queued": len(self._queue) if self._queue is not None else 0,
+        }
+
+
+_processor: Optional[CountingBatchSpanProcessor] = None
+
+
+def span_drops() -> Dict[str, int]:
+    """Spans the provider Loom installed has dropped so far: ``queue_full`` (refused by the
+    bounded queue while the exporter could not keep up), ``export_failed`` (batches the exporter
+    gave up on), plus ``queued`` (waiting now). All zero when Loom installed no provider."""
+    processor = _processor
+    if processor is None:
+        return {"queue_full": 0, "export_failed": 0, "queued": 0}
+    return processor.drops()
+
+
 def _has_sdk_provider() -> bool:
     """True when someone already installed a real TracerProvider (not the API's proxy/no-op)."""
     current = trace.get_tracer_provider()
@@ -108,15 +219,13 @@ def init_telemetry(
     ``endpoint`` is None. An already-configured global provider is respected, never replaced:
     then nothing is installed and None is returned.
     """
-    global _provider
+    global _provider, _processor
     with _lock:
         if _provider is not None:
             return _provider
         if _has_sdk_provider():
             log.debug("a TracerProvider is already installed; Loom leaves it in place")
             return None
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
         name = os.environ.get("OTEL_SERVICE_NAME") or service_name or (f"agent-{agent_id}" if agent_id else "loom-agent")
         attrs = {"service.name": name, "service.instance.id": str(uuid.uuid4())}
         if agent_id:
@@ -127,9 +236,10 @@ def init_telemetry(
             resource=Resource.create(attrs),
             sampler=sampler if sampler is not None else sampler_from_env(),
         )
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure)))
+        processor = CountingBatchSpanProcessor(otlp_exporter(endpoint=endpoint, insecure=insecure))
+        provider.add_span_processor(processor)
         trace.set_tracer_provider(provider)
-        _provider = provider
+        _provider, _processor = provider, processor
         log.debug("telemetry: service.name=%s endpoint=%s", name, endpoint)
         return provider
 
@@ -159,5 +269,15 @@ def force_flush(timeout_s: float = 10.0) -> None:
         flush(int(timeout_s * 1000))
 
 
+_tracer: Optional[trace.Tracer] = None
+
+
 def get_tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """Loom's tracer, looked up once: `trace.get_tracer` builds a Tracer and its scope on every
+    call (about a tenth of a span's cost). Before a provider is installed the API hands out a
+    proxy that delegates to the provider once there is one, so caching it early is safe."""
+    global _tracer
+    tracer = _tracer
+    if tracer is None:
+        tracer = _tracer = trace.get_tracer(TRACER_NAME)
+    return tracer
