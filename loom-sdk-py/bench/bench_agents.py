@@ -1,8 +1,16 @@
 """Two Python agents through a real loom-bridge: events/s (pipelined emits) and p50/p99
-emit → on_event latency (one event in flight), with tracing on (sampled, batch processor,
-discarding exporter) and off. Prints one table.
+emit → on_event latency (one event in flight). Prints one table from one run, one process per mode:
 
-Run: .venv/bin/python loom-sdk-py/bench/bench_agents.py   (needs target/debug or release loom-bridge)
+- ``off``: no tracing;
+- ``on-null``: every span sampled, batch processor, a discarding exporter (the old "on" row);
+- ``on-otlp``: what ``loom.tracing.init_telemetry`` installs by default (batch processor, OTLP/gRPC
+  exporter with spans encoded by ``loom._native``), every span sampled, sending to a running
+  loom-sidecar (debug exporter, output discarded); the bridge exports its spans to the same sidecar;
+- ``on-otlp-before``: the same with the SDK before issue #21: spans encoded by the OpenTelemetry
+  SDK's Python encoder (``LOOM_SPAN_ENCODER=python``) and the tracer looked up per span.
+
+Run: .venv/bin/python loom-sdk-py/bench/bench_agents.py [MODE ...]   (needs loom-bridge and
+loom-sidecar in $LOOM_BIN_DIR, target/release or target/debug; BENCH_N / BENCH_LAT_N size it)
 """
 
 from __future__ import annotations
@@ -21,16 +29,70 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bridge_binary() -> Path:
+MODES = ("off", "on-null", "on-otlp-before", "on-otlp")
+
+# The sidecar receives and batches like a deployment; its debug exporter (basic: a line a batch,
+# sent to /dev/null) stands in for a backend, so the sidecar costs little CPU on the shared cores.
+SIDECAR_CONFIG = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: "127.0.0.1:{port}" }}
+processors:
+  batch: {{ send_batch_size: 1024, timeout: 200ms }}
+exporters:
+  debug: {{ verbosity: basic }}
+service:
+  pipelines:
+    traces: {{ receivers: [otlp], processors: [batch], exporters: [debug] }}
+  telemetry:
+    metrics: {{ address: "127.0.0.1:0" }}
+    logs: {{ level: warn }}
+"""
+
+
+def binary(name: str) -> Path:
     base = Path(os.environ.get("LOOM_BIN_DIR", "")) if os.environ.get("LOOM_BIN_DIR") else None
-    for cand in ([base / "loom-bridge"] if base else []) + [REPO / "target/release/loom-bridge", REPO / "target/debug/loom-bridge"]:
+    for cand in ([base / name] if base else []) + [REPO / "target/release" / name, REPO / "target/debug" / name]:
         if cand.is_file():
             return cand
-    sys.exit("loom-bridge not built: cargo build --release -p loom-bridge")
+    sys.exit(f"{name} not built: cargo build --release -p {name}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_sidecar(tmp: Path) -> "tuple[subprocess.Popen, str]":
+    port = free_port()
+    cfg = tmp / "bench-sidecar.yaml"
+    cfg.write_text(SIDECAR_CONFIG.format(port=port))
+    proc = subprocess.Popen([str(binary("loom-sidecar")), "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RUST_LOG": "error"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            break
+    else:
+        sys.exit(f"loom-sidecar exited ({proc.wait()}) before it was ready")
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def run_mode(mode: str, n: int, lat_n: int) -> dict:
-    if mode == "on":
+    otlp = os.environ.get("BENCH_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    if mode.startswith("on-otlp"):
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+        from loom import tracing
+
+        if mode == "on-otlp-before":
+            os.environ["LOOM_SPAN_ENCODER"] = "python"
+            tracing.get_tracer = lambda: trace.get_tracer(tracing.TRACER_NAME)
+        tracing.init_telemetry("bench", otlp, sampler=ALWAYS_ON)
+    elif mode == "on-null":
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -46,12 +108,10 @@ def run_mode(mode: str, n: int, lat_n: int) -> dict:
         os.environ["LOOM_TELEMETRY_AUTO"] = "0"
     import loom
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "RUST_LOG": "error",
-           "OTEL_TRACES_SAMPLER": "always_on" if mode == "on" else "always_off"}
-    proc = subprocess.Popen([str(bridge_binary()), "--listen", f"127.0.0.1:{port}", "--dashboard-listen", "off"],
+    port = free_port()
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp if mode.startswith("on-otlp") else "http://127.0.0.1:9",
+           "RUST_LOG": "error", "OTEL_TRACES_SAMPLER": "always_off" if mode == "off" else "always_on"}
+    proc = subprocess.Popen([str(binary("loom-bridge")), "--listen", f"127.0.0.1:{port}", "--dashboard-listen", "off"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -99,7 +159,14 @@ def run_mode(mode: str, n: int, lat_n: int) -> dict:
                 "p99": latencies[int(len(latencies) * 0.99) - 1] * 1e6}
 
     try:
-        return asyncio.run(scenario())
+        out = asyncio.run(scenario())
+        loom.tracing.shutdown_telemetry()
+        # A full queue drops spans instead of exporting them: that would flatter the figures.
+        d = loom.tracing.span_drops()
+        out["dropped"] = d["queue_full"] + d["export_failed"]
+        with open("/proc/self/status") as f:
+            out["rss_mib"] = next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) / 1024
+        return out
     finally:
         proc.terminate()
         proc.wait(10)
@@ -109,15 +176,33 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--mode":
         print(json.dumps(run_mode(sys.argv[2], int(os.environ.get("BENCH_N", "5000")), int(os.environ.get("BENCH_LAT_N", "500")))))
         return
+    modes = sys.argv[1:] or list(MODES)
+    for m in modes:
+        if m not in MODES:
+            sys.exit(f"unknown mode {m!r}; one of {', '.join(MODES)}")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sidecar, endpoint = start_sidecar(Path(tmp))
+        try:
+            results = {}
+            for mode in modes:
+                out = subprocess.run([sys.executable, __file__, "--mode", mode], capture_output=True, text=True, timeout=600,
+                                     env={**os.environ, "BENCH_OTLP_ENDPOINT": endpoint})
+                if out.returncode != 0:
+                    sys.exit(out.stderr)
+                results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        finally:
+            sidecar.terminate()
+            sidecar.wait(10)
     print("Python agent A → loom-bridge → agent B (emit → on_event), one process per mode")
-    print("| tracing | events/s | p50 µs | p99 µs |")
-    print("|---|---:|---:|---:|")
-    for mode in ("off", "on"):
-        out = subprocess.run([sys.executable, __file__, "--mode", mode], capture_output=True, text=True, timeout=600)
-        if out.returncode != 0:
-            sys.exit(out.stderr)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {mode} | {r['rate']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} |")
+    print("| tracing | events/s | vs off | p50 µs | p99 µs | µs/event over off | spans dropped | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = results.get("off")
+    for mode, r in results.items():
+        ratio = f"{r['rate'] / base['rate']:.2f}" if base else "-"
+        extra = f"{(1 / r['rate'] - 1 / base['rate']) * 1e6:.0f}" if base else "-"
+        print(f"| {mode} | {r['rate']:.0f} | {ratio} | {r['p50']:.0f} | {r['p99']:.0f} | {extra} | {r['dropped']} | {r['rss_mib']:.0f} |")
 
 
 if __name__ == "__main__":
