@@ -10,7 +10,8 @@ emit → on_event latency (one event in flight). Prints one table from one run, 
   SDK's Python encoder (``LOOM_SPAN_ENCODER=python``) and the tracer looked up per span.
 
 Run: .venv/bin/python loom-sdk-py/bench/bench_agents.py [MODE ...]   (needs loom-bridge and
-loom-sidecar in $LOOM_BIN_DIR, target/release or target/debug; BENCH_N / BENCH_LAT_N size it)
+loom-sidecar in $LOOM_BIN_DIR, target/release or target/debug; BENCH_N / BENCH_LAT_N size a run,
+BENCH_ROUNDS (3) is how many interleaved runs of each mode the medians are taken over)
 """
 
 from __future__ import annotations
@@ -182,20 +183,27 @@ def main() -> None:
             sys.exit(f"unknown mode {m!r}; one of {', '.join(MODES)}")
     import tempfile
 
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+
     with tempfile.TemporaryDirectory() as tmp:
         sidecar, endpoint = start_sidecar(Path(tmp))
         try:
-            results = {}
-            for mode in modes:
-                out = subprocess.run([sys.executable, __file__, "--mode", mode], capture_output=True, text=True, timeout=600,
-                                     env={**os.environ, "BENCH_OTLP_ENDPOINT": endpoint})
-                if out.returncode != 0:
-                    sys.exit(out.stderr)
-                results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            runs: dict = {m: [] for m in modes}
+            # Rounds interleave the modes, so a burst of load elsewhere on the machine hits them
+            # alike; each figure is the median over the rounds.
+            for _ in range(rounds):
+                for mode in modes:
+                    out = subprocess.run([sys.executable, __file__, "--mode", mode], capture_output=True, text=True,
+                                         timeout=600, env={**os.environ, "BENCH_OTLP_ENDPOINT": endpoint})
+                    if out.returncode != 0:
+                        sys.exit(out.stderr)
+                    runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            results = {m: {k: statistics.median(r[k] for r in rs) if k != "dropped" else sum(r[k] for r in rs)
+                           for k in rs[0]} for m, rs in runs.items()}
         finally:
             sidecar.terminate()
             sidecar.wait(10)
-    print("Python agent A → loom-bridge → agent B (emit → on_event), one process per mode")
+    print(f"Python agent A → loom-bridge → agent B (emit → on_event), one process per mode and round, median of {rounds}")
     print("| tracing | events/s | vs off | p50 µs | p99 µs | µs/event over off | spans dropped | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = results.get("off")

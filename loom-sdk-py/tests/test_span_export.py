@@ -170,6 +170,48 @@ def test_encoder_choice(monkeypatch) -> None:
         lt.otlp_exporter(endpoint="http://127.0.0.1:9", insecure=True)
 
 
+def _scoped(use_sdk: bool, record: bool, raise_: "BaseException | None") -> None:
+    from opentelemetry import trace as api
+
+    tracer = lt.get_tracer()
+    attrs = {"k": "v"}
+    cm = (tracer.start_as_current_span("s", kind=SpanKind.PRODUCER, attributes=attrs, record_exception=record,
+                                       set_status_on_exception=record)
+          if use_sdk else lt.start_current_span("s", kind=SpanKind.PRODUCER, attributes=attrs, record_exception=record))
+    try:
+        with cm as span:
+            assert api.get_current_span() is span
+            with tracer.start_as_current_span("child"):
+                pass
+            if raise_ is not None:
+                raise raise_
+    except BaseException as e:  # noqa: BLE001 - the raised one comes back out unchanged
+        assert e is raise_
+    assert api.get_current_span() is api.INVALID_SPAN
+
+
+@pytest.mark.parametrize("record", [True, False])
+@pytest.mark.parametrize("raise_", [None, ValueError("bad"), KeyboardInterrupt()])
+def test_span_scope_does_what_start_as_current_span_does(spans, record, raise_) -> None:
+    def shape(s: ReadableSpan) -> tuple:
+        return (s.name, s.kind, dict(s.attributes or {}), s.status.status_code, s.status.description,
+                [(e.name, dict(e.attributes or {})) for e in s.events], s.parent is not None, s.end_time is not None)
+
+    got = []
+    for use_sdk in (True, False):
+        spans.clear()
+        _scoped(use_sdk, record, raise_)
+        done = spans.get_finished_spans()
+        child, parent = done
+        assert child.parent.span_id == parent.context.span_id
+        got.append([shape(s) for s in done])
+    assert got[0][1][0] == "s"
+    # exception.stacktrace text differs by the frames in between; the rest must not.
+    for sdk_s, ours in zip(*got):
+        strip = lambda sh: sh[:5] + ([(n, {k: v for k, v in a.items() if k != "exception.stacktrace"}) for n, a in sh[5]],) + sh[6:]  # noqa: E731
+        assert strip(sdk_s) == strip(ours)
+
+
 def run_script(body: str, **env: str) -> dict:
     """Runs `body` in a fresh interpreter (the global TracerProvider is set once per process)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO / "loom-sdk-py" / "tests"), **env}

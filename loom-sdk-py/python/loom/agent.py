@@ -358,8 +358,7 @@ class Context:
             env.write_metadata(md)
             event.metadata.update(md)
             return await self._agent._publish(topic, event, wait)
-        tracer = lt.get_tracer()
-        with tracer.start_as_current_span(
+        with lt.start_current_span(
             lt.SPAN_EMIT,
             kind=SpanKind.PRODUCER,
             attributes=_event_attrs(self._agent.agent_id, topic, event, env, "send"),
@@ -951,13 +950,12 @@ class Agent:
         parent = msg.envelope.parent_context()
         ev = pb.Event(id=msg.id, type=msg.type)
         attrs = _event_attrs(self.agent_id, msg.topic, ev, msg.envelope, "process")
-        with lt.get_tracer().start_as_current_span(
+        with lt.start_current_span(
             lt.SPAN_ON_EVENT,
             context=parent,
             kind=SpanKind.CONSUMER,
             attributes=attrs,
             record_exception=False,
-            set_status_on_exception=False,
         ) as span:
             if self._on_event is None:
                 return

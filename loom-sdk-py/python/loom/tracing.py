@@ -14,6 +14,7 @@ import threading
 import uuid
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -25,6 +26,7 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from loom import _native
 
@@ -281,3 +283,44 @@ def get_tracer() -> trace.Tracer:
     if tracer is None:
         tracer = _tracer = trace.get_tracer(TRACER_NAME)
     return tracer
+
+
+class SpanScope:
+    """What ``tracer.start_as_current_span(...)`` does with a started span: current inside the
+    ``with``, ended at its exit; an ``Exception`` escaping it is recorded and sets ERROR status
+    when ``record_exception``. A plain class: the SDK's two nested generator context managers
+    cost about as much as the span's seven attributes on the agent's per-event path."""
+
+    __slots__ = ("span", "_record", "_token")
+
+    def __init__(self, span: trace.Span, record_exception: bool) -> None:
+        self.span = span
+        self._record = record_exception
+        self._token: Optional[object] = None
+
+    def __enter__(self) -> trace.Span:
+        self._token = context_api.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
+        span = self.span
+        try:
+            context_api.detach(self._token)  # type: ignore[arg-type]
+            if self._record and isinstance(exc, Exception) and span.is_recording():
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            span.end()
+        return False
+
+
+def start_current_span(
+    name: str,
+    *,
+    kind: SpanKind,
+    attributes: Dict[str, Any],
+    context: Optional[context_api.Context] = None,
+    record_exception: bool = True,
+) -> SpanScope:
+    """``get_tracer().start_as_current_span(...)`` for the SDK's per-event spans, cheaper."""
+    return SpanScope(get_tracer().start_span(name, context=context, kind=kind, attributes=attributes), record_exception)
