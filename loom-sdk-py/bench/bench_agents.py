@@ -7,7 +7,8 @@ emit → on_event latency (one event in flight). Prints one table from one run, 
   exporter with spans encoded by ``loom._native``), every span sampled, sending to a running
   loom-sidecar (debug exporter, output discarded); the bridge exports its spans to the same sidecar;
 - ``on-otlp-before``: the same with the SDK before issue #21: spans encoded by the OpenTelemetry
-  SDK's Python encoder (``LOOM_SPAN_ENCODER=python``) and the tracer looked up per span.
+  SDK's Python encoder (``LOOM_SPAN_ENCODER=python``), the tracer looked up per span and the
+  spans made current with ``start_as_current_span``.
 
 Run: .venv/bin/python loom-sdk-py/bench/bench_agents.py [MODE ...]   (needs loom-bridge and
 loom-sidecar in $LOOM_BIN_DIR, target/release or target/debug; BENCH_N / BENCH_LAT_N size a run,
@@ -91,7 +92,17 @@ def run_mode(mode: str, n: int, lat_n: int) -> dict:
 
         if mode == "on-otlp-before":
             os.environ["LOOM_SPAN_ENCODER"] = "python"
-            tracing.get_tracer = lambda: trace.get_tracer(tracing.TRACER_NAME)
+
+            def get_tracer():  # type: ignore[no-untyped-def]
+                return trace.get_tracer(tracing.TRACER_NAME)
+
+            def start_current_span(name, *, kind, attributes, context=None, record_exception=True):  # type: ignore[no-untyped-def]
+                return get_tracer().start_as_current_span(name, context=context, kind=kind, attributes=attributes,
+                                                          record_exception=record_exception,
+                                                          set_status_on_exception=record_exception)
+
+            tracing.get_tracer = get_tracer
+            tracing.start_current_span = start_current_span
         tracing.init_telemetry("bench", otlp, sampler=ALWAYS_ON)
     elif mode == "on-null":
         from opentelemetry import trace
