@@ -1,5 +1,6 @@
 //! Bridge publish → delivery over loopback gRPC, with real tonic clients: throughput (pipelined)
-//! and latency (one event in flight at a time), with tracing sampled and not sampled.
+//! and latency (one event in flight at a time), with tracing sampled and not sampled, and sampled
+//! with the real export path (OTLP/gRPC to a running release `loom-sidecar`, when it is built).
 //!
 //! Run: `cargo bench -p loom-bridge --bench bridge` (prints one table, about half a minute).
 
@@ -167,47 +168,124 @@ async fn run_case(rt_base: Instant) -> Figures {
     }
 }
 
-fn measure(sampler: Option<SamplerSpec>) -> Figures {
+enum Case {
+    Off,
+    /// Spans to a batch processor with a discarding exporter.
+    Null(SamplerSpec),
+    /// Spans to `telemetry::otlp_provider` (what the bridge binary installs) sending to this
+    /// OTLP endpoint.
+    Otlp(SamplerSpec, String),
+}
+
+fn measure(case: &Case) -> Figures {
     // One thread: the bridge, both clients and the (thread-local) tracing subscriber share it.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let base = Instant::now();
-    match sampler {
-        None => rt.block_on(run_case(base)),
-        Some(s) => {
-            let provider = loom_core::telemetry::provider_builder(s)
+    let (provider, s) = match case {
+        Case::Off => return rt.block_on(run_case(base)),
+        Case::Null(s) => (
+            loom_core::telemetry::provider_builder(*s)
                 .with_batch_exporter(NullExporter)
-                .build();
-            let subscriber = tracing_subscriber::registry().with(
-                loom_core::telemetry::otel_layer_for(provider.tracer("bench"), s)
-                    .with_filter(loom_core::telemetry::otel_filter()),
-            );
-            let out = tracing::subscriber::with_default(subscriber, || rt.block_on(run_case(base)));
-            let _ = provider.shutdown();
-            out
+                .build(),
+            *s,
+        ),
+        Case::Otlp(s, endpoint) => {
+            // The tonic exporter's connection lives on this runtime.
+            let _enter = rt.enter();
+            let p = loom_core::telemetry::otlp_provider(*s, "bench", endpoint).expect("exporter");
+            (p, *s)
+        }
+    };
+    let subscriber = tracing_subscriber::registry().with(
+        loom_core::telemetry::otel_layer_for(provider.tracer("bench"), s)
+            .with_filter(loom_core::telemetry::otel_filter()),
+    );
+    let out = tracing::subscriber::with_default(subscriber, || rt.block_on(run_case(base)));
+    // The last batch goes out through this runtime: keep it running while the processor flushes.
+    let _ =
+        rt.block_on(async move { tokio::task::spawn_blocking(move || provider.shutdown()).await });
+    out
+}
+
+/// A release loom-sidecar on a free loopback port (debug exporter, output discarded), or None
+/// when it is not built.
+fn start_sidecar(dir: &std::path::Path) -> Option<(std::process::Child, String)> {
+    use std::io::BufRead as _;
+    let bin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/loom-sidecar");
+    if !bin.is_file() {
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let cfg = dir.join("sidecar.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: \"127.0.0.1:{port}\" }} }} }} }}\n\
+             processors: {{ batch: {{ send_batch_size: 1024, timeout: 200ms }} }}\n\
+             exporters: {{ debug: {{ verbosity: basic }} }}\n\
+             service:\n  pipelines: {{ traces: {{ receivers: [otlp], processors: [batch], exporters: [debug] }} }}\n\
+             \x20 telemetry: {{ metrics: {{ address: \"127.0.0.1:0\" }}, logs: {{ level: warn }} }}\n"
+        ),
+    )
+    .ok()?;
+    let mut child = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take()?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        if line.ok()?.trim() == "ready" {
+            return Some((child, format!("http://127.0.0.1:{port}")));
         }
     }
+    let _ = child.kill();
+    None
 }
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
-    let cases = [
-        ("tracing off", None),
-        ("tracing on, not sampled", Some(SamplerSpec::AlwaysOff)),
-        ("tracing on, sampled", Some(SamplerSpec::AlwaysOn)),
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sidecar = start_sidecar(dir.path());
+    let mut cases = vec![
+        ("tracing off", Case::Off),
+        (
+            "tracing on, not sampled",
+            Case::Null(SamplerSpec::AlwaysOff),
+        ),
+        ("tracing on, sampled", Case::Null(SamplerSpec::AlwaysOn)),
     ];
+    match &sidecar {
+        Some((_, endpoint)) => cases.push((
+            "tracing on, sampled, OTLP to loom-sidecar",
+            Case::Otlp(SamplerSpec::AlwaysOn, endpoint.clone()),
+        )),
+        None => eprintln!("target/release/loom-sidecar not built: no OTLP row"),
+    }
     println!(
         "loom-bridge publish → delivery over loopback gRPC (bridge and both clients on one thread)"
     );
     println!("| mode | events/s (pipelined) | p50 latency µs | p99 latency µs |");
     println!("|---|---:|---:|---:|");
-    for (name, sampler) in cases {
-        let f = measure(sampler);
+    for (name, case) in &cases {
+        let f = measure(case);
         println!(
             "| {name} | {:.0} | {:.0} | {:.0} |",
             f.events_per_s, f.p50_us, f.p99_us
         );
+    }
+    if let Some((mut child, _)) = sidecar {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -444,6 +444,36 @@ fn env_non_empty(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// The provider `init_telemetry` installs: `spec`'s sampler, a batch processor and the OTLP/gRPC
+/// exporter to `endpoint`, `service` as `service.name`. Build it inside a Tokio runtime (the
+/// tonic exporter needs one). Public so benchmarks measure the real export path.
+pub fn otlp_provider(
+    spec: SamplerSpec,
+    service: &str,
+    endpoint: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.to_owned())
+        .with_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: endpoint.to_owned(),
+            message: e.to_string(),
+        })?;
+    let resource = Resource::builder()
+        .with_service_name(service.to_owned())
+        .with_attribute(KeyValue::new(
+            "service.instance.id",
+            uuid::Uuid::new_v4().to_string(),
+        ))
+        .build();
+    Ok(provider_builder(spec)
+        .with_resource(resource)
+        .with_batch_exporter(exporter)
+        .build())
+}
+
 /// Installs the global `tracing` subscriber (fmt logs to stderr, `RUST_LOG` filter defaulting to
 /// `info`) with an OpenTelemetry layer exporting over OTLP/gRPC, sets the W3C propagator, and
 /// returns the guard that flushes on drop. Call it inside a Tokio runtime (the tonic exporter
@@ -457,26 +487,7 @@ pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryErr
     let endpoint = env_non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .or_else(|| env_non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint.clone())
-        .with_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| TelemetryError::Exporter {
-            endpoint: endpoint.clone(),
-            message: e.to_string(),
-        })?;
-    let resource = Resource::builder()
-        .with_service_name(service.to_string())
-        .with_attribute(KeyValue::new(
-            "service.instance.id",
-            uuid::Uuid::new_v4().to_string(),
-        ))
-        .build();
-    let provider = provider_builder(spec)
-        .with_resource(resource)
-        .with_batch_exporter(exporter)
-        .build();
+    let provider = otlp_provider(spec, &service, &endpoint)?;
     let tracer = provider.tracer("loom");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
