@@ -1,9 +1,16 @@
 //! EventBus publish → deliver throughput on one core, with tracing off, on-but-not-sampled, and
-//! sampled. Criterion measures each variant; a summary table with the ratios follows.
+//! sampled; in the summary table also sampled with the real export path (OTLP/gRPC to a running
+//! release `loom-sidecar`, when it is built). Criterion measures the first three; a summary table
+//! with the ratios follows.
 //!
 //! Run: `cargo bench -p loom-core --bench event_bus` (add `-- --quick` for a shorter run).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+mod common {
+    pub mod sidecar;
+}
 
 use criterion::{Criterion, Throughput};
 use loom_core::event_bus::{EventBus, QoS};
@@ -32,6 +39,24 @@ enum Mode {
     NotSampled,
     /// tracing-opentelemetry installed, every span sampled and handed to a batch processor.
     Sampled,
+    /// As `Sampled`, with the provider `init_telemetry` installs exporting to [`OTLP_ENDPOINT`].
+    SampledOtlp,
+}
+
+/// The running sidecar's OTLP endpoint, set once in `main`.
+static OTLP_ENDPOINT: OnceLock<String> = OnceLock::new();
+
+/// The exporter's gRPC connection runs here, off the bench's one-core runtime (which only runs
+/// while a batch is measured), as it runs on the bridge's worker threads in the binary.
+fn export_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("export runtime")
+    })
 }
 
 impl Mode {
@@ -40,6 +65,7 @@ impl Mode {
             Mode::Off => "tracing off",
             Mode::NotSampled => "tracing on, not sampled",
             Mode::Sampled => "tracing on, sampled",
+            Mode::SampledOtlp => "tracing on, sampled, OTLP to loom-sidecar",
         }
     }
 }
@@ -113,16 +139,22 @@ fn run_batch(rt: &tokio::runtime::Runtime, bus: &EventBus, n: u64, shape: Shape)
 fn with_mode<T>(mode: Mode, f: impl FnOnce() -> T) -> T {
     match mode {
         Mode::Off => f(),
-        Mode::NotSampled | Mode::Sampled => {
-            let spec = if mode == Mode::Sampled {
-                SamplerSpec::AlwaysOn
-            } else {
+        Mode::NotSampled | Mode::Sampled | Mode::SampledOtlp => {
+            let spec = if mode == Mode::NotSampled {
                 SamplerSpec::AlwaysOff
+            } else {
+                SamplerSpec::AlwaysOn
             };
             // As `init_telemetry` sets a process up.
-            let provider = loom_core::telemetry::provider_builder(spec)
-                .with_batch_exporter(NullExporter)
-                .build();
+            let provider = match (mode, OTLP_ENDPOINT.get()) {
+                (Mode::SampledOtlp, Some(endpoint)) => {
+                    let _enter = export_runtime().enter();
+                    loom_core::telemetry::otlp_provider(spec, "bench", endpoint).expect("exporter")
+                }
+                _ => loom_core::telemetry::provider_builder(spec)
+                    .with_batch_exporter(NullExporter)
+                    .build(),
+            };
             let subscriber = tracing_subscriber::registry().with(
                 loom_core::telemetry::otel_layer_for(provider.tracer("bench"), spec),
             );
@@ -197,7 +229,17 @@ fn main() {
     criterion_benches(&mut c);
     c.final_summary();
 
-    let modes = [Mode::Off, Mode::NotSampled, Mode::Sampled];
+    let dir = std::env::temp_dir().join(format!("loom-event-bus-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let mut sidecar = common::sidecar::start(&dir);
+    let mut modes = vec![Mode::Off, Mode::NotSampled, Mode::Sampled];
+    match &sidecar {
+        Some((_, endpoint)) => {
+            let _ = OTLP_ENDPOINT.set(endpoint.clone());
+            modes.push(Mode::SampledOtlp);
+        }
+        None => eprintln!("target/release/loom-sidecar not built: no OTLP row"),
+    }
     let cases: Vec<(Shape, Mode)> = [Shape::Bare, Shape::Agent]
         .iter()
         .flat_map(|s| modes.iter().map(move |m| (*s, *m)))
@@ -226,4 +268,9 @@ fn main() {
             (1.0 - best[at + 1] / best[at]) * 100.0
         );
     }
+    if let Some((child, _)) = sidecar.as_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
