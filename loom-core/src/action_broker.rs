@@ -21,18 +21,49 @@ use crate::trace_util::inject_span;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// Serves one capability. Returns the output bytes, or a failure message for the caller.
-pub trait ActionProvider: Send + Sync + 'static {
-    fn invoke(&self, call: ActionCall) -> BoxFuture<Result<Vec<u8>, String>>;
+/// Why a provider produced no output. Its text is what the caller reads in `ActionResult.error`,
+/// after "capability X failed: ".
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// A failure message meant for the caller as it stands (e.g. a remote agent's own
+    /// `ActionResult.error`).
+    #[error("{0}")]
+    Message(String),
+    /// A typed error from the provider's implementation.
+    #[error(transparent)]
+    Source(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
-/// Any `Fn(ActionCall) -> Future<Output = Result<Vec<u8>, String>>` is a provider.
+impl ProviderError {
+    pub fn source(e: impl std::error::Error + Send + Sync + 'static) -> ProviderError {
+        ProviderError::Source(Box::new(e))
+    }
+}
+
+impl From<String> for ProviderError {
+    fn from(message: String) -> Self {
+        ProviderError::Message(message)
+    }
+}
+
+impl From<&str> for ProviderError {
+    fn from(message: &str) -> Self {
+        ProviderError::Message(message.to_owned())
+    }
+}
+
+/// Serves one capability. Returns the output bytes, or why there are none.
+pub trait ActionProvider: Send + Sync + 'static {
+    fn invoke(&self, call: ActionCall) -> BoxFuture<Result<Vec<u8>, ProviderError>>;
+}
+
+/// Any `Fn(ActionCall) -> Future<Output = Result<Vec<u8>, ProviderError>>` is a provider.
 impl<F, Fut> ActionProvider for F
 where
     F: Fn(ActionCall) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Vec<u8>, String>> + Send + 'static,
+    Fut: Future<Output = Result<Vec<u8>, ProviderError>> + Send + 'static,
 {
-    fn invoke(&self, call: ActionCall) -> BoxFuture<Result<Vec<u8>, String>> {
+    fn invoke(&self, call: ActionCall) -> BoxFuture<Result<Vec<u8>, ProviderError>> {
         Box::pin(self(call))
     }
 }
@@ -271,9 +302,9 @@ async fn invoke_inner(inner: &Arc<Inner>, mut call: ActionCall) -> Outcome {
                     error: String::new(),
                     headers: HashMap::new(),
                 }),
-                Ok(Err(message)) => Err(BrokerError::ProviderFailed {
+                Ok(Err(e)) => Err(BrokerError::ProviderFailed {
                     capability: capability.clone(),
-                    message,
+                    message: e.to_string(),
                 }),
                 Err(_) => Err(BrokerError::Timeout {
                     capability: capability.clone(),

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use loom_core::action_broker::{ActionProvider, BoxFuture};
+use loom_core::action_broker::{ActionProvider, BoxFuture, ProviderError};
 use loom_core::envelope::Envelope;
 use loom_core::proto::server_message::Msg as ServerMsg;
 use loom_core::proto::{ActionCall, ActionResult, ActionStatus, ServerMessage};
@@ -151,17 +151,39 @@ impl Drop for PendingGuard {
     }
 }
 
+/// Why a remote agent gave no output; the text reaches the caller in `ActionResult.error`.
+#[derive(Debug, thiserror::Error)]
+enum RemoteError {
+    #[error("loom-bridge is shutting down")]
+    ShuttingDown,
+    #[error("agent {0} serving this capability is not connected")]
+    NotConnected(String),
+    #[error("max_inflight_actions_per_agent: agent {agent} already serves {max} calls in flight")]
+    Busy { agent: String, max: usize },
+    #[error("agent {0} stream closed")]
+    StreamClosed(String),
+    #[error("agent {0} disconnected before answering")]
+    Disconnected(String),
+    #[error("agent {agent} answered with status {status}")]
+    Status { agent: String, status: i32 },
+}
+
+impl From<RemoteError> for ProviderError {
+    fn from(e: RemoteError) -> Self {
+        ProviderError::source(e)
+    }
+}
+
 impl ActionProvider for RemoteProvider {
-    fn invoke(&self, call: ActionCall) -> BoxFuture<Result<Vec<u8>, String>> {
+    fn invoke(&self, call: ActionCall) -> BoxFuture<Result<Vec<u8>, ProviderError>> {
         let shared = self.shared.clone();
         let agent_id = self.agent_id.clone();
         Box::pin(async move {
-            let shared = shared
-                .upgrade()
-                .ok_or_else(|| "loom-bridge is shutting down".to_owned())?;
-            let stream = shared.registry.stream(&agent_id).ok_or_else(|| {
-                format!("agent {agent_id} serving this capability is not connected")
-            })?;
+            let shared = shared.upgrade().ok_or(RemoteError::ShuttingDown)?;
+            let stream = shared
+                .registry
+                .stream(&agent_id)
+                .ok_or_else(|| RemoteError::NotConnected(agent_id.clone()))?;
             let (tx, rx) = oneshot::channel();
             {
                 let max = shared.config.limits.max_inflight_actions_per_agent;
@@ -172,9 +194,11 @@ impl ActionProvider for RemoteProvider {
                         .counters
                         .limit_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    return Err(format!(
-                        "max_inflight_actions_per_agent: agent {agent_id} already serves {max} calls in flight"
-                    ));
+                    return Err(RemoteError::Busy {
+                        agent: agent_id,
+                        max,
+                    }
+                    .into());
                 }
                 pending.insert(call.id.clone(), tx);
             }
@@ -189,19 +213,21 @@ impl ActionProvider for RemoteProvider {
                 .outbound
                 .send(Ok(msg))
                 .await
-                .map_err(|_| format!("agent {agent_id} stream closed"))?;
+                .map_err(|_| RemoteError::StreamClosed(agent_id.clone()))?;
             let result = rx
                 .await
-                .map_err(|_| format!("agent {agent_id} disconnected before answering"))?;
+                .map_err(|_| RemoteError::Disconnected(agent_id.clone()))?;
             if result.status == ActionStatus::Ok as i32 {
                 Ok(result.output)
             } else if result.error.is_empty() {
-                Err(format!(
-                    "agent {agent_id} answered with status {}",
-                    result.status
-                ))
+                Err(RemoteError::Status {
+                    agent: agent_id,
+                    status: result.status,
+                }
+                .into())
             } else {
-                Err(result.error)
+                // The agent's own message, passed on as it wrote it.
+                Err(ProviderError::Message(result.error))
             }
         })
     }
