@@ -2,13 +2,16 @@
 //! asserted with an in-memory span exporter (current-thread runtime, so every bridge task runs
 //! under this test's subscriber).
 mod common;
+#[path = "support/trace_capture.rs"]
+mod trace_capture;
 
 use common::{event, TestAgent, TestBridge};
 use loom_bridge::BridgeConfig;
 use loom_core::envelope::{parse_traceparent, to_hex, Envelope, TRACEPARENT};
 use loom_core::telemetry::SamplerSpec;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SpanData;
+use trace_capture::capture;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer as _;
 
@@ -17,26 +20,6 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
         .iter()
         .find(|kv| kv.key.as_str() == key)
         .map(|kv| kv.value.as_str().into_owned())
-}
-
-/// An in-memory exporter behind Loom's tracing layer, installed for this (current) thread.
-fn capture(
-    spec: SamplerSpec,
-) -> (
-    InMemorySpanExporter,
-    SdkTracerProvider,
-    tracing::subscriber::DefaultGuard,
-) {
-    let exporter = InMemorySpanExporter::default();
-    let provider = loom_core::telemetry::provider_builder(spec)
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry().with(
-        loom_core::telemetry::otel_layer_for(provider.tracer("bridge"), spec)
-            .with_filter(loom_core::telemetry::otel_filter()),
-    );
-    let guard = tracing::subscriber::set_default(subscriber);
-    (exporter, provider, guard)
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -415,6 +415,10 @@ fn forward_message(agent_id: &str, mut delivery: Delivery) -> (Option<LoomSpan>,
 }
 
 #[cfg(test)]
+#[path = "../../tests/support/trace_capture.rs"]
+mod trace_capture;
+
+#[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
@@ -422,33 +426,9 @@ mod tests {
     use loom_core::proto::Event;
     use loom_core::telemetry::SamplerSpec;
     use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::Layer as _;
 
+    use super::trace_capture::capture;
     use super::*;
-
-    /// Loom's tracing layer over an in-memory exporter, for this thread only.
-    fn capture() -> (
-        InMemorySpanExporter,
-        SdkTracerProvider,
-        tracing::subscriber::DefaultGuard,
-    ) {
-        let spec = SamplerSpec::AlwaysOn;
-        let exporter = InMemorySpanExporter::default();
-        let provider = loom_core::telemetry::provider_builder(spec)
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry().with(
-            loom_core::telemetry::otel_layer_for(provider.tracer("bridge"), spec)
-                .with_filter(loom_core::telemetry::otel_filter()),
-        );
-        (
-            exporter,
-            provider,
-            tracing::subscriber::set_default(subscriber),
-        )
-    }
 
     fn delivered_event(msg: ServerMessage) -> (String, Event) {
         match msg.msg {
@@ -459,7 +439,7 @@ mod tests {
 
     #[test]
     fn forward_message_writes_its_own_span_below_the_deliverys_context() {
-        let (exporter, provider, _guard) = capture();
+        let (exporter, provider, _guard) = capture(SamplerSpec::AlwaysOn);
         // The bus's publish span, as another tracer would have made it.
         let publish = provider.tracer("bus").start("event_bus.publish");
         let parent = publish.span_context().clone();
