@@ -328,21 +328,30 @@ mod env_tests {
             resolve_listen(Some("127.0.0.1:1001"), &env(&all)),
             Ok(addr("127.0.0.1:1001"))
         );
-        assert_eq!(resolve_listen(None, &env(&all)), Ok(addr("127.0.0.1:2002")));
-        assert_eq!(
-            resolve_listen(None, &env(&all[1..])),
-            Ok(addr("127.0.0.1:3003"))
-        );
-        assert_eq!(resolve_listen(None, &env(&[])), Ok(addr("127.0.0.1:50051")));
-        // Empty counts as unset.
-        let empty_own = [
-            ("LOOM_BRIDGE_LISTEN", ""),
-            ("LOOM_BRIDGE_ADDR", "[::1]:4004"),
-        ];
-        assert_eq!(
-            resolve_listen(None, &env(&empty_own)),
-            Ok(addr("[::1]:4004"))
-        );
+        let empty: &[(&str, &str)] = &[];
+        for (vars, want) in [
+            (&all[..], "127.0.0.1:2002"),
+            (&all[1..], "127.0.0.1:3003"),
+            (empty, "127.0.0.1:50051"),
+            // Empty counts as unset.
+            (
+                &[
+                    ("LOOM_BRIDGE_LISTEN", ""),
+                    ("LOOM_BRIDGE_ADDR", "[::1]:4004"),
+                ],
+                "[::1]:4004",
+            ),
+            // A bad value that loses to a higher-priority one is never read.
+            (
+                &[
+                    ("LOOM_BRIDGE_LISTEN", "127.0.0.1:2002"),
+                    ("LOOM_BRIDGE_ADDR", "garbage"),
+                ],
+                "127.0.0.1:2002",
+            ),
+        ] {
+            assert_eq!(resolve_listen(None, &env(vars)), Ok(addr(want)), "{vars:?}");
+        }
     }
 
     #[test]
@@ -376,15 +385,6 @@ mod env_tests {
                 .to_string()
                 .starts_with(&format!("LOOM_BRIDGE_ADDR {bad:?}: expected")));
         }
-        // A bad value that loses to a higher-priority one is never read.
-        let vars = [
-            ("LOOM_BRIDGE_LISTEN", "127.0.0.1:2002"),
-            ("LOOM_BRIDGE_ADDR", "garbage"),
-        ];
-        assert_eq!(
-            resolve_listen(None, &env(&vars)),
-            Ok(addr("127.0.0.1:2002"))
-        );
     }
 
     #[test]

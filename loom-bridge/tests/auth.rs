@@ -13,11 +13,10 @@ use loom_core::proto::bridge_client::BridgeClient;
 use loom_core::proto::client_message::Msg as ClientMsg;
 use loom_core::proto::server_message::Msg as ServerMsg;
 use loom_core::proto::{
-    ActionCall, ClientMessage, HeartbeatRequest, Hello, Publish, PublishAck, RegisterAgentRequest,
+    ActionCall, ClientMessage, HeartbeatRequest, Publish, PublishAck, RegisterAgentRequest,
     ServerMessage,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -83,16 +82,8 @@ async fn stream(
     id: &str,
     session: &str,
 ) -> Result<(mpsc::Sender<ClientMessage>, Streaming<ServerMessage>), Status> {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(ClientMessage {
-        msg: Some(ClientMsg::Hello(Hello {
-            agent_id: id.into(),
-            session_id: session.into(),
-        })),
-    })
-    .await
-    .unwrap();
-    let resp = c.event_stream(ReceiverStream::new(rx)).await?;
+    let (tx, rx) = common::hello(id, session).await;
+    let resp = c.event_stream(rx).await?;
     Ok((tx, resp.into_inner()))
 }
 

@@ -192,8 +192,7 @@ async fn remote_agent_invokes_a_rust_provider() {
     tb.bridge.broker().register("reverse", provider).unwrap();
     let mut a = TestAgent::join(&tb, "caller", &[], &[]).await;
     let r = a
-        .client
-        .forward_action(ActionCall {
+        .forward(ActionCall {
             id: "c1".into(),
             capability: "reverse".into(),
             args: b"abc".to_vec(),
@@ -202,25 +201,16 @@ async fn remote_agent_invokes_a_rust_provider() {
             ..ActionCall::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(r.status, ActionStatus::Ok as i32);
     assert_eq!(r.output, b"cba");
-    let r = a
-        .client
-        .forward_action(ActionCall {
-            capability: "missing".into(),
-            ..ActionCall::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let missing = ActionCall {
+        capability: "missing".into(),
+        ..ActionCall::default()
+    };
+    let r = a.forward(missing).await.unwrap();
     assert_eq!(r.status, ActionStatus::UnknownCapability as i32);
-    let err = a
-        .client
-        .forward_action(ActionCall::default())
-        .await
-        .unwrap_err();
+    let err = a.forward(ActionCall::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     tb.stop().await;
 }

@@ -605,38 +605,21 @@ async fn token_is_required_when_configured() {
     })
     .await;
     let c = http();
-    let r = c.get(format!("{}/api/agents", d.url)).send().await.unwrap();
+    let get = |path: &str| c.get(format!("{}{path}", d.url));
+    let r = get("/api/agents").send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     assert!(r.headers().contains_key("content-security-policy"));
-    let r = c.get(format!("{}/", d.url)).send().await.unwrap();
+    let r = get("/").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = c
-        .get(format!("{}/api/agents", d.url))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = c
-        .get(format!("{}/api/agents", d.url))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    for (token, status) in [("wrong", 401), ("s3cret", 200)] {
+        let r = get("/api/agents").bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), status, "bearer {token}");
+    }
     // The page's own requests carry the token as a cookie, set from /?token= once.
-    let r = c
-        .get(format!("{}/?token=wrong", d.url))
-        .send()
-        .await
-        .unwrap();
+    let r = get("/?token=wrong").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = c
-        .get(format!("{}/?token=s3cret", d.url))
-        .send()
-        .await
-        .unwrap();
+    let r = get("/?token=s3cret").send().await.unwrap();
     assert_eq!(r.status(), 303);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(
@@ -644,8 +627,7 @@ async fn token_is_required_when_configured() {
         "{cookie}"
     );
     let pair = cookie.split(';').next().unwrap().to_owned();
-    let r = c
-        .get(format!("{}/api/events/stream", d.url))
+    let r = get("/api/events/stream")
         .header("cookie", pair)
         .send()
         .await

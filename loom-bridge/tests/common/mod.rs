@@ -10,8 +10,8 @@ use loom_core::proto::bridge_client::BridgeClient;
 use loom_core::proto::client_message::Msg as ClientMsg;
 use loom_core::proto::server_message::Msg as ServerMsg;
 use loom_core::proto::{
-    ClientMessage, Event, Hello, Publish, PublishAck, Qos, RegisterAgentRequest, ServerMessage,
-    Subscription,
+    ActionCall, ActionResult, ClientMessage, Event, Hello, Publish, PublishAck, Qos,
+    RegisterAgentRequest, ServerMessage, Subscription,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -151,6 +151,14 @@ impl TestAgent {
         }
     }
 
+    /// ForwardAction from this agent's client: the ActionResult, or the call's gRPC error.
+    pub async fn forward(&mut self, call: ActionCall) -> Result<ActionResult, tonic::Status> {
+        self.client
+            .forward_action(call)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     pub async fn next_delivery(&mut self) -> loom_core::proto::Delivery {
         loop {
             if let ServerMsg::Delivery(d) = self.next().await {
@@ -165,6 +173,17 @@ pub async fn open_stream(
     id: &str,
     session: &str,
 ) -> Result<(mpsc::Sender<ClientMessage>, Streaming<ServerMessage>), tonic::Status> {
+    let (tx, rx) = hello(id, session).await;
+    let resp = client.event_stream(rx).await?;
+    Ok((tx, resp.into_inner()))
+}
+
+/// The outbound half of an EventStream, its first message (the Hello for `id`'s session)
+/// already queued.
+pub async fn hello(
+    id: &str,
+    session: &str,
+) -> (mpsc::Sender<ClientMessage>, ReceiverStream<ClientMessage>) {
     let (tx, rx) = mpsc::channel(64);
     tx.send(ClientMessage {
         msg: Some(ClientMsg::Hello(Hello {
@@ -174,8 +193,7 @@ pub async fn open_stream(
     })
     .await
     .expect("queue hello");
-    let resp = client.event_stream(ReceiverStream::new(rx)).await?;
-    Ok((tx, resp.into_inner()))
+    (tx, ReceiverStream::new(rx))
 }
 
 pub fn event(payload: &str) -> Event {
