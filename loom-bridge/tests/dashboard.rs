@@ -16,11 +16,12 @@ use common::TestAgent;
 use loom_bridge::config::DashboardSettings;
 use loom_bridge::{serve, Bridge, BridgeConfig};
 use loom_core::proto::Event;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status, TracesData,
 };
+use opentelemetry_proto::transform::common::tonic::Attributes;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -37,14 +38,18 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
+/// `field` of every object in the JSON array `list`, which must be a string.
+fn strings<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    let items = list.as_array().expect("a JSON array");
+    items.iter().map(|v| v[field].as_str().unwrap()).collect()
+}
+
+/// String attributes, through opentelemetry-proto's own conversion from the API's values.
+fn attrs(pairs: &[(&str, &str)]) -> Vec<KeyValue> {
+    let api = pairs
+        .iter()
+        .map(|(k, v)| opentelemetry::KeyValue::new(k.to_string(), v.to_string()));
+    Attributes::from(api).0
 }
 
 fn span(id: &str, parent: &str, name: &str, kind: span::SpanKind, start: u64, end: u64) -> Span {
@@ -67,7 +72,7 @@ fn span(id: &str, parent: &str, name: &str, kind: span::SpanKind, start: u64, en
 fn resource_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
     ResourceSpans {
         resource: Some(Resource {
-            attributes: vec![kv("service.name", service)],
+            attributes: attrs(&[("service.name", service)]),
             ..Default::default()
         }),
         scope_spans: vec![ScopeSpans {
@@ -94,7 +99,7 @@ fn trace_doc() -> Value {
         code: status::StatusCode::Error as i32,
         message: "<b>boom</b>".into(),
     });
-    consumer.attributes = vec![kv("messaging.destination.name", "sensor.data")];
+    consumer.attributes = attrs(&[("messaging.destination.name", "sensor.data")]);
     consumer.events = vec![span::Event {
         time_unix_nano: base + 5_000,
         name: "retry".into(),
@@ -323,13 +328,7 @@ async fn dashboard_endpoints_answer_in_their_shapes() {
     assert_eq!(v["jaeger_ui_url"], "http://jaeger.example:16686");
 
     let (_, agents) = d.get("/api/agents").await;
-    let ids: Vec<&str> = agents
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["agent_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["sink", "src"]);
+    assert_eq!(strings(&agents, "agent_id"), ["sink", "src"]);
     let (_, stats) = d.get("/api/stats").await;
     assert_eq!(stats["topics"]["sensor.data"]["published"], 1);
     let (_, flows) = d.get("/api/flows?limit=10").await;
@@ -423,14 +422,8 @@ async fn dashboard_endpoints_answer_in_their_shapes() {
 
     let (s, recent_spans) = d.get("/api/spans/recent?limit=2").await;
     assert_eq!(s, 200);
-    let names: Vec<&str> = recent_spans
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        strings(&recent_spans, "name"),
         ["agent.on_event", "bridge.forward"],
         "newest first, limited"
     );
