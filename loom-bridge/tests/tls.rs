@@ -14,7 +14,7 @@ use loom_core::proto::bridge_client::BridgeClient;
 use loom_core::proto::server_message::Msg as ServerMsg;
 use loom_core::proto::RegisterAgentRequest;
 use loom_test_pki::{ca, leaf, ExtendedKeyUsagePurpose};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 const NAMES: (&str, &str, &str) = ("--tls-cert-file", "--tls-key-file", "--tls-client-ca-file");
 
@@ -80,20 +80,7 @@ async fn tls_channel(
     ca: &str,
     identity: Option<&(String, String)>,
 ) -> Result<Channel, String> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some((c, k)) = identity {
-        tls = tls.identity(Identity::from_pem(c, k));
-    }
-    Endpoint::from_shared(format!("https://{}", tb.addr))
-        .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(5))
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e:?}"))
+    loom_test_pki::tls_channel(&tb.addr.to_string(), ca, identity).await
 }
 
 /// Registers `id`; the error text when the connection or the call fails.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use loom_test_pki::{ca, leaf, ExtendedKeyUsagePurpose};
+use loom_test_pki::{ca, leaf, tls_channel, ExtendedKeyUsagePurpose};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
 use tokio::sync::mpsc;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Identity, ServerTlsConfig};
 
 mod common;
 use common::{config_file, sidecar_cli, Sidecar};
@@ -103,20 +103,7 @@ async fn grpc_export(
     identity: Option<&(String, String)>,
     req: ExportTraceServiceRequest,
 ) -> Result<(), String> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some((c, k)) = identity {
-        tls = tls.identity(Identity::from_pem(c, k));
-    }
-    let channel = Endpoint::from_shared(format!("https://{addr}"))
-        .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(5))
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e:?}"))?;
+    let channel = tls_channel(addr, ca, identity).await?;
     TraceServiceClient::new(channel)
         .export(req)
         .await
