@@ -68,13 +68,22 @@ async fn start() -> TestBridge {
     .await
 }
 
-fn req(id: &str, patterns: &[&str], caps: &[&str]) -> RegisterAgentRequest {
-    RegisterAgentRequest {
+/// RegisterAgent through `c`: the session id, or the refusal.
+async fn register(
+    c: &mut Client,
+    id: &str,
+    patterns: &[&str],
+    caps: &[&str],
+) -> Result<String, Status> {
+    let req = RegisterAgentRequest {
         agent_id: id.into(),
         subscriptions: subs(patterns),
         capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
         metadata: Default::default(),
-    }
+    };
+    c.register_agent(req)
+        .await
+        .map(|r| r.into_inner().session_id)
 }
 
 async fn stream(
@@ -128,12 +137,9 @@ async fn no_token_and_a_wrong_token_are_unauthenticated_on_every_rpc() {
     let tb = start().await;
     // A registered agent (ops) to aim the other calls at.
     let mut ops = client(&tb, Some("Bearer ops-s3cret")).await;
-    let session = ops
-        .register_agent(req("ops-1", &[], &[]))
+    let session = register(&mut ops, "ops-1", &[], &[])
         .await
-        .expect("ops registers")
-        .into_inner()
-        .session_id;
+        .expect("ops registers");
 
     for header in [
         None,
@@ -143,9 +149,7 @@ async fn no_token_and_a_wrong_token_are_unauthenticated_on_every_rpc() {
     ] {
         let mut c = client(&tb, header).await;
         let errs = [
-            c.register_agent(req("sensor-9", &[], &[]))
-                .await
-                .unwrap_err(),
+            register(&mut c, "sensor-9", &[], &[]).await.unwrap_err(),
             c.heartbeat(HeartbeatRequest {
                 agent_id: "ops-1".into(),
                 session_id: session.clone(),
@@ -180,39 +184,30 @@ async fn a_token_outside_its_rules_is_permission_denied_naming_the_rule() {
     let mut c = client(&tb, Some("Bearer sensors-s3cret")).await;
 
     // Agent id outside `agents`.
-    let e = c
-        .register_agent(req("processor", &[], &[]))
-        .await
-        .unwrap_err();
+    let e = register(&mut c, "processor", &[], &[]).await.unwrap_err();
     assert_denied(&e, "agents");
     // Subscription outside `subscribe` (`*` would cover far more than `control.*`).
-    let e = c
-        .register_agent(req("sensor-1", &["*"], &[]))
-        .await
-        .unwrap_err();
+    let e = register(&mut c, "sensor-1", &["*"], &[]).await.unwrap_err();
     assert_denied(&e, "subscribe");
     // Capability outside `provide` (an empty list allows none).
-    let e = c
-        .register_agent(req("sensor-1", &[], &["sensor.read"]))
+    let e = register(&mut c, "sensor-1", &[], &["sensor.read"])
         .await
         .unwrap_err();
     assert_denied(&e, "provide");
 
     // Inside the rules (its own reply topics are always allowed): registered and streaming.
-    let session = c
-        .register_agent(req(
-            "sensor-1",
-            &[
-                "control.*",
-                "_loom.reply.sensor-1",
-                "agent.sensor-1.replies",
-            ],
-            &[],
-        ))
-        .await
-        .expect("allowed registration")
-        .into_inner()
-        .session_id;
+    let session = register(
+        &mut c,
+        "sensor-1",
+        &[
+            "control.*",
+            "_loom.reply.sensor-1",
+            "agent.sensor-1.replies",
+        ],
+        &[],
+    )
+    .await
+    .expect("allowed registration");
     let (tx, mut rx) = stream(&mut c, "sensor-1", &session).await.expect("stream");
     assert_eq!(publish(&tx, &mut rx, "sensor.data").await.code, 0);
     // A topic outside `publish` is refused per event; the stream goes on.
@@ -233,12 +228,9 @@ async fn a_token_outside_its_rules_is_permission_denied_naming_the_rule() {
 
     // An agent registered with the ops token cannot be streamed or heartbeated as by sensors.
     let mut ops = client(&tb, Some("Bearer ops-s3cret")).await;
-    let ops_session = ops
-        .register_agent(req("processor", &["*"], &["proc.run"]))
+    let ops_session = register(&mut ops, "processor", &["*"], &["proc.run"])
         .await
-        .expect("ops may do anything")
-        .into_inner()
-        .session_id;
+        .expect("ops may do anything");
     let e = stream(&mut c, "processor", &ops_session).await.unwrap_err();
     assert_denied(&e, "agents");
     let e = c
