@@ -207,6 +207,14 @@ impl Pipeline {
         }
     }
 
+    /// Lets holding stages (tail_sampling) hand on what they hold while the sink is still open;
+    /// in order, so what one releases has passed the later ones before they drain.
+    pub async fn drain(&self) {
+        for stage in &self.stages {
+            stage.drain().await;
+        }
+    }
+
     /// Stops accepting; the batcher flushes what it holds and ends.
     pub fn close(&self) {
         self.sink.lock().take();

@@ -54,6 +54,14 @@ impl ExportError {
 
 pub trait Exporter: Send + Sync {
     fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>>;
+
+    /// Called at shutdown once this exporter's own queue is drained: close what it holds (an
+    /// exporter that queues further, like loadbalancing's per-backend queues) and resolve when
+    /// that is delivered or given up. The caller bounds it by the grace period and drops the
+    /// future when that runs out; the exporter then stops retrying and counts what is left.
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// What an exporter may use when it is built.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Consumer, Refusal};
+use super::{BoxFuture, Consumer, Refusal};
 use crate::config::ComponentId;
 use crate::memory::MemoryTracker;
 use crate::metrics::Metrics;
@@ -36,6 +36,13 @@ pub trait Processor: Send + Sync {
     /// A processor that holds spans and releases them later (tail_sampling) is handed, once
     /// its pipeline is built, the rest of that pipeline: the stages after it and the exporters.
     fn attach_downstream(&self, _next: Arc<dyn Consumer>) {}
+
+    /// Called once the receivers have stopped, before the pipeline closes: a holding processor
+    /// decides what it still holds now and hands what it keeps downstream, so accepted spans are
+    /// not lost at shutdown. Resolves once handed on; the caller bounds it by the grace period.
+    fn drain(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The `batch` processor's settings (checked in `processors/batch.rs`).

@@ -62,6 +62,11 @@ impl ExporterQueue {
         }
     }
 
+    /// Batches queued, not yet taken by a consumer.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
     /// No more batches; consumers finish what is queued and end.
     pub fn close(&self) {
         self.tx.lock().take();

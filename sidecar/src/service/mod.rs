@@ -136,6 +136,8 @@ pub(crate) struct ExporterRun {
     yaml: Value,
     queue: QueueRun,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// For its own shutdown once its queue is drained (what it queues further).
+    exporter: Arc<dyn crate::component::Exporter>,
     /// Aborts this exporter's retries (a child of the sidecar's hard stop).
     hard_stop: CancellationToken,
 }
@@ -194,6 +196,7 @@ fn start_exporter(
     hard_stop: &CancellationToken,
 ) -> Result<ExporterRun, StartError> {
     let hard_stop = hard_stop.child_token();
+    let exporter = built.exporter.clone();
     let (queue, tasks) = match built.queue.storage.clone() {
         Some(storage) => {
             let when_full = built.queue.when_full();
@@ -222,6 +225,7 @@ fn start_exporter(
         yaml,
         queue,
         tasks,
+        exporter,
         hard_stop,
     })
 }
@@ -234,8 +238,8 @@ impl ExporterRun {
         }
     }
 
-    /// Closes the queue and waits until `deadline` for its consumers to send what it holds;
-    /// then stops them. False when something was left unsent (for a persistent queue, it
+    /// Closes the queue and waits until `deadline` for its consumers to send what it holds,
+    /// then for the exporter's own `shutdown` (what it queues further); then stops them. False when something was left unsent (for a persistent queue, it
     /// stays on disk for whoever opens the folder next).
     async fn drain(self, deadline: tokio::time::Instant) -> bool {
         self.close();
@@ -245,6 +249,13 @@ impl ExporterRun {
                 clean = false;
                 self.hard_stop.cancel();
             }
+        }
+        if tokio::time::timeout_at(deadline, self.exporter.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(exporter = %self.id, "shutdown grace period over before the exporter finished what it holds");
+            clean = false;
         }
         self.hard_stop.cancel();
         if let QueueRun::Disk(q) = self.queue {
@@ -562,6 +573,7 @@ impl Running {
             r.stop(deadline).await;
         }
         for p in self.pipelines.values() {
+            let _ = tokio::time::timeout_at(deadline, p.pipeline.drain()).await;
             p.pipeline.close();
         }
         for p in self.pipelines.into_values() {

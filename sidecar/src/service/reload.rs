@@ -303,10 +303,11 @@ impl Running {
             .collect();
 
         // Flush what replaced pipelines hold, then let retired exporters send it.
+        let deadline = tokio::time::Instant::now() + grace;
         for (_, p) in &replaced {
+            let _ = tokio::time::timeout_at(deadline, p.pipeline.drain()).await;
             p.pipeline.close();
         }
-        let deadline = tokio::time::Instant::now() + grace;
         for (_, p) in replaced {
             if let Some(t) = p.batcher {
                 let _ = tokio::time::timeout_at(deadline, t).await;

@@ -13,7 +13,7 @@ pub mod ring;
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use self::config::Members;
@@ -76,9 +76,15 @@ pub struct LoadBalancer {
     s: Arc<Settings>,
     metrics: Arc<Metrics>,
     members: RwLock<Arc<Membership>>,
-    /// Backend queues retry until their own `max_elapsed_time`; nothing cancels them early.
+    /// Every backend queue started (removed ones still drain) and its consumers, for shutdown;
+    /// `None` once shut down, so a late DNS answer starts nothing.
+    started: Mutex<Option<Vec<Started>>>,
+    /// Backend queues retry until their own `max_elapsed_time`, or until the shutdown grace
+    /// is over (cancelled when [`Exporter::shutdown`]'s future is dropped unfinished).
     hard_stop: CancellationToken,
 }
+
+type Started = (Arc<ExporterQueue>, Vec<tokio::task::JoinHandle<()>>);
 
 impl LoadBalancer {
     pub fn new(cid: &ComponentId, s: Arc<Settings>, metrics: Arc<Metrics>) -> Arc<LoadBalancer> {
@@ -91,6 +97,7 @@ impl LoadBalancer {
                 ring: Ring::default(),
                 queues: Vec::new(),
             })),
+            started: Mutex::new(Some(Vec::new())),
             hard_stop: CancellationToken::new(),
         })
     }
@@ -103,6 +110,10 @@ impl LoadBalancer {
     /// Replaces the backend set: backends that stay keep their queue; new ones get an otlp
     /// exporter and queue; removed ones have their queue closed (it drains to that backend).
     pub fn set_backends(&self, endpoints: &[String]) {
+        let mut started = self.started.lock();
+        let Some(started) = started.as_mut() else {
+            return;
+        };
         let cur = self.members.read().clone();
         let mut wanted: Vec<String> = endpoints.to_vec();
         wanted.sort();
@@ -119,9 +130,10 @@ impl LoadBalancer {
                 continue;
             }
             match self.start_backend(ep) {
-                Ok(q) => {
+                Ok((q, tasks)) => {
                     kept.push(ep.clone());
-                    queues.push(q);
+                    queues.push(q.clone());
+                    started.push((q, tasks));
                 }
                 Err(e) => {
                     tracing::error!(exporter = %self.id, backend = %ep, error = %e, "loadbalancing: cannot build the backend's exporter; left out of the ring");
@@ -143,7 +155,7 @@ impl LoadBalancer {
         *self.members.write() = Arc::new(Membership { ring, queues });
     }
 
-    fn start_backend(&self, endpoint: &str) -> Result<Arc<ExporterQueue>, BuildError> {
+    fn start_backend(&self, endpoint: &str) -> Result<Started, BuildError> {
         let spec = self
             .s
             .backend(endpoint)
@@ -154,13 +166,12 @@ impl LoadBalancer {
                 metrics: self.metrics.clone(),
             },
         )?;
-        let (q, _tasks) = start_queue(
+        Ok(start_queue(
             format!("{}/{endpoint}", self.id),
             built,
             self.metrics.clone(),
             self.hard_stop.clone(),
-        );
-        Ok(q)
+        ))
     }
 
     /// Splits a batch by backend; each part keeps the batch's memory accounting.
@@ -220,6 +231,60 @@ impl Exporter for LoadBalancer {
     fn export(&self, batch: Arc<Batch>) -> BoxFuture<'static, Result<ExportOk, ExportError>> {
         let r = self.route(&batch).map(|()| ExportOk::default());
         Box::pin(std::future::ready(r))
+    }
+
+    /// Closes every backend queue and waits until each has delivered (or given up on) what
+    /// it holds: spans already routed to a slow or down gateway are not lost at shutdown.
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        let started = self.started.lock().take().unwrap_or_default();
+        let mut tasks = Vec::new();
+        let mut queues = Vec::new();
+        for (q, t) in started {
+            q.close();
+            queues.push(q);
+            tasks.extend(t);
+        }
+        let give_up = GiveUp {
+            id: self.id.clone(),
+            queues,
+            hard_stop: self.hard_stop.clone(),
+            drained: false,
+        };
+        Box::pin(async move {
+            futures::future::join_all(tasks).await;
+            give_up.disarm();
+        })
+    }
+}
+
+/// Dropped before the backend queues drained (the grace period is over): stop their retries,
+/// so each counts its batch lost (`reason="shutdown"`), and say what was left.
+struct GiveUp {
+    id: String,
+    queues: Vec<Arc<ExporterQueue>>,
+    hard_stop: CancellationToken,
+    drained: bool,
+}
+
+impl GiveUp {
+    fn disarm(mut self) {
+        self.drained = true;
+    }
+}
+
+impl Drop for GiveUp {
+    fn drop(&mut self) {
+        if self.drained {
+            return;
+        }
+        let left: Vec<(String, usize)> = self
+            .queues
+            .iter()
+            .map(|q| (q.id.clone(), q.depth()))
+            .filter(|(_, d)| *d > 0)
+            .collect();
+        tracing::warn!(exporter = %self.id, queued_batches = ?left, "loadbalancing: shutdown grace over before every backend drained; the rest is dropped and counted");
+        self.hard_stop.cancel();
     }
 }
 

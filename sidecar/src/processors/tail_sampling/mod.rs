@@ -20,7 +20,7 @@ use self::buffer::{split_by_trace, Arrival, Buffer, Pending, TraceKey};
 pub use self::config::{Settings, WhenFull, MIN_MAX_BYTES};
 use self::policy::{Policy, TraceView};
 use super::{BuildCtx, Processor, ProcessorSpec, Stage};
-use crate::component::{Consumer, Factory, Refusal};
+use crate::component::{BoxFuture, Consumer, Factory, Refusal};
 use crate::config::{ComponentId, ComponentYaml, ConfigError};
 use crate::memory::MemoryTracker;
 use crate::metrics::{Metric, Metrics};
@@ -116,12 +116,25 @@ async fn decide_loop(inner: Weak<Inner>) {
 impl Inner {
     /// Decides every trace whose `decision_wait` is over; returns the sampled spans.
     fn decide_due(&self, now: Instant) -> Vec<ResourceSpans> {
+        match now.checked_sub(self.s.decision_wait) {
+            Some(cutoff) => self.decide_popped(now, |b| b.pop_due(cutoff)),
+            None => Vec::new(),
+        }
+    }
+
+    /// Decides every trace held, whatever its age (shutdown); returns the sampled spans.
+    fn decide_all(&self, now: Instant) -> Vec<ResourceSpans> {
+        self.decide_popped(now, Buffer::pop_front)
+    }
+
+    fn decide_popped(
+        &self,
+        now: Instant,
+        mut pop: impl FnMut(&mut Buffer) -> Option<(TraceKey, Pending)>,
+    ) -> Vec<ResourceSpans> {
         let mut out = Vec::new();
-        let Some(cutoff) = now.checked_sub(self.s.decision_wait) else {
-            return out;
-        };
         let mut b = self.buffer.lock();
-        while let Some((k, t)) = b.pop_due(cutoff) {
+        while let Some((k, t)) = pop(&mut b) {
             if self.decide(&mut b, k, &t, now) {
                 out.extend(t.fragments);
             }
@@ -271,6 +284,18 @@ impl Processor for TailSampler {
     fn attach_downstream(&self, next: Arc<dyn Consumer>) {
         let _ = self.inner.downstream.set(next);
     }
+
+    /// Shutdown: every trace still held is decided now on what arrived (the Collector drops
+    /// them), and the kept ones go downstream before the pipeline closes.
+    fn drain(&self) -> BoxFuture<'static, ()> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let sampled = inner.decide_all(Instant::now());
+            if !sampled.is_empty() {
+                inner.forward(sampled).await;
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -279,7 +304,6 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::component::BoxFuture;
     use crate::model::{ScopeSpans, Span};
 
     /// The rest of the pipeline: reports the trace ids (first byte) of what it is handed.
@@ -382,6 +406,32 @@ mod tests {
                 &[p, ("decision", "not_sampled")]
             ),
             1
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_decides_what_is_held_now_and_hands_on_the_sampled() {
+        let ts = TailSampler::start(
+            "ts".into(),
+            settings(ERRORS_ONLY),
+            Metrics::new(),
+            MemoryTracker::new(),
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        ts.attach_downstream(Arc::new(Sink(tx)));
+        let mut req = request(&[(1, 2), (2, 0), (3, 2)]);
+        ts.process(&mut req).expect("taken");
+        ts.drain().await;
+        let got = rx.try_recv().expect("handed on before decision_wait");
+        assert_eq!(
+            got,
+            [1, 3],
+            "the erroring traces; trace 2 decided not sampled"
+        );
+        assert_eq!(
+            ts.inner.buffer.lock().len(),
+            0,
+            "nothing held after the drain"
         );
     }
 
