@@ -563,6 +563,38 @@ pub fn require_positive(path: &str, key: &str, value: impl Positive) -> Result<(
     Ok(())
 }
 
+/// Which of two settings that exclude each other is given.
+pub enum OneOf<A, B> {
+    First(A),
+    Second(B),
+}
+
+/// Exactly one of two settings under `path` (`a` and `b` name them), in one wording.
+pub fn one_of<A, B>(
+    path: &str,
+    (a, first): (&str, Option<A>),
+    (b, second): (&str, Option<B>),
+) -> Result<OneOf<A, B>, ConfigError> {
+    match (first, second) {
+        (Some(x), None) => Ok(OneOf::First(x)),
+        (None, Some(y)) => Ok(OneOf::Second(y)),
+        (Some(_), Some(_)) => Err(ConfigError::at(path, format!("set {a} or {b}, not both"))),
+        (None, None) => Err(ConfigError::at(path, format!("set {a} or {b}"))),
+    }
+}
+
+/// Checks a byte bound `{path}.{key}` against its floor; the bound as this platform's size.
+pub fn byte_bound(path: &str, key: &str, value: u64, min: u64) -> Result<usize, ConfigError> {
+    let at = || format!("{path}.{key}");
+    if value < min {
+        return Err(ConfigError::at(
+            at(),
+            format!("{value} is below the minimum of {min}"),
+        ));
+    }
+    usize::try_from(value).map_err(|_| ConfigError::at(at(), "too large for this platform"))
+}
+
 /// Parses `host:port` (IPv6 in brackets; `localhost` allowed) into a socket address.
 pub fn parse_endpoint(s: &str) -> Result<std::net::SocketAddr, EndpointError> {
     use std::net::ToSocketAddrs;

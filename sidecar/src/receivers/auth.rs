@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, ParseCtx};
+use crate::config::{one_of, ConfigError, OneOf, ParseCtx};
 
 /// The message of every refusal: deliberately the same for a missing, malformed or wrong token.
 pub const UNAUTHENTICATED: &str = "unauthenticated";
@@ -41,25 +41,18 @@ impl std::fmt::Debug for BearerAuth {
 impl AuthConfig {
     /// Resolves the token (reading the file now, so `validate` catches a missing one).
     pub fn resolve(&self, path: &str, ctx: &ParseCtx<'_>) -> Result<BearerAuth, ConfigError> {
-        let (token, at) = match (&self.bearer_token, &self.bearer_token_file) {
-            (Some(t), None) => (t.clone(), format!("{path}.auth.bearer_token")),
-            (None, Some(f)) => {
+        let given = one_of(
+            &format!("{path}.auth"),
+            ("bearer_token", self.bearer_token.as_ref()),
+            ("bearer_token_file", self.bearer_token_file.as_ref()),
+        )?;
+        let (token, at) = match given {
+            OneOf::First(t) => (t.clone(), format!("{path}.auth.bearer_token")),
+            OneOf::Second(f) => {
                 let at = format!("{path}.auth.bearer_token_file");
                 let text = std::fs::read_to_string(f)
                     .map_err(|e| ConfigError::at(&at, format!("cannot read {f:?}: {e}")))?;
                 (text.trim().to_owned(), at)
-            }
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::at(
-                    format!("{path}.auth"),
-                    "give bearer_token or bearer_token_file, not both",
-                ))
-            }
-            (None, None) => {
-                return Err(ConfigError::at(
-                    format!("{path}.auth"),
-                    "needs bearer_token or bearer_token_file",
-                ))
             }
         };
         if token.is_empty() {

@@ -233,7 +233,8 @@ class HttpCapture:
 
 
 def base_config(exporters: str, pipeline_exporters: str, processors: str = "", pipeline_processors: str = "batch",
-                receivers: str = "grpc: { endpoint: 127.0.0.1:0 }\n      http: { endpoint: 127.0.0.1:0 }") -> str:
+                receivers: str = "grpc: { endpoint: 127.0.0.1:0 }\n      http: { endpoint: 127.0.0.1:0 }",
+                shutdown_grace: str = "5s") -> str:
     return f"""
 receivers:
   otlp:
@@ -253,7 +254,7 @@ service:
   telemetry:
     metrics: {{ address: 127.0.0.1:0 }}
     logs: {{ level: warn }}
-  shutdown_grace: 5s
+  shutdown_grace: {shutdown_grace}
 """
 
 

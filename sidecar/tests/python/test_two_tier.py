@@ -19,7 +19,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from otlp_gen import chunks, consistent_keep, kv, send
-from sidecar_harness import GrpcCapture, free_port
+from sidecar_harness import GrpcCapture, base_config, free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,67 +28,39 @@ SLOW_MS = 500
 DECISION_WAIT = "2s"
 
 
-def gateway_config(capture_port: int, extra: str = "") -> str:
-    return f"""
-receivers:
-  otlp:
-    protocols:
-      grpc: {{ endpoint: 127.0.0.1:0 }}
-processors:
-  tail_sampling:
-    decision_wait: {DECISION_WAIT}
-    num_traces: 100000
-{extra}    policies:
-      - {{ name: errors, type: status_code, status_code: {{ status_codes: [ERROR] }} }}
+POLICIES = f"""      - {{ name: errors, type: status_code, status_code: {{ status_codes: [ERROR] }} }}
       - {{ name: slow, type: latency, latency: {{ threshold_ms: {SLOW_MS} }} }}
       - {{ name: some, type: probabilistic, probabilistic: {{ sampling_percentage: {RATIO * 100} }} }}
-  batch: {{ send_batch_size: 1024, timeout: 100ms }}
-exporters:
-  otlp:
-    endpoint: http://127.0.0.1:{capture_port}
-    compression: none
-service:
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [tail_sampling, batch]
-      exporters: [otlp]
-  telemetry:
-    metrics: {{ address: 127.0.0.1:0 }}
-    logs: {{ level: warn }}
-  shutdown_grace: 2s
 """
+GRPC_ONLY = "grpc: { endpoint: 127.0.0.1:0 }"
+# Backends that come up late are found again quickly.
+FAST_RETRY = "retry_on_failure: { initial_interval: 100ms, max_interval: 500ms }"
 
 
-def agent_config(gateways: list) -> str:
+def gateway_config(capture_port: int, extra: str = "", decision_wait: str = DECISION_WAIT,
+                   policies: str = POLICIES, grace: str = "2s") -> str:
+    return base_config(
+        exporters=f"  otlp:\n    endpoint: http://127.0.0.1:{capture_port}\n    compression: none\n",
+        pipeline_exporters="otlp",
+        processors=f"  tail_sampling:\n    decision_wait: {decision_wait}\n    num_traces: 100000\n"
+                   f"{extra}    policies:\n{policies}",
+        pipeline_processors="tail_sampling, batch", receivers=GRPC_ONLY, shutdown_grace=grace)
+
+
+def agent_config(gateways: list, otlp_extra: str = "", grace: str = "2s") -> str:
     hosts = ", ".join(f"'{g}'" for g in gateways)
-    return f"""
-receivers:
-  otlp:
-    protocols:
-      grpc: {{ endpoint: 127.0.0.1:0 }}
-processors:
-  batch: {{ send_batch_size: 1024, timeout: 100ms }}
-exporters:
-  loadbalancing:
+    exporters = f"""  loadbalancing:
     routing_key: traceID
     protocol:
       otlp:
         tls: {{ insecure: true }}
         compression: none
+        {otlp_extra}
     resolver:
       static: {{ hostnames: [{hosts}] }}
-service:
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [loadbalancing]
-  telemetry:
-    metrics: {{ address: 127.0.0.1:0 }}
-    logs: {{ level: warn }}
-  shutdown_grace: 2s
 """
+    return base_config(exporters=exporters, pipeline_exporters="loadbalancing", receivers=GRPC_ONLY,
+                       shutdown_grace=grace)
 
 
 def make_traces(n: int, seed_kind=lambda i: "error" if i % 20 == 0 else "slow" if i % 20 == 1 else "plain"):
@@ -285,8 +257,8 @@ def test_a_flood_of_undecided_traces_stays_within_max_bytes(sidecars) -> None:
     max_bytes = 16 * 1024 * 1024
     cap = GrpcCapture()
     try:
-        gw = sidecars(gateway_config(cap.port, f"    max_bytes: {max_bytes}\n    when_full: drop\n")
-                      .replace(f"decision_wait: {DECISION_WAIT}", "decision_wait: 300s"))
+        gw = sidecars(gateway_config(cap.port, f"    max_bytes: {max_bytes}\n    when_full: drop\n",
+                                     decision_wait="300s"))
         base = rss_kib(gw.proc.pid)
         pad = "x" * 900
         sent = 0
@@ -326,9 +298,7 @@ def test_a_down_backend_keeps_its_traces_queued_never_rerouted(sidecars) -> None
     down_port = free_port()
     late = None
     try:
-        agent = sidecars(agent_config([f"127.0.0.1:{up.port}", f"127.0.0.1:{down_port}"])
-                         .replace("compression: none", "compression: none\n        retry_on_failure: "
-                                  "{ initial_interval: 100ms, max_interval: 500ms }"))
+        agent = sidecars(agent_config([f"127.0.0.1:{up.port}", f"127.0.0.1:{down_port}"], FAST_RETRY))
         traces = make_traces(400, lambda i: "plain")
         reqs = to_agents(traces, 1)[0]
         send(agent.grpc, reqs)
@@ -348,3 +318,57 @@ def test_a_down_backend_keeps_its_traces_queued_never_rerouted(sidecars) -> None
         up.stop()
         if late:
             late.stop()
+
+
+def span_ids(traces) -> set:
+    return {s.span_id for _, _, spans in traces for s in spans}
+
+
+def test_an_agent_stopping_delivers_what_it_routed_to_a_backend_still_down(sidecars) -> None:
+    """SIGTERM while one of two backends is down: the batches already routed to it wait in its
+    queue behind the router, and the agent's grace period covers that queue too, so once the
+    backend comes up every accepted span arrives before the agent exits."""
+    up = GrpcCapture()
+    down_port = free_port()
+    late = None
+    try:
+        agent = sidecars(agent_config([f"127.0.0.1:{up.port}", f"127.0.0.1:{down_port}"], FAST_RETRY,
+                                      grace="20s"))
+        traces = make_traces(400, lambda i: "plain")
+        send(agent.grpc, to_agents(traces, 1)[0])
+        seen = drain([up], 1, timeout=10)
+        assert 0 < len(seen) < 3 * len(traces), "the live backend has its share, not the down one's"
+        agent.proc.terminate()
+        time.sleep(1.0)
+        assert agent.proc.poll() is None, "still draining the down backend's queue"
+        late = GrpcCapture(port=down_port)
+        assert agent.proc.wait(30) == 0
+        seen.update(drain([up, late], 0, timeout=3))
+        assert set(seen) == span_ids(traces), f"{len(span_ids(traces) - set(seen))} accepted spans lost"
+        assert all(len(hits) == 1 for hits in seen.values())
+    finally:
+        up.stop()
+        if late:
+            late.stop()
+
+
+def test_a_gateway_stopping_decides_and_sends_the_traces_it_still_holds(sidecars) -> None:
+    """SIGTERM long before decision_wait: the traces held are decided then (always_sample keeps
+    them) and sent before the gateway exits, instead of dropped."""
+    cap = GrpcCapture()
+    try:
+        gw = sidecars(gateway_config(cap.port, decision_wait="30s", grace="10s",
+                                     policies="      - { name: all, type: always_sample }\n"))
+        traces = make_traces(300, lambda i: "plain")
+        send(gw.grpc, to_agents(traces, 1)[0])
+        time.sleep(1.0)
+        assert cap.requests.empty(), "held for decision_wait"
+        started = time.monotonic()
+        gw.proc.terminate()
+        assert gw.proc.wait(20) == 0
+        assert time.monotonic() - started < 15, "decided at shutdown, not after decision_wait"
+        seen = drain([cap], 3 * len(traces), timeout=3)
+        assert set(seen) == span_ids(traces), f"{len(span_ids(traces) - set(seen))} held spans lost"
+        assert all(len(hits) == 1 for hits in seen.values())
+    finally:
+        cap.stop()

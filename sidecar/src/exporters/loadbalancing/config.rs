@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::ring::DEFAULT_VIRTUAL_NODES;
-use crate::config::{parse_as, ConfigError};
+use crate::config::{one_of, parse_as, ConfigError, OneOf};
 use crate::exporters::{otlp, QueueConfig};
 
 #[derive(Debug, Deserialize)]
@@ -146,20 +146,13 @@ pub fn parse_settings(v: &Value, path: &str) -> Result<Settings, ConfigError> {
             "not supported in front of the router; each backend's queue is protocol.otlp.sending_queue",
         ));
     }
-    let members = match (r.resolver.fixed, r.resolver.dns) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::at(
-                format!("{path}.resolver"),
-                "set either static or dns, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(ConfigError::at(
-                format!("{path}.resolver"),
-                "set static.hostnames or dns.hostname",
-            ))
-        }
-        (Some(s), None) => {
+    let given = one_of(
+        &format!("{path}.resolver"),
+        ("static.hostnames", r.resolver.fixed),
+        ("dns.hostname", r.resolver.dns),
+    )?;
+    let members = match given {
+        OneOf::First(s) => {
             if s.hostnames.is_empty() {
                 return Err(ConfigError::at(
                     format!("{path}.resolver.static.hostnames"),
@@ -168,7 +161,7 @@ pub fn parse_settings(v: &Value, path: &str) -> Result<Settings, ConfigError> {
             }
             Members::Static(s.hostnames)
         }
-        (None, Some(d)) => {
+        OneOf::Second(d) => {
             if d.hostname.trim().is_empty() || d.hostname.contains(':') {
                 return Err(ConfigError::at(
                     format!("{path}.resolver.dns.hostname"),

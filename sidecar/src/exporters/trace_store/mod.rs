@@ -30,7 +30,9 @@ use super::{
     QueueConfig, RetryConfig,
 };
 use crate::component::Factory;
-use crate::config::{parse_as, parse_endpoint, ComponentId, ComponentYaml, ConfigError};
+use crate::config::{
+    byte_bound, parse_as, parse_endpoint, require_positive, ComponentId, ComponentYaml, ConfigError,
+};
 use crate::metrics::{Metric, Metrics};
 use crate::model::Batch;
 use store::{Limits, Outcome, Reason, Store};
@@ -76,26 +78,9 @@ fn parse(y: &ComponentYaml<'_>) -> Result<Box<dyn ExporterSpec>, ConfigError> {
     let c: TraceStoreConfig = parse_as(v, path)?;
     let addr = parse_endpoint(&c.endpoint)
         .map_err(|m| ConfigError::at(format!("{path}.endpoint"), m.to_string()))?;
-    if c.max_bytes < MIN_MAX_BYTES {
-        return Err(ConfigError::at(
-            format!("{path}.max_bytes"),
-            format!("{} is below the minimum of {MIN_MAX_BYTES}", c.max_bytes),
-        ));
-    }
-    let max_bytes = usize::try_from(c.max_bytes)
-        .map_err(|_| ConfigError::at(format!("{path}.max_bytes"), "too large for this platform"))?;
-    if c.max_traces == 0 {
-        return Err(ConfigError::at(
-            format!("{path}.max_traces"),
-            "must be greater than 0",
-        ));
-    }
-    if c.ttl.is_zero() {
-        return Err(ConfigError::at(
-            format!("{path}.ttl"),
-            "must be greater than 0",
-        ));
-    }
+    let max_bytes = byte_bound(path, "max_bytes", c.max_bytes, MIN_MAX_BYTES)?;
+    require_positive(path, "max_traces", c.max_traces)?;
+    require_positive(path, "ttl", c.ttl)?;
     Ok(Box::new(Spec {
         addr,
         limits: Limits {

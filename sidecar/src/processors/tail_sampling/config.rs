@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::policy::{Policy, PolicyKind, StatusCodes};
-use crate::config::{parse_as, ConfigError};
+use crate::config::{byte_bound, parse_as, require_positive, ConfigError};
 use crate::processors::sampler::threshold;
 
 /// The smallest `max_bytes`: room for a few traces of a few hundred spans.
@@ -94,26 +94,9 @@ pub struct Settings {
 
 pub fn parse_settings(v: &Value, path: &str) -> Result<Settings, ConfigError> {
     let r: Raw = parse_as(v, path)?;
-    if r.decision_wait.is_zero() {
-        return Err(ConfigError::at(
-            format!("{path}.decision_wait"),
-            "must be greater than 0",
-        ));
-    }
-    if r.num_traces == 0 {
-        return Err(ConfigError::at(
-            format!("{path}.num_traces"),
-            "must be greater than 0",
-        ));
-    }
-    if r.max_bytes < MIN_MAX_BYTES {
-        return Err(ConfigError::at(
-            format!("{path}.max_bytes"),
-            format!("{} is below the minimum of {MIN_MAX_BYTES}", r.max_bytes),
-        ));
-    }
-    let max_bytes = usize::try_from(r.max_bytes)
-        .map_err(|_| ConfigError::at(format!("{path}.max_bytes"), "too large for this platform"))?;
+    require_positive(path, "decision_wait", r.decision_wait)?;
+    require_positive(path, "num_traces", r.num_traces)?;
+    let max_bytes = byte_bound(path, "max_bytes", r.max_bytes, MIN_MAX_BYTES)?;
     if r.policies.is_empty() {
         return Err(ConfigError::at(
             format!("{path}.policies"),
@@ -326,12 +309,7 @@ fn parse_policy(v: &Value, path: &str, top: bool) -> Result<Policy, ConfigError>
         }
         "span_count" => {
             let c: SpanCountCfg = parse_as(&body, &bpath)?;
-            if c.min_spans == 0 {
-                return Err(ConfigError::at(
-                    format!("{bpath}.min_spans"),
-                    "must be greater than 0",
-                ));
-            }
+            require_positive(&bpath, "min_spans", c.min_spans)?;
             if let Some(max) = c.max_spans.filter(|m| *m < c.min_spans) {
                 return Err(ConfigError::at(
                     format!("{bpath}.max_spans"),
@@ -345,12 +323,7 @@ fn parse_policy(v: &Value, path: &str, top: bool) -> Result<Policy, ConfigError>
         }
         "rate_limiting" => {
             let c: RateCfg = parse_as(&body, &bpath)?;
-            if c.spans_per_second == 0 {
-                return Err(ConfigError::at(
-                    format!("{bpath}.spans_per_second"),
-                    "must be greater than 0",
-                ));
-            }
+            require_positive(&bpath, "spans_per_second", c.spans_per_second)?;
             PolicyKind::rate_limiting(c.spans_per_second)
         }
         "and" => {
@@ -375,12 +348,11 @@ fn parse_policy(v: &Value, path: &str, top: bool) -> Result<Policy, ConfigError>
 
 fn parse_composite(body: &Value, bpath: &str) -> Result<PolicyKind, ConfigError> {
     let c: CompositeCfg = parse_as(body, bpath)?;
-    if c.max_total_spans_per_second == 0 {
-        return Err(ConfigError::at(
-            format!("{bpath}.max_total_spans_per_second"),
-            "must be greater than 0",
-        ));
-    }
+    require_positive(
+        bpath,
+        "max_total_spans_per_second",
+        c.max_total_spans_per_second,
+    )?;
     let subs = parse_policies(
         &c.composite_sub_policy,
         &format!("{bpath}.composite_sub_policy"),
