@@ -6,12 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::trace::v1 as pb;
 use tokio::sync::mpsc;
 
@@ -21,40 +15,25 @@ use loom_sidecar::exporters::loadbalancing::{parse_settings, LoadBalancer};
 use loom_sidecar::metrics::Metrics;
 use loom_sidecar::model::{Batch, ResourceSpans};
 
-/// A backend that reports (its index, trace id, span id) for every span it receives.
-struct Backend {
-    ix: usize,
-    tx: mpsc::UnboundedSender<(usize, Vec<u8>, Vec<u8>)>,
-}
+mod common;
 
-#[tonic::async_trait]
-impl TraceService for Backend {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        for rs in request.into_inner().resource_spans {
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    let _ = self.tx.send((self.ix, s.trace_id, s.span_id));
-                }
+/// A capture backend whose spans are reported as (its index, trace id, span id).
+async fn backend(ix: usize, tx: mpsc::UnboundedSender<(usize, Vec<u8>, Vec<u8>)>) -> String {
+    let (req_tx, mut requests) = mpsc::channel(64);
+    let addr = common::serve_capture(req_tx).await;
+    tokio::spawn(async move {
+        while let Some(req) = requests.recv().await {
+            for s in req
+                .resource_spans
+                .into_iter()
+                .flat_map(|rs| rs.scope_spans)
+                .flat_map(|ss| ss.spans)
+            {
+                let _ = tx.send((ix, s.trace_id, s.span_id));
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-async fn backend(ix: usize, tx: mpsc::UnboundedSender<(usize, Vec<u8>, Vec<u8>)>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Backend { ix, tx }))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    addr.to_string()
+    });
+    addr
 }
 
 /// Trace ids from a counter, mixed so their low bytes are spread.

@@ -9,19 +9,15 @@ use std::time::{Duration, Instant};
 
 use loom_test_pki::{ca, leaf, tls_channel, ExtendedKeyUsagePurpose};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 mod common;
-use common::{config_file, sidecar_cli, Sidecar};
+use common::{config_file, sidecar_cli, Capture, Sidecar};
 
 struct Pki {
     _dir: tempfile::TempDir,
@@ -60,21 +56,6 @@ fn pki() -> Pki {
         server_pem,
         client_pem,
         _dir: dir,
-    }
-}
-
-struct Backend {
-    tx: mpsc::Sender<ExportTraceServiceRequest>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Backend {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.tx.try_send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
@@ -156,7 +137,7 @@ async fn tls_round_trip_with_mtls_and_every_wrong_party_refused() {
         )
         .unwrap()
         .add_service(
-            TraceServiceServer::new(Backend { tx })
+            TraceServiceServer::new(Capture { tx })
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));

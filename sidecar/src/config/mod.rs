@@ -563,6 +563,17 @@ pub fn require_positive(path: &str, key: &str, value: impl Positive) -> Result<(
     Ok(())
 }
 
+/// Runs a component's settings parser on YAML text (tests), at `path`.
+#[cfg(test)]
+pub fn parse_yaml<T>(
+    yaml: &str,
+    path: &str,
+    parse: impl FnOnce(&Value, &str) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let v: Value = serde_yaml::from_str(yaml).expect("test yaml");
+    parse(&v, path)
+}
+
 /// Which of two settings that exclude each other is given.
 pub enum OneOf<A, B> {
     First(A),

@@ -1,16 +1,27 @@
-//! Starts the real loom-sidecar binary for integration tests and reads back its listeners.
+//! Starts the real loom-sidecar binary for integration tests and reads back its listeners;
+//! a capture backend for it to export to.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::sync::mpsc;
+
 /// A running sidecar, killed when dropped.
+#[allow(dead_code)] // not every test binary starts one
 pub struct Sidecar {
     child: Child,
     /// `component/kind` → address, from its `listening <component> <kind> <addr>` lines.
     addrs: Vec<(String, String)>,
 }
 
+#[allow(dead_code)]
 impl Sidecar {
     /// Writes `config` into `dir`, starts the binary on it and waits for its `ready` line.
     /// The sidecar's stderr goes to `stderr` (its logs).
@@ -82,4 +93,37 @@ pub fn sidecar_cli(subcommand: &str, config: &Path) -> Output {
         .arg(config)
         .output()
         .expect("run loom-sidecar")
+}
+
+/// An OTLP/gRPC backend (the official proto service) that hands each request it receives to
+/// `tx`; bounded: a test that stops reading holds the exporter back instead of losing data.
+#[allow(dead_code)] // not every test binary exports
+pub struct Capture {
+    pub tx: mpsc::Sender<ExportTraceServiceRequest>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Capture {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.tx.send(request.into_inner()).await;
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Serves a [`Capture`] in plaintext on a loopback port; its `host:port`.
+#[allow(dead_code)]
+pub async fn serve_capture(tx: mpsc::Sender<ExportTraceServiceRequest>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Capture { tx }))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    addr.to_string()
 }

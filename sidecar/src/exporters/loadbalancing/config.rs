@@ -215,8 +215,7 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<Settings, ConfigError> {
-        let v: Value = serde_yaml::from_str(yaml).expect("yaml");
-        parse_settings(&v, "exporters.loadbalancing")
+        crate::config::parse_yaml(yaml, "exporters.loadbalancing", parse_settings)
     }
 
     #[test]

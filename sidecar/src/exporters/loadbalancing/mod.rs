@@ -298,10 +298,8 @@ mod tests {
     async fn the_dns_resolver_fills_the_ring_and_routing_waits_for_it() {
         let yaml = "protocol: { otlp: { tls: { insecure: true } } }\n\
                     resolver: { dns: { hostname: localhost, port: 14317, interval: 50ms } }\n";
-        let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
-        let spec = Spec(Arc::new(
-            parse_settings(&v, "exporters.loadbalancing").expect("ok"),
-        ));
+        let settings = crate::config::parse_yaml(yaml, "exporters.loadbalancing", parse_settings);
+        let spec = Spec(Arc::new(settings.expect("ok")));
         let metrics = Metrics::new();
         let id = ComponentId::parse("loadbalancing").expect("id");
         let built = spec

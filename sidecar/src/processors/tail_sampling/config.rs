@@ -59,24 +59,19 @@ pub enum WhenFull {
 
 /// The Collector's `decision_cache`: how many decided trace ids are remembered, so spans that
 /// arrive after the decision follow it.
+/// A field left out takes its value from `Default`.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DecisionCache {
-    #[serde(default = "default_cache")]
     pub sampled_cache_size: usize,
-    #[serde(default = "default_cache")]
     pub non_sampled_cache_size: usize,
-}
-
-fn default_cache() -> usize {
-    100_000
 }
 
 impl Default for DecisionCache {
     fn default() -> Self {
         DecisionCache {
-            sampled_cache_size: default_cache(),
-            non_sampled_cache_size: default_cache(),
+            sampled_cache_size: 100_000,
+            non_sampled_cache_size: 100_000,
         }
     }
 }
@@ -517,8 +512,7 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<Settings, ConfigError> {
-        let v: Value = serde_yaml::from_str(yaml).expect("yaml");
-        parse_settings(&v, "processors.tail_sampling")
+        crate::config::parse_yaml(yaml, "processors.tail_sampling", parse_settings)
     }
 
     #[test]

@@ -351,8 +351,8 @@ mod tests {
     }
 
     fn settings(yaml: &str) -> Arc<Settings> {
-        let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
-        Arc::new(config::parse_settings(&v, "processors.tail_sampling").expect("valid"))
+        let s = crate::config::parse_yaml(yaml, "processors.tail_sampling", config::parse_settings);
+        Arc::new(s.expect("valid"))
     }
 
     const ERRORS_ONLY: &str = "decision_wait: 2s\npolicies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]\n";
