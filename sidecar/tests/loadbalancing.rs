@@ -12,15 +12,19 @@ use tokio::sync::mpsc;
 use loom_sidecar::component::Exporter;
 use loom_sidecar::config::ComponentId;
 use loom_sidecar::exporters::loadbalancing::{parse_settings, LoadBalancer};
-use loom_sidecar::metrics::Metrics;
+use loom_sidecar::metrics::{Metric, Metrics};
 use loom_sidecar::model::{Batch, ResourceSpans};
 
 mod common;
 
-/// A capture backend whose spans are reported as (its index, trace id, span id).
-async fn backend(ix: usize, tx: mpsc::UnboundedSender<(usize, Vec<u8>, Vec<u8>)>) -> String {
+/// A capture backend on `addr` whose spans are reported as (its index, trace id, span id).
+async fn backend(
+    addr: &str,
+    ix: usize,
+    tx: mpsc::UnboundedSender<(usize, Vec<u8>, Vec<u8>)>,
+) -> String {
     let (req_tx, mut requests) = mpsc::channel(64);
-    let addr = common::serve_capture(req_tx).await;
+    let addr = common::serve_capture(addr, req_tx).await;
     tokio::spawn(async move {
         while let Some(req) = requests.recv().await {
             for s in req
@@ -110,7 +114,7 @@ async fn removing_a_backend_mid_run_moves_only_its_trace_ids() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut addrs = Vec::new();
     for ix in 0..3 {
-        addrs.push(backend(ix, tx.clone()).await);
+        addrs.push(backend("127.0.0.1:0", ix, tx.clone()).await);
     }
     let yaml = format!(
         "protocol: {{ otlp: {{ tls: {{ insecure: true }}, compression: none }} }}\n\
@@ -155,4 +159,80 @@ async fn removing_a_backend_mid_run_moves_only_its_trace_ids() {
     assert_eq!(moved.len(), shares[removed], "and all of them move");
     let share = moved.len() as f64 / ids.len() as f64;
     assert!((0.25..=0.42).contains(&share), "moved {share:.3}");
+}
+
+/// A router on one backend, with fast retries (the backend may be down).
+fn router(addr: &str, metrics: Arc<Metrics>) -> Arc<LoadBalancer> {
+    let yaml = format!(
+        "protocol: {{ otlp: {{ tls: {{ insecure: true }}, compression: none,\n\
+         retry_on_failure: {{ initial_interval: 50ms, max_interval: 200ms }} }} }}\n\
+         resolver: {{ static: {{ hostnames: ['{addr}'] }} }}\n"
+    );
+    let v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("yaml");
+    let settings = parse_settings(&v, "exporters.loadbalancing").expect("valid");
+    let id = ComponentId::parse("loadbalancing").expect("id");
+    let lb = LoadBalancer::new(&id, Arc::new(settings), metrics);
+    lb.set_backends(&[addr.to_owned()]);
+    lb
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_backend_that_comes_up_and_counts_what_a_dead_one_kept() {
+    // A backend that is down when shutdown starts and comes up half a second later.
+    let addr = format!("127.0.0.1:{}", port_nobody_listens_on());
+    let lb = router(&addr, Metrics::new());
+    let ids: Vec<Vec<u8>> = (0..200).map(trace_id).collect();
+    for b in batches(&ids, 1) {
+        lb.export(b).await.expect("routed");
+    }
+    let stopping = tokio::spawn(lb.shutdown());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!stopping.is_finished(), "waits for the backend's queue");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    backend(&addr, 0, tx).await;
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("shutdown resolves once delivered")
+        .expect("joined");
+    let mut spans = HashSet::new();
+    while let Ok(Some((_, _, sid))) =
+        tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+    {
+        spans.insert(sid);
+    }
+    assert_eq!(spans.len(), 3 * ids.len(), "every routed span delivered");
+
+    // A backend that never comes up: the grace period runs out, the retries stop, and what the
+    // backend's queue held is counted as lost at shutdown.
+    let dead = format!("127.0.0.1:{}", port_nobody_listens_on());
+    let metrics = Metrics::new();
+    let lb = router(&dead, metrics.clone());
+    for b in batches(&ids, 2) {
+        lb.export(b).await.expect("routed");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), lb.shutdown())
+            .await
+            .is_err(),
+        "nothing to deliver to"
+    );
+    let exporter = format!("loadbalancing/{dead}");
+    let lost = || {
+        metrics.counter(
+            Metric::ExporterSendFailedSpans,
+            &[("exporter", &exporter), ("reason", "shutdown")],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lost() < 3 * ids.len() as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lost(), 3 * ids.len() as u64);
+}
+
+fn port_nobody_listens_on() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }

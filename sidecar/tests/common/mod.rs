@@ -113,12 +113,10 @@ impl TraceService for Capture {
     }
 }
 
-/// Serves a [`Capture`] in plaintext on a loopback port; its `host:port`.
+/// Serves a [`Capture`] in plaintext on `addr` (`127.0.0.1:0`: any free port); its `host:port`.
 #[allow(dead_code)]
-pub async fn serve_capture(tx: mpsc::Sender<ExportTraceServiceRequest>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+pub async fn serve_capture(addr: &str, tx: mpsc::Sender<ExportTraceServiceRequest>) -> String {
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
