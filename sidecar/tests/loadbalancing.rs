@@ -23,21 +23,17 @@ async fn backend(
     ix: usize,
     tx: mpsc::UnboundedSender<(usize, Vec<u8>, Vec<u8>)>,
 ) -> String {
-    let (req_tx, mut requests) = mpsc::channel(64);
-    let addr = common::serve_capture(addr, req_tx).await;
-    tokio::spawn(async move {
-        while let Some(req) = requests.recv().await {
-            for s in req
-                .resource_spans
-                .into_iter()
-                .flat_map(|rs| rs.scope_spans)
-                .flat_map(|ss| ss.spans)
-            {
-                let _ = tx.send((ix, s.trace_id, s.span_id));
-            }
+    common::serve_capture(addr, move |req| {
+        for s in req
+            .resource_spans
+            .into_iter()
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+        {
+            let _ = tx.send((ix, s.trace_id, s.span_id));
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Trace ids from a counter, mixed so their low bytes are spread.

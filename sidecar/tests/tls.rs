@@ -137,8 +137,10 @@ async fn tls_round_trip_with_mtls_and_every_wrong_party_refused() {
         )
         .unwrap()
         .add_service(
-            TraceServiceServer::new(Capture { tx })
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            TraceServiceServer::new(Capture(move |req| {
+                let _ = tx.try_send(req);
+            }))
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     let backend = tokio::spawn(server);

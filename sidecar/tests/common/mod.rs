@@ -11,7 +11,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use tokio::sync::mpsc;
 
 /// A running sidecar, killed when dropped.
 #[allow(dead_code)] // not every test binary starts one
@@ -96,31 +95,35 @@ pub fn sidecar_cli(subcommand: &str, config: &Path) -> Output {
 }
 
 /// An OTLP/gRPC backend (the official proto service) that hands each request it receives to
-/// `tx`; bounded: a test that stops reading holds the exporter back instead of losing data.
+/// its closure, then answers success.
 #[allow(dead_code)] // not every test binary exports
-pub struct Capture {
-    pub tx: mpsc::Sender<ExportTraceServiceRequest>,
-}
+pub struct Capture<F>(pub F);
 
 #[tonic::async_trait]
-impl TraceService for Capture {
+impl<F> TraceService for Capture<F>
+where
+    F: Fn(ExportTraceServiceRequest) + Send + Sync + 'static,
+{
     async fn export(
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.tx.send(request.into_inner()).await;
+        (self.0)(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
 /// Serves a [`Capture`] in plaintext on `addr` (`127.0.0.1:0`: any free port); its `host:port`.
 #[allow(dead_code)]
-pub async fn serve_capture(addr: &str, tx: mpsc::Sender<ExportTraceServiceRequest>) -> String {
+pub async fn serve_capture<F>(addr: &str, on_request: F) -> String
+where
+    F: Fn(ExportTraceServiceRequest) + Send + Sync + 'static,
+{
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Capture { tx }))
+            .add_service(TraceServiceServer::new(Capture(on_request)))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     addr.to_string()
