@@ -25,18 +25,11 @@ cleanup() {
 }
 trap cleanup EXIT
 die() { echo "reload bench: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+READY_TRIES=400
 [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release -q -p loom-sidecar --bins
 
-wait_ready() {
-    local file=$1 pid=$2 i
-    for i in $(seq 400); do
-        grep -qx ready "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || die "process $pid exited: $(cat "${file%.out}.err" 2>/dev/null)"
-        sleep 0.05
-    done
-    die "no 'ready' from process $pid"
-}
-json_num() { sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1" | head -n1; }
 addr_of() { awk -v c="$2" -v k="$3" '$1 == "listening" && $2 == c && $3 == k { print $4; exit }' "$1"; }
 
 "$BIN/loadgen" manifest --spans-per-request 100 --seed "$SEED" --out "$WORK/manifest" >/dev/null

@@ -37,6 +37,8 @@ WINDOW=${BENCH_WINDOW:-32768}
 WINDOW_LARGE=${BENCH_WINDOW_LARGE:-500}
 SEED=${BENCH_SEED:-$$}
 CLK_TCK=$(getconf CLK_TCK)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 log() { printf '%s\n' "$*" >&2; }
 die() {
@@ -94,24 +96,10 @@ stop() {
     forget_pid "$pid"
 }
 
-# wait_ready FILE PID: until the process prints `ready` (both binaries do, after `listening`).
-wait_ready() {
-    local file=$1 pid=$2 i
-    for i in $(seq 200); do
-        grep -qx ready "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || die "process $pid exited during start-up: $(cat "${file%.out}.err" 2>/dev/null)"
-        sleep 0.05
-    done
-    die "no 'ready' from process $pid within 10 s"
-}
-
 # utime + stime of a process (all its threads), in clock ticks.
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 # Peak resident set size, KiB.
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
-
-# json_num JSON KEY: a numeric field of a flat JSON line (keys here are unique).
-json_num() { sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1" | head -n1; }
 
 backend_spans() {
     local s
