@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use loom_sidecar::model::otlp::string_attr;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use parking_lot::Mutex;
 
@@ -96,13 +96,7 @@ struct Acked {
 }
 
 fn request(first: u64) -> ExportTraceServiceRequest {
-    let kv = |k: &str, v: &str| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..KeyValue::default()
-    };
+    let kv = string_attr;
     let spans = (first..first + SPANS)
         .map(|id| Span {
             trace_id: [&id.to_be_bytes()[..], &[7u8; 8]].concat(),
@@ -133,6 +127,14 @@ fn request(first: u64) -> ExportTraceServiceRequest {
 const RECEIVER: &str =
     "receivers:\n  otlp:\n    protocols:\n      grpc: { endpoint: 127.0.0.1:0 }\n";
 
+/// The end of every config here: metrics on a free port, quiet logs, the given shutdown grace.
+fn telemetry(shutdown_grace: &str) -> String {
+    format!(
+        "  telemetry:\n    metrics: {{ address: 127.0.0.1:0 }}\n    logs: {{ level: warn }}\n  \
+         shutdown_grace: {shutdown_grace}\n"
+    )
+}
+
 fn config(rules: &str, extra: Option<SocketAddr>, main: SocketAddr) -> String {
     let exporter = |name: &str, addr: SocketAddr| {
         format!("  otlp/{name}: {{ endpoint: \"http://{addr}\", compression: none }}\n")
@@ -158,12 +160,9 @@ service:
   extensions: [health_check]
   pipelines:
     traces: {{ receivers: [otlp], processors: [sampler, batch], exporters: [{list}] }}
-  telemetry:
-    metrics: {{ address: 127.0.0.1:0 }}
-    logs: {{ level: warn }}
-  shutdown_grace: 5s
-"#,
+{}"#,
         BATCH_TIMEOUT.as_millis(),
+        telemetry("5s"),
         RECEIVER = RECEIVER
     )
 }
@@ -418,12 +417,9 @@ fn pq_config(endpoint: &str, queue_dir: &std::path::Path, timeout: &str) -> Stri
 service:
   pipelines:
     traces: {{ receivers: [otlp], exporters: [otlp/pq] }}
-  telemetry:
-    metrics: {{ address: 127.0.0.1:0 }}
-    logs: {{ level: warn }}
-  shutdown_grace: 2s
-"#,
+{}"#,
         queue_dir.display(),
+        telemetry("2s"),
         RECEIVER = RECEIVER
     )
 }

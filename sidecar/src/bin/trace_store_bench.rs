@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use loom_sidecar::exporters::trace_store::{api, store};
+use loom_sidecar::model::otlp::string_attr as kv;
 use loom_sidecar::model::ResourceSpans;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as pb;
 use parking_lot::Mutex;
@@ -33,16 +34,6 @@ struct Args {
     /// Other traces in the store (10 spans each).
     #[arg(long, default_value_t = 2000)]
     background: usize,
-}
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..KeyValue::default()
-    }
 }
 
 /// A span shaped like an agent's: a dozen attributes, an event.

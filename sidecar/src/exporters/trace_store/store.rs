@@ -545,18 +545,9 @@ pub fn matches_attributes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::otlp::string_attr as kv;
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1 as pb;
-
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.into())),
-            }),
-            ..KeyValue::default()
-        }
-    }
 
     fn span(trace: u8, id: u8, name: &str, kind: i32, start: u64, end: u64) -> pb::Span {
         pb::Span {
