@@ -275,46 +275,30 @@ service:
         (status, v["error"]["message"].as_str()),
         (404, Some("No traces found"))
     );
-    api.bad(
-        "/api/v3/traces?query.service_name=svc-a",
-        "query.start_time_min",
-    )
-    .await;
-    api.bad(
-        "/api/v3/traces?query.start_time_min=yesterday&query.start_time_max=2024-05-01T12:01:00Z",
-        "query.start_time_min",
-    )
-    .await;
-    api.bad(
-        "/api/v3/traces?query.start_time_min=2024-05-01T11:59:00Z&query.start_time_max=noon",
-        "query.start_time_max",
-    )
-    .await;
-    api.bad(
-        &format!("/api/v3/traces?{}&query.num_traces=many", window()),
-        "query.num_traces",
-    )
-    .await;
-    api.bad(
-        &format!("/api/v3/traces?{}&query.search_depth=0", window()),
-        "query.search_depth",
-    )
-    .await;
-    api.bad(
-        &format!("/api/v3/traces?{}&query.duration_min=5", window()),
-        "query.duration_min",
-    )
-    .await;
-    api.bad(
-        &format!("/api/v3/traces?{}&query.duration_max=x", window()),
-        "query.duration_max",
-    )
-    .await;
-    api.bad(
-        &format!("/api/v3/traces?{}&query.attributes=nope", window()),
-        "query.attributes",
-    )
-    .await;
+    // Each search gets one parameter wrong; the 400 names it.
+    let w = window();
+    let bad_searches = [
+        (
+            "query.service_name=svc-a".to_owned(),
+            "query.start_time_min",
+        ),
+        (
+            "query.start_time_min=yesterday&query.start_time_max=2024-05-01T12:01:00Z".to_owned(),
+            "query.start_time_min",
+        ),
+        (
+            "query.start_time_min=2024-05-01T11:59:00Z&query.start_time_max=noon".to_owned(),
+            "query.start_time_max",
+        ),
+        (format!("{w}&query.num_traces=many"), "query.num_traces"),
+        (format!("{w}&query.search_depth=0"), "query.search_depth"),
+        (format!("{w}&query.duration_min=5"), "query.duration_min"),
+        (format!("{w}&query.duration_max=x"), "query.duration_max"),
+        (format!("{w}&query.attributes=nope"), "query.attributes"),
+    ];
+    for (query, param) in &bad_searches {
+        api.bad(&format!("/api/v3/traces?{query}"), param).await;
+    }
 
     // GET /api/v3/services, /api/v3/operations.
     let (status, v) = api.get("/api/v3/services").await;

@@ -220,7 +220,8 @@ mod tests {
         )
     }
 
-    async fn send(
+    /// Sends a 3-span batch until `stop` is cancelled.
+    async fn send_until(
         exp: &Scripted,
         r: &RetryConfig,
         m: &Metrics,
@@ -229,17 +230,16 @@ mod tests {
         send_with_retry("otlp/t", exp, batch(3), r, m, stop).await
     }
 
+    /// Sends a 3-span batch with no hard stop.
+    async fn send(exp: &Scripted, r: &RetryConfig, m: &Metrics) -> Outcome {
+        send_until(exp, r, m, &CancellationToken::new()).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_permanent_error_drops_at_once_counted_by_reason() {
         let m = Metrics::new();
         let exp = Scripted::new(vec![Err(ExportError::permanent("http_400", "bad request"))]);
-        let out = send(
-            &exp,
-            &retry(1000, 2000, Duration::ZERO),
-            &m,
-            &CancellationToken::new(),
-        )
-        .await;
+        let out = send(&exp, &retry(1000, 2000, Duration::ZERO), &m).await;
         assert_eq!(out, Outcome::Dropped);
         assert_eq!(
             exp.calls.lock().len(),
@@ -259,13 +259,7 @@ mod tests {
         let mut answers = vec![unavailable(None); 3];
         answers.push(Ok(ExportOk { rejected_spans: 1 }));
         let exp = Scripted::new(answers);
-        let out = send(
-            &exp,
-            &retry(1000, 2000, Duration::ZERO),
-            &m,
-            &CancellationToken::new(),
-        )
-        .await;
+        let out = send(&exp, &retry(1000, 2000, Duration::ZERO), &m).await;
         assert_eq!(out, Outcome::Delivered);
         let gaps = exp.gaps();
         println!("backoff gaps (1 s doubling to 2 s, ±50 %): {gaps:?}");
@@ -302,13 +296,7 @@ mod tests {
             Ok(ExportOk::default()),
         ]);
         // The own schedule would wait 100–150 ms: only the hint gives 7 s.
-        let out = send(
-            &exp,
-            &retry(100, 100, Duration::ZERO),
-            &m,
-            &CancellationToken::new(),
-        )
-        .await;
+        let out = send(&exp, &retry(100, 100, Duration::ZERO), &m).await;
         assert_eq!(out, Outcome::Delivered);
         assert_eq!(exp.gaps(), vec![hint, hint]);
     }
@@ -318,13 +306,7 @@ mod tests {
         let m = Metrics::new();
         let exp = Scripted::new(vec![unavailable(None)]);
         let start = tokio::time::Instant::now();
-        let out = send(
-            &exp,
-            &retry(1000, 1000, Duration::from_secs(10)),
-            &m,
-            &CancellationToken::new(),
-        )
-        .await;
+        let out = send(&exp, &retry(1000, 1000, Duration::from_secs(10)), &m).await;
         let took = start.elapsed();
         let calls = exp.calls.lock().len();
         println!("max_elapsed_time 10 s: gave up after {took:?}, {calls} attempts");
@@ -350,7 +332,7 @@ mod tests {
             });
             let start = tokio::time::Instant::now();
             // Retries for ever (max_elapsed_time 0): only the hard stop ends it.
-            let out = send(&exp, &retry(1000, 2000, Duration::ZERO), &m, &stop).await;
+            let out = send_until(&exp, &retry(1000, 2000, Duration::ZERO), &m, &stop).await;
             assert_eq!(out, Outcome::Interrupted, "hang={hang}");
             assert_eq!(start.elapsed(), Duration::from_secs(30));
             if hang {
