@@ -96,6 +96,18 @@ impl Api {
     }
 }
 
+/// Posts `req` to the sidecar's OTLP/HTTP receiver as protobuf; it must be accepted.
+async fn export(http: &reqwest::Client, sidecar: &Sidecar, req: &ExportTraceServiceRequest) {
+    let r = http
+        .post(format!("http://{}/v1/traces", sidecar.addr("otlp/http")))
+        .header("content-type", "application/x-protobuf")
+        .body(req.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
 fn window() -> String {
     "query.start_time_min=2024-05-01T11:59:00Z&query.start_time_max=2024-05-01T12:01:00Z".into()
 }
@@ -137,14 +149,7 @@ service:
             resource_spans("svc-c", vec![span(TRACE_A, 4, Some(2), "handle", 2, 5)]),
         ],
     };
-    let r = http
-        .post(format!("http://{}/v1/traces", sidecar.addr("otlp/http")))
-        .header("content-type", "application/x-protobuf")
-        .body(req.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    export(&http, &sidecar, &req).await;
 
     let api = Api {
         base: format!("http://{}", sidecar.addr("trace_store/http")),
@@ -339,14 +344,7 @@ service:
             vec![span(TRACE_A, 5, Some(4), "late", 1, 1)],
         )],
     };
-    let r = http
-        .post(format!("http://{}/v1/traces", sidecar.addr("otlp/http")))
-        .header("content-type", "application/x-protobuf")
-        .body(more.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    export(&http, &sidecar, &more).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, v) = api.get(&format!("/api/v3/traces/{TRACE_A}")).await;

@@ -233,14 +233,14 @@ impl Writer {
         each: fn(&mut Self, &[u8], u32) -> R,
     ) -> R {
         let (mut first, mut schema_url) = (None, &[][..]);
-        fields(b, |f| match (f.tag, f.wire_type) {
-            (1, Ld) => once(&mut first, f.payload),
-            (2, Ld) => Ok(()),
-            (3, Ld) => {
-                schema_url = f.payload;
-                Ok(())
+        fields(b, |f| {
+            match (f.tag, f.wire_type) {
+                (1, Ld) => once(&mut first, f.payload)?,
+                (2, Ld) => {}
+                (3, Ld) => schema_url = f.payload,
+                (t, _) => unknown_or_bad(t, 3)?,
             }
-            (t, _) => unknown_or_bad(t, 3),
+            Ok(())
         })?;
         self.raw(head);
         self.decoded::<M>(first)?;
@@ -293,10 +293,7 @@ impl Writer {
         self.quoted(s.start);
         self.raw(b",\"endTimeUnixNano\":");
         self.quoted(s.end);
-        self.raw(b",\"attributes\":");
-        self.list(b, 9, 0, Self::key_value)?;
-        self.raw(b",\"droppedAttributesCount\":");
-        self.uint(u64::from(s.dropped_attributes));
+        self.attributes(b, 9, s.dropped_attributes)?;
         self.raw(b",\"events\":");
         self.list(b, 11, 0, Self::event)?;
         self.raw(b",\"droppedEventsCount\":");
@@ -314,32 +311,32 @@ impl Writer {
         Ok(())
     }
 
+    /// `"attributes"` (field `tag` of `b`) and `"droppedAttributesCount"`, after other members.
+    fn attributes(&mut self, b: &[u8], tag: u32, dropped: u32) -> R {
+        self.raw(b",\"attributes\":");
+        self.list(b, tag, 0, Self::key_value)?;
+        self.raw(b",\"droppedAttributesCount\":");
+        self.uint(u64::from(dropped));
+        Ok(())
+    }
+
     fn event(&mut self, b: &[u8], _: u32) -> R {
         let (mut time, mut name, mut dropped) = (0, &[][..], 0u32);
-        fields(b, |f| match (f.tag, f.wire_type) {
-            (1, SixtyFourBit) => {
-                time = f.number;
-                Ok(())
+        fields(b, |f| {
+            match (f.tag, f.wire_type) {
+                (1, SixtyFourBit) => time = f.number,
+                (2, Ld) => name = f.payload,
+                (3, Ld) => {}
+                (4, Varint) => dropped = f.number as u32,
+                (t, _) => unknown_or_bad(t, 4)?,
             }
-            (2, Ld) => {
-                name = f.payload;
-                Ok(())
-            }
-            (3, Ld) => Ok(()),
-            (4, Varint) => {
-                dropped = f.number as u32;
-                Ok(())
-            }
-            (t, _) => unknown_or_bad(t, 4),
+            Ok(())
         })?;
         self.raw(b"{\"timeUnixNano\":");
         self.quoted(time);
         self.raw(b",\"name\":");
         self.str(name)?;
-        self.raw(b",\"attributes\":");
-        self.list(b, 3, 0, Self::key_value)?;
-        self.raw(b",\"droppedAttributesCount\":");
-        self.uint(u64::from(dropped));
+        self.attributes(b, 3, dropped)?;
         self.raw(b"}");
         Ok(())
     }
@@ -347,29 +344,17 @@ impl Writer {
     fn link(&mut self, b: &[u8], _: u32) -> R {
         let (mut trace_id, mut span_id, mut state) = (&[][..], &[][..], &[][..]);
         let (mut dropped, mut flags) = (0u32, 0u32);
-        fields(b, |f| match (f.tag, f.wire_type) {
-            (1, Ld) => {
-                trace_id = f.payload;
-                Ok(())
+        fields(b, |f| {
+            match (f.tag, f.wire_type) {
+                (1, Ld) => trace_id = f.payload,
+                (2, Ld) => span_id = f.payload,
+                (3, Ld) => state = f.payload,
+                (4, Ld) => {}
+                (5, Varint) => dropped = f.number as u32,
+                (6, ThirtyTwoBit) => flags = f.number as u32,
+                (t, _) => unknown_or_bad(t, 6)?,
             }
-            (2, Ld) => {
-                span_id = f.payload;
-                Ok(())
-            }
-            (3, Ld) => {
-                state = f.payload;
-                Ok(())
-            }
-            (4, Ld) => Ok(()),
-            (5, Varint) => {
-                dropped = f.number as u32;
-                Ok(())
-            }
-            (6, ThirtyTwoBit) => {
-                flags = f.number as u32;
-                Ok(())
-            }
-            (t, _) => unknown_or_bad(t, 6),
+            Ok(())
         })?;
         self.raw(b"{\"traceId\":");
         self.hex(trace_id);
@@ -377,10 +362,7 @@ impl Writer {
         self.hex(span_id);
         self.raw(b",\"traceState\":");
         self.str(state)?;
-        self.raw(b",\"attributes\":");
-        self.list(b, 4, 0, Self::key_value)?;
-        self.raw(b",\"droppedAttributesCount\":");
-        self.uint(u64::from(dropped));
+        self.attributes(b, 4, dropped)?;
         self.raw(b",\"flags\":");
         self.uint(u64::from(flags));
         self.raw(b"}");
@@ -389,18 +371,15 @@ impl Writer {
 
     fn status(&mut self, b: &[u8]) -> R {
         let (mut message, mut code) = (&[][..], 0i32);
-        fields(b, |f| match (f.tag, f.wire_type) {
-            // Field 1 is reserved in status.proto: unknown, skipped.
-            (2, Ld) => {
-                message = f.payload;
-                Ok(())
+        fields(b, |f| {
+            match (f.tag, f.wire_type) {
+                // Field 1 is reserved in status.proto: unknown, skipped.
+                (2, Ld) => message = f.payload,
+                (3, Varint) => code = f.number as i32,
+                (t @ 2..=3, _) => unknown_or_bad(t, 3)?,
+                _ => {}
             }
-            (3, Varint) => {
-                code = f.number as i32;
-                Ok(())
-            }
-            (t @ 2..=3, _) => unknown_or_bad(t, 3),
-            _ => Ok(()),
+            Ok(())
         })?;
         self.raw(b"{\"message\":");
         self.str(message)?;
@@ -412,17 +391,14 @@ impl Writer {
 
     fn key_value(&mut self, b: &[u8], depth: u32) -> R {
         let (mut key, mut value, mut strindex) = (&[][..], None, 0i32);
-        fields(b, |f| match (f.tag, f.wire_type) {
-            (1, Ld) => {
-                key = f.payload;
-                Ok(())
+        fields(b, |f| {
+            match (f.tag, f.wire_type) {
+                (1, Ld) => key = f.payload,
+                (2, Ld) => once(&mut value, f.payload)?,
+                (3, Varint) => strindex = f.number as i32,
+                (t, _) => unknown_or_bad(t, 3)?,
             }
-            (2, Ld) => once(&mut value, f.payload),
-            (3, Varint) => {
-                strindex = f.number as i32;
-                Ok(())
-            }
-            (t, _) => unknown_or_bad(t, 3),
+            Ok(())
         })?;
         self.raw(b"{\"key\":");
         self.str(key)?;

@@ -585,6 +585,23 @@ mod tests {
         }
     }
 
+    /// Stores a batch of `service` with one span `id` of trace `trace`.
+    fn insert_one(s: &mut Store, service: &str, trace: u8, id: u8, now: Instant) -> Outcome {
+        s.insert(
+            prepare(&batch(service, vec![span(trace, id, "x", 1, 1, 2)])),
+            now,
+        )
+    }
+
+    /// A store that received one single-span batch per `(service, trace, span)` at `now`.
+    fn store_of(limits: Limits, spans: &[(&str, u8, u8)], now: Instant) -> Store {
+        let mut s = Store::new(limits);
+        for &(service, trace, id) in spans {
+            insert_one(&mut s, service, trace, id, now);
+        }
+        s
+    }
+
     fn decode(pieces: &[Bytes]) -> pb::TracesData {
         pb::TracesData::decode(&traces_data(pieces)[..]).expect("decodes")
     }
@@ -632,10 +649,8 @@ mod tests {
 
     #[test]
     fn spans_of_one_trace_from_two_batches_and_services_come_back_together() {
-        let mut s = Store::new(limits(1 << 20, 100));
         let now = Instant::now();
-        s.insert(prepare(&batch("a", vec![span(1, 1, "x", 1, 1, 2)])), now);
-        s.insert(prepare(&batch("b", vec![span(1, 2, "y", 1, 1, 2)])), now);
+        let s = store_of(limits(1 << 20, 100), &[("a", 1, 1), ("b", 1, 2)], now);
         let td = decode(&s.get(&[1; 16], now).expect("stored"));
         assert_eq!(td.resource_spans.len(), 2);
         assert_eq!(s.services(), ["a", "b"]);
@@ -643,13 +658,11 @@ mod tests {
 
     #[test]
     fn evicts_oldest_whole_traces_at_max_traces() {
-        let mut s = Store::new(limits(1 << 20, 2));
         let t0 = Instant::now();
-        s.insert(prepare(&batch("a", vec![span(1, 1, "x", 1, 1, 2)])), t0);
-        s.insert(prepare(&batch("a", vec![span(2, 1, "x", 1, 1, 2)])), t0);
+        let mut s = store_of(limits(1 << 20, 2), &[("a", 1, 1), ("a", 2, 1)], t0);
         // Trace 1 receives again: now trace 2 is the least recently received.
-        s.insert(prepare(&batch("a", vec![span(1, 2, "x", 1, 1, 2)])), t0);
-        let out = s.insert(prepare(&batch("a", vec![span(3, 1, "x", 1, 1, 2)])), t0);
+        insert_one(&mut s, "a", 1, 2, t0);
+        let out = insert_one(&mut s, "a", 3, 1, t0);
         assert_eq!(out.evicted, [0, 1, 0]);
         assert!(s.get(&[2; 16], t0).is_none());
         assert_eq!(
@@ -705,9 +718,8 @@ mod tests {
 
     #[test]
     fn a_trace_larger_than_the_store_is_refused_not_evicting_the_rest() {
-        let mut s = Store::new(limits(8 * 1024, 100));
         let now = Instant::now();
-        s.insert(prepare(&batch("a", vec![span(1, 1, "x", 1, 1, 2)])), now);
+        let mut s = store_of(limits(8 * 1024, 100), &[("a", 1, 1)], now);
         let big: Vec<_> = (0..200).map(|i| span(2, i as u8, "y", 1, 1, 2)).collect();
         let out = s.insert(prepare(&batch("a", big)), now);
         assert_eq!(out.too_large_spans, 200);
@@ -717,11 +729,10 @@ mod tests {
 
     #[test]
     fn ttl_drops_idle_traces() {
-        let mut s = Store::new(limits(1 << 20, 100));
         let t0 = Instant::now();
-        s.insert(prepare(&batch("a", vec![span(1, 1, "x", 1, 1, 2)])), t0);
+        let mut s = store_of(limits(1 << 20, 100), &[("a", 1, 1)], t0);
         let t1 = t0 + Duration::from_secs(30);
-        s.insert(prepare(&batch("a", vec![span(2, 1, "x", 1, 1, 2)])), t1);
+        insert_one(&mut s, "a", 2, 1, t1);
         let t2 = t0 + Duration::from_secs(61);
         assert!(
             s.get(&[1; 16], t2).is_none(),
