@@ -86,6 +86,12 @@ impl Api {
         (status, v)
     }
 
+    /// `GET /api/v3/traces` within the time window of the test's spans, with more `params`.
+    async fn search(&self, params: &str) -> (u16, Value) {
+        self.get(&format!("/api/v3/traces?{}&{params}", window()))
+            .await
+    }
+
     /// Asserts a 400 whose Jaeger-shaped error message names `param`.
     async fn bad(&self, path: &str, param: &str) {
         let (status, v) = self.get(path).await;
@@ -229,21 +235,13 @@ service:
 
     // GET /api/v3/traces: search.
     let (status, v) = api
-        .get(&format!(
-            "/api/v3/traces?query.service_name=svc-b&{}&query.num_traces=5",
-            window()
-        ))
+        .search("query.service_name=svc-b&query.num_traces=5")
         .await;
     assert_eq!(status, 200, "{v}");
     let rs = v["result"]["resourceSpans"].as_array().unwrap();
     assert_eq!(rs.len(), 1);
     assert_eq!(rs[0]["scopeSpans"][0]["spans"][0]["traceId"], TRACE_B);
-    let (_, v) = api
-        .get(&format!(
-            "/api/v3/traces?query.operation_name=handle&{}",
-            window()
-        ))
-        .await;
+    let (_, v) = api.search("query.operation_name=handle").await;
     let ids: Vec<_> = v["result"]["resourceSpans"]
         .as_array()
         .unwrap()
@@ -254,12 +252,7 @@ service:
         !ids.is_empty() && ids.iter().all(|i| *i == TRACE_A),
         "{ids:?}"
     );
-    let (status, v) = api
-        .get(&format!(
-            "/api/v3/traces?{}&query.duration_min=100ms",
-            window()
-        ))
-        .await;
+    let (status, v) = api.search("query.duration_min=100ms").await;
     assert_eq!(status, 200);
     assert_eq!(
         v["result"]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"],
@@ -267,10 +260,7 @@ service:
     );
     let attrs = "query.attributes=%7B%22http.status_code%22%3A%22200%22%7D";
     let (status, _) = api
-        .get(&format!(
-            "/api/v3/traces?{}&{attrs}&query.service_name=svc-c",
-            window()
-        ))
+        .search(&format!("{attrs}&query.service_name=svc-c"))
         .await;
     assert_eq!(status, 200);
     let (status, v) = api
