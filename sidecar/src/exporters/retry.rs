@@ -124,12 +124,11 @@ pub async fn send_with_retry(
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::trace::v1 as pb;
     use parking_lot::Mutex;
 
     use super::*;
     use crate::exporters::{encoded, BoxFuture, ExportError, ExportOk};
-    use crate::model::ResourceSpans;
+    use crate::model::test_resource_spans;
 
     /// A backend double: answers from a script (the last answer repeats) and records when it
     /// was called, on tokio's clock.
@@ -178,21 +177,7 @@ mod tests {
     }
 
     fn batch(spans: usize) -> Arc<Batch> {
-        let rs = pb::ResourceSpans {
-            scope_spans: vec![pb::ScopeSpans {
-                spans: (0..spans)
-                    .map(|i| pb::Span {
-                        trace_id: vec![1; 16],
-                        span_id: vec![i as u8 + 1; 8],
-                        name: format!("op{i}"),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let rs = ResourceSpans::from_proto(&rs).expect("valid spans");
+        let rs = test_resource_spans(&[spans]);
         Arc::new(Batch::new(vec![rs], Arc::new(Vec::new())))
     }
 
