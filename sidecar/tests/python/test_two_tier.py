@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -187,24 +188,24 @@ def test_every_kept_trace_arrives_whole_at_one_gateway(sidecars) -> None:
 
 
 def test_removing_a_gateway_moves_about_a_third_and_new_traces_stay_whole(sidecars) -> None:
-    """The agents' backend set loses one of 3 gateways mid-run (the agents are restarted with the
-    smaller static set, as a config roll-out does): traces sent after the change are whole, and
-    only the ids of the removed gateway moved."""
+    """The agents' backend set loses one of 3 gateways mid-run: each running agent gets the smaller
+    static set by a live reload (SIGHUP, no restart, same listeners), as a ConfigMap change with
+    `service.reload.watch` does. Traces sent after the change are whole, and only the ids of the
+    removed gateway moved."""
     captures = [GrpcCapture(workers=8) for _ in range(3)]
     try:
         gateways = [sidecars(gateway_config(c.port)) for c in captures]
         addrs = [g.grpc for g in gateways]
         everything = lambda i: "error"  # noqa: E731 - every trace kept: where it went is the point
         probe = make_traces(3000, everything)
+        agents = [sidecars(agent_config(addrs)) for _ in range(3)]
+        listening = [dict(a.addrs) for a in agents]
 
-        def run(agent_set: list, traces) -> dict:
-            agents = [sidecars(agent_config(agent_set)) for _ in range(3)]
+        def run(traces) -> dict:
             per_agent = to_agents(traces)
             with ThreadPoolExecutor(3) as ex:
                 list(ex.map(lambda a: send(agents[a].grpc, per_agent[a]), range(3)))
             seen = drain(captures, 3 * len(traces), timeout=60)
-            for a in agents:
-                a.stop()
             where: dict = {}
             for hits in seen.values():
                 assert len(hits) == 1, "a span arrived twice"
@@ -214,7 +215,18 @@ def test_removing_a_gateway_moves_about_a_third_and_new_traces_stay_whole(sideca
             assert all(len(gs) == 3 and len(set(gs)) == 1 for gs in where.values()), "a trace was split"
             return {tid: gs[0] for tid, gs in where.items()}
 
-        before = run(addrs, probe)
+        before = run(probe)
+        removed = 2
+        for a in agents:
+            a.cfg.write_text(agent_config([x for i, x in enumerate(addrs) if i != removed]))
+            a.proc.send_signal(signal.SIGHUP)
+        for a in agents:
+            text = a.metrics_with('loom_sidecar_config_reload_total{result="success"} 1')
+            assert 'loom_sidecar_config_reload_total{result="success"} 1' in text, "".join(a.stderr)[-2000:]
+        # Still the same processes on the same listeners.
+        assert [a.proc.poll() for a in agents] == [None] * 3
+        assert [dict(a.addrs) for a in agents] == listening
+
         # New span ids for the same trace ids: each id goes where the smaller ring puts it.
         def respan(s: trace_pb2.Span) -> trace_pb2.Span:
             c = trace_pb2.Span()
@@ -222,14 +234,13 @@ def test_removing_a_gateway_moves_about_a_third_and_new_traces_stay_whole(sideca
             c.span_id = os.urandom(8)
             return c
         again = [(tid, kind, [respan(s) for s in spans]) for tid, kind, spans in probe]
-        removed = 2
-        after = run([a for i, a in enumerate(addrs) if i != removed], again)
+        after = run(again)
         moved = [tid for tid in before if before[tid] != after[tid]]
         assert all(before[tid] == removed for tid in moved), "only the removed gateway's ids move"
         assert all(after[tid] != removed for tid in after)
         share = len(moved) / len(before)
         assert 0.25 <= share <= 0.42, f"moved {share:.3f} (1/3 expected)"
-        print(f"\nmoved {share:.3f} of trace ids after removing 1 of 3 gateways")
+        print(f"\nmoved {share:.3f} of trace ids after removing 1 of 3 gateways by a live reload")
     finally:
         for c in captures:
             c.stop()
