@@ -82,12 +82,17 @@ def start_sidecar(tmp: Path) -> "tuple[subprocess.Popen, str]":
     return proc, f"http://127.0.0.1:{port}"
 
 
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_mode(mode: str, n: int, lat_n: int) -> dict:
     otlp = os.environ.get("BENCH_OTLP_ENDPOINT", "http://127.0.0.1:9")
     if mode.startswith("on-otlp"):
         from opentelemetry import trace
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-
         from loom import tracing
 
         if mode == "on-otlp-before":
@@ -96,14 +101,17 @@ def run_mode(mode: str, n: int, lat_n: int) -> dict:
             def get_tracer():  # type: ignore[no-untyped-def]
                 return trace.get_tracer(tracing.TRACER_NAME)
 
-            def start_current_span(name, *, kind, attributes, context=None, record_exception=True):  # type: ignore[no-untyped-def]
+            def start_current_span(name, *, kind, attributes, context=None, envelope=None, record_exception=True):  # type: ignore[no-untyped-def]
+                if envelope is not None and envelope.parent_context() is not None:
+                    context = envelope.parent_context()
                 return get_tracer().start_as_current_span(name, context=context, kind=kind, attributes=attributes,
                                                           record_exception=record_exception,
                                                           set_status_on_exception=record_exception)
 
             tracing.get_tracer = get_tracer
             tracing.start_current_span = start_current_span
-        tracing.init_telemetry("bench", otlp, sampler=ALWAYS_ON)
+        os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
+        tracing.init_telemetry("bench", otlp)
     elif mode == "on-null":
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
@@ -149,11 +157,14 @@ def run_mode(mode: str, n: int, lat_n: int) -> dict:
         url = f"http://127.0.0.1:{port}"
         b = loom.Agent("bench-b", topics=["bench.*"], on_event=on_event, bridge_addr=url, telemetry=False, qos="reliable")
         a = loom.Agent("bench-a", bridge_addr=url, telemetry=False)
+        sidecar_pid = int(os.environ.get("BENCH_SIDECAR_PID", "0"))
         async with b, a:
+            cpu0 = (cpu_s(os.getpid()), cpu_s(proc.pid), cpu_s(sidecar_pid) if sidecar_pid else 0.0)
             start = time.perf_counter()
             await asyncio.gather(*(a.context.emit("bench.data", b"x" * 64) for _ in range(n)))
             await asyncio.wait_for(done.wait(), 120)
             rate = n / (time.perf_counter() - start)
+            cpu1 = (cpu_s(os.getpid()), cpu_s(proc.pid), cpu_s(sidecar_pid) if sidecar_pid else 0.0)
             for _ in range(lat_n):
                 done.clear()
                 # Register the id before emitting: delivery can beat the ack.
@@ -167,8 +178,12 @@ def run_mode(mode: str, n: int, lat_n: int) -> dict:
                 await emit_one()
                 await asyncio.wait_for(done.wait(), 10)
         latencies.sort()
+        # CPU per event of each process during the throughput phase (the sidecar's includes the
+        # bridge's spans; both agents share the Python process).
+        cpu = [(b1 - b0) / n * 1e6 for b0, b1 in zip(cpu0, cpu1)]
         return {"rate": rate, "p50": latencies[len(latencies) // 2] * 1e6,
-                "p99": latencies[int(len(latencies) * 0.99) - 1] * 1e6}
+                "p99": latencies[int(len(latencies) * 0.99) - 1] * 1e6,
+                "cpu_py": cpu[0], "cpu_bridge": cpu[1], "cpu_sidecar": cpu[2]}
 
     try:
         out = asyncio.run(scenario())
@@ -205,7 +220,8 @@ def main() -> None:
             for _ in range(rounds):
                 for mode in modes:
                     out = subprocess.run([sys.executable, __file__, "--mode", mode], capture_output=True, text=True,
-                                         timeout=600, env={**os.environ, "BENCH_OTLP_ENDPOINT": endpoint})
+                                         timeout=600, env={**os.environ, "BENCH_OTLP_ENDPOINT": endpoint,
+                                                                         "BENCH_SIDECAR_PID": str(sidecar.pid)})
                     if out.returncode != 0:
                         sys.exit(out.stderr)
                     runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -215,13 +231,15 @@ def main() -> None:
             sidecar.terminate()
             sidecar.wait(10)
     print(f"Python agent A → loom-bridge → agent B (emit → on_event), one process per mode and round, median of {rounds}")
-    print("| tracing | events/s | vs off | p50 µs | p99 µs | µs/event over off | spans dropped | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| tracing | events/s | vs off | p50 µs | p99 µs | µs/event over off | spans dropped | peak RSS MiB "
+          "| CPU µs/event: Python | bridge | sidecar |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = results.get("off")
     for mode, r in results.items():
         ratio = f"{r['rate'] / base['rate']:.2f}" if base else "-"
         extra = f"{(1 / r['rate'] - 1 / base['rate']) * 1e6:.0f}" if base else "-"
-        print(f"| {mode} | {r['rate']:.0f} | {ratio} | {r['p50']:.0f} | {r['p99']:.0f} | {extra} | {r['dropped']} | {r['rss_mib']:.0f} |")
+        print(f"| {mode} | {r['rate']:.0f} | {ratio} | {r['p50']:.0f} | {r['p99']:.0f} | {extra} | {r['dropped']} "
+              f"| {r['rss_mib']:.0f} | {r['cpu_py']:.0f} | {r['cpu_bridge']:.0f} | {r['cpu_sidecar']:.0f} |")
 
 
 if __name__ == "__main__":

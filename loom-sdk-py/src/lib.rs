@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 mod span_export;
+mod spans;
 
 use loom_core::envelope::{self, Envelope as CoreEnvelope, TraceParent};
 use loom_core::sampler_spec;
@@ -23,8 +24,8 @@ use pyo3::prelude::*;
     from_py_object
 )]
 #[derive(Clone, Default, PartialEq)]
-struct PyEnvelope {
-    inner: CoreEnvelope,
+pub(crate) struct PyEnvelope {
+    pub(crate) inner: CoreEnvelope,
 }
 
 #[pymethods]
@@ -253,6 +254,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_traceparent, m)?)?;
     m.add_function(wrap_pyfunction!(parse_sampler_env, m)?)?;
     span_export::register(m)?;
+    spans::register(m)?;
     m.add("SAMPLER_NAMES", sampler_spec::SAMPLER_NAMES.to_vec())?;
     m.add("DEFAULT_SAMPLER", sampler_spec::DEFAULT_SAMPLER)?;
     m.add("TRACEPARENT", envelope::TRACEPARENT)?;

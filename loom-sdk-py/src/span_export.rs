@@ -103,7 +103,7 @@ fn position<'py, T>(
     Ok(None)
 }
 
-fn encode_span(py: Python<'_>, s: &Bound<'_, PyAny>) -> PyResult<Span> {
+pub(crate) fn encode_span(py: Python<'_>, s: &Bound<'_, PyAny>) -> PyResult<Span> {
     let ctx = s.getattr(intern!(py, "context"))?;
     let parent = s.getattr(intern!(py, "parent"))?;
     let parent_span_id = if parent.is_truthy()? {
@@ -210,7 +210,7 @@ fn trace_state(py: Python<'_>, state: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(out)
 }
 
-fn opt_string(v: &Bound<'_, PyAny>) -> PyResult<String> {
+pub(crate) fn opt_string(v: &Bound<'_, PyAny>) -> PyResult<String> {
     if v.is_none() {
         Ok(String::new())
     } else {
@@ -227,7 +227,7 @@ fn opt_u64(v: &Bound<'_, PyAny>) -> PyResult<u64> {
 }
 
 /// An attribute mapping; a value the SDK's encoder cannot encode is left out, as it does.
-fn attributes(py: Python<'_>, attrs: &Bound<'_, PyAny>) -> PyResult<Vec<KeyValue>> {
+pub(crate) fn attributes(py: Python<'_>, attrs: &Bound<'_, PyAny>) -> PyResult<Vec<KeyValue>> {
     if attrs.is_none() || !attrs.is_truthy()? {
         return Ok(Vec::new());
     }
@@ -246,7 +246,7 @@ fn attributes(py: Python<'_>, attrs: &Bound<'_, PyAny>) -> PyResult<Vec<KeyValue
 }
 
 /// The SDK's `_encode_value`, in its order of checks (a str is a Sequence, a bool an int).
-fn any_value(v: &Bound<'_, PyAny>) -> Option<AnyValue> {
+pub(crate) fn any_value(v: &Bound<'_, PyAny>) -> Option<AnyValue> {
     use any_value::Value;
     let value = if v.is_none() {
         None

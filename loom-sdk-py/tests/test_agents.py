@@ -285,10 +285,11 @@ def test_malformed_traceparent_in_a_delivery_is_handled_as_no_parent(spans) -> N
 AUTO_SCRIPT = """
 import os, sys
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 import loom
 loom.Agent("auto-x")
 p = trace.get_tracer_provider()
-print(type(p).__name__, getattr(p, "resource", None) and p.resource.attributes.get("service.name"),
+print("TracerProvider" if isinstance(p, TracerProvider) else type(p).__name__, getattr(p, "resource", None) and p.resource.attributes.get("service.name"),
       getattr(p, "resource", None) and p.resource.attributes.get("loom.agent.id"))
 """
 

@@ -353,7 +353,7 @@ class Context:
             timestamp_unix_nano=time.time_ns(),
         )
         current = trace.get_current_span()
-        if current.get_span_context().is_valid:
+        if lt.has_valid_context(current):
             env.inject_trace_context(current)
             env.write_metadata(md)
             event.metadata.update(md)
@@ -947,12 +947,11 @@ class Agent:
                 self._handler_q.task_done()
 
     async def _dispatch(self, msg: Event) -> None:
-        parent = msg.envelope.parent_context()
         ev = pb.Event(id=msg.id, type=msg.type)
         attrs = _event_attrs(self.agent_id, msg.topic, ev, msg.envelope, "process")
         with lt.start_current_span(
             lt.SPAN_ON_EVENT,
-            context=parent,
+            envelope=msg.envelope,
             kind=SpanKind.CONSUMER,
             attributes=attrs,
             record_exception=False,

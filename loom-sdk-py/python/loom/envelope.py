@@ -21,7 +21,11 @@ class Envelope(_native.Envelope):
     def inject_trace_context(self, span: Optional[trace.Span] = None) -> bool:
         """Takes the trace context of ``span`` (default: the current span). Returns False, and
         clears the trace fields, when there is no valid span context."""
-        sc = (span or trace.get_current_span()).get_span_context()
+        span = span or trace.get_current_span()
+        if type(span) is _native.Span:
+            span.write_trace_context(self)
+            return True
+        sc = span.get_span_context()
         if not sc.is_valid:
             self.clear_trace_context()
             return False

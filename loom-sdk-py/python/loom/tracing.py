@@ -2,8 +2,16 @@
 
 Environment (docs/contracts.md §3): ``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_TRACES_SAMPLER`` (standard, wins) / ``OTEL_TRACE_SAMPLER`` and their ``_ARG``,
-``LOOM_TELEMETRY_AUTO=0`` to keep agents from installing anything, ``LOOM_SPAN_ENCODER=python``
-to encode spans with the OpenTelemetry SDK's own (slower) OTLP encoder instead of ``loom._native``.
+``OTEL_BSP_*`` (queue size, batch size, schedule delay, export timeout), ``LOOM_TELEMETRY_AUTO=0``
+to keep agents from installing anything, ``LOOM_SPAN_ENCODER=python`` for the OpenTelemetry
+SDK's own batch processor and (slower) Python OTLP encoder instead of ``loom._native``'s pipeline.
+
+The provider Loom installs is the SDK's ``TracerProvider``; its span processor is
+:class:`NativeSpanProcessor`, one bounded queue in ``loom._native`` that batches and encodes spans
+off the GIL. The SDK's per-event spans (``agent.emit``, ``agent.on_event``) are started straight
+in that pipeline as ``loom._native.Span`` objects (an ``opentelemetry.trace.Span``) unless the
+provider has other processors or a sampler object was passed in; every other span (user code,
+instrumentation libraries) goes through the SDK's tracer into the same queue.
 """
 
 from __future__ import annotations
@@ -12,12 +20,13 @@ import logging
 import os
 import threading
 import uuid
+import weakref
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -123,6 +132,8 @@ def native_otlp_exporter(**kwargs: Any) -> SpanExporter:
             self._client = _EncodedTraceServiceStub(self._channel)
 
         def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
+            if isinstance(data, EncodedBatch):
+                return data.payload
             return _native.encode_spans(data)
 
     return NativeOTLPSpanExporter(**kwargs)
@@ -138,6 +149,144 @@ def otlp_exporter(**kwargs: Any) -> SpanExporter:
     if encoder != "native":
         raise TelemetryConfigError(f"LOOM_SPAN_ENCODER: {encoder!r} is not one of native, python")
     return native_otlp_exporter(**kwargs)
+
+
+class EncodedBatch(Sequence[ReadableSpan]):
+    """A batch ``loom._native.SpanPipeline`` already serialized: what the exporter sends as is.
+    Its length is the span count (the SDK's exporter counts spans with ``len``)."""
+
+    __slots__ = ("payload", "count")
+
+    def __init__(self, payload: bytes, count: int) -> None:
+        self.payload = payload
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: Any) -> Any:
+        raise TypeError("an encoded batch has no span objects")
+
+
+def _env_int(name: str, default: int, *, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TelemetryConfigError(f"{name}: {raw!r} is not an integer") from None
+    if value < minimum:
+        raise TelemetryConfigError(f"{name}: {value} is below {minimum}")
+    return value
+
+
+class NativeSpanProcessor(SpanProcessor):
+    """The span processor of the provider Loom installs: ``loom._native.SpanPipeline`` (one
+    bounded queue for native and SDK spans, batched and encoded off the GIL) plus a worker thread
+    that sends each encoded batch with ``exporter`` (the SDK's OTLP exporter). Honors
+    ``OTEL_BSP_MAX_QUEUE_SIZE`` / ``_MAX_EXPORT_BATCH_SIZE`` / ``_SCHEDULE_DELAY`` (2048 / 512 /
+    5000 ms, the SDK's defaults). Full queue: the span is dropped and counted (:meth:`drops`)."""
+
+    def __init__(self, exporter: SpanExporter, resource: Resource, native_sampler: Optional[tuple]) -> None:
+        self._exporter = exporter
+        self._args = dict(
+            max_queue_size=_env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048, minimum=1),
+            max_export_batch_size=_env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, minimum=1),
+            schedule_delay_millis=_env_int("OTEL_BSP_SCHEDULE_DELAY", 5000, minimum=0),
+            scope_name=TRACER_NAME,
+        )
+        if self._args["max_export_batch_size"] > self._args["max_queue_size"]:
+            raise TelemetryConfigError(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must not exceed OTEL_BSP_MAX_QUEUE_SIZE "
+                f"({self._args['max_export_batch_size']} > {self._args['max_queue_size']})"
+            )
+        self._resource = resource
+        self._sampler = native_sampler
+        self._closed = False
+        self.pipeline = self._new_pipeline()
+        self._worker = self._start_worker()
+        if hasattr(os, "register_at_fork"):
+            # Weak: a hook must not keep a shut-down processor (and its exporter) alive.
+            ref = weakref.WeakMethod(self._after_fork_in_child)
+
+            def _hook() -> None:
+                method = ref()
+                if method is not None:
+                    method()
+
+            os.register_at_fork(after_in_child=_hook)
+
+    def _new_pipeline(self) -> "_native.SpanPipeline":
+        name, ratio = self._sampler if self._sampler is not None else (None, None)
+        return _native.SpanPipeline(self._resource, SpanLimits(), sampler=name, ratio=ratio, **self._args)
+
+    def _start_worker(self) -> threading.Thread:
+        t = threading.Thread(target=self._run, args=(self.pipeline,), name="loom-span-export", daemon=True)
+        t.start()
+        return t
+
+    def _run(self, pipeline: "_native.SpanPipeline") -> None:
+        while True:
+            got = pipeline.next_batch(1.0)
+            if got is None:
+                if self._closed or pipeline is not self.pipeline:
+                    return
+                continue
+            payload, count = got
+            try:
+                ok = self._exporter.export(EncodedBatch(payload, count)) is SpanExportResult.SUCCESS
+            except Exception:  # noqa: BLE001 - an exporter bug must not end span export
+                log.exception("exporting %d spans failed", count)
+                ok = False
+            pipeline.batch_done(count, ok)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's queue and worker do not exist here: start afresh (the parent exports
+        # what was queued before the fork).
+        global _native_pipeline
+        if self._closed:
+            return
+        old = self.pipeline
+        old.abandon_after_fork()
+        self.pipeline = self._new_pipeline()
+        if _native_pipeline is old:
+            _native_pipeline = self.pipeline if self.pipeline.native else None
+        self._worker = self._start_worker()
+
+    def on_start(self, span: Any, parent_context: Optional[context_api.Context] = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.pipeline.submit(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self.pipeline.flush(timeout_millis / 1000.0))
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self.pipeline.flush(_env_int("OTEL_BSP_EXPORT_TIMEOUT", 30000, minimum=0) / 1000.0)
+        self._closed = True
+        self.pipeline.close()
+        self._worker.join(timeout=5.0)
+        self._exporter.shutdown()
+
+    def drops(self) -> Dict[str, int]:
+        d = dict(self.pipeline.drops())
+        d.pop("exported", None)
+        return d
+
+
+class LoomTracerProvider(TracerProvider):
+    """The SDK's TracerProvider as Loom installs it. A span processor added by the user must see
+    every span, so adding one turns native spans off (they would bypass it)."""
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        global _native_pipeline
+        if not isinstance(span_processor, NativeSpanProcessor):
+            _native_pipeline = None
+        super().add_span_processor(span_processor)
 
 
 class _CountingExporter(SpanExporter):
@@ -186,7 +335,9 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         }
 
 
-_processor: Optional[CountingBatchSpanProcessor] = None
+_processor: Optional[SpanProcessor] = None
+# The pipeline Loom's own spans start in; None when they go through the SDK's tracer.
+_native_pipeline: Optional["_native.SpanPipeline"] = None
 
 
 def span_drops() -> Dict[str, int]:
@@ -196,7 +347,7 @@ def span_drops() -> Dict[str, int]:
     processor = _processor
     if processor is None:
         return {"queue_full": 0, "export_failed": 0, "queued": 0}
-    return processor.drops()
+    return processor.drops()  # type: ignore[attr-defined, no-any-return]
 
 
 def _has_sdk_provider() -> bool:
@@ -221,7 +372,7 @@ def init_telemetry(
     ``endpoint`` is None. An already-configured global provider is respected, never replaced:
     then nothing is installed and None is returned.
     """
-    global _provider, _processor
+    global _provider, _processor, _native_pipeline
     with _lock:
         if _provider is not None:
             return _provider
@@ -234,14 +385,27 @@ def init_telemetry(
             attrs[ATTR_AGENT_ID] = agent_id
         endpoint = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
         insecure = not endpoint.startswith("https://")
-        provider = TracerProvider(
-            resource=Resource.create(attrs),
-            sampler=sampler if sampler is not None else sampler_from_env(),
-        )
-        processor = CountingBatchSpanProcessor(otlp_exporter(endpoint=endpoint, insecure=insecure))
+        native_sampler: Optional[tuple] = None
+        if sampler is None:
+            sampler = sampler_from_env()
+            try:
+                native_sampler = _native.parse_sampler_env(dict(os.environ))
+            except ValueError as e:
+                raise TelemetryConfigError(str(e)) from None
+        resource = Resource.create(attrs)
+        encoder = os.environ.get("LOOM_SPAN_ENCODER", "native").strip().lower()
+        exporter = otlp_exporter(endpoint=endpoint, insecure=insecure)
+        provider = LoomTracerProvider(resource=resource, sampler=sampler)
+        processor: SpanProcessor
+        if encoder == "python":
+            processor = CountingBatchSpanProcessor(exporter)
+        else:
+            processor = NativeSpanProcessor(exporter, provider.resource, native_sampler)
         provider.add_span_processor(processor)
         trace.set_tracer_provider(provider)
         _provider, _processor = provider, processor
+        if isinstance(processor, NativeSpanProcessor) and processor.pipeline.native:
+            _native_pipeline = processor.pipeline
         log.debug("telemetry: service.name=%s endpoint=%s", name, endpoint)
         return provider
 
@@ -255,9 +419,10 @@ def auto_init(agent_id: str) -> Optional[TracerProvider]:
 
 def shutdown_telemetry(timeout_s: float = 10.0) -> None:
     """Flushes and shuts down the provider Loom installed (no-op otherwise)."""
-    global _provider
+    global _provider, _native_pipeline
     with _lock:
         provider, _provider = _provider, None
+        _native_pipeline = None
     if provider is not None:
         provider.force_flush(int(timeout_s * 1000))
         provider.shutdown()
@@ -320,7 +485,28 @@ def start_current_span(
     kind: SpanKind,
     attributes: Dict[str, Any],
     context: Optional[context_api.Context] = None,
+    envelope: Optional[_native.Envelope] = None,
     record_exception: bool = True,
 ) -> SpanScope:
-    """``get_tracer().start_as_current_span(...)`` for the SDK's per-event spans, cheaper."""
+    """``get_tracer().start_as_current_span(...)`` for the SDK's per-event spans, cheaper: a
+    native span when Loom's pipeline takes them. The parent is ``envelope``'s trace context when
+    it has one, else the current span of ``context`` (default: the current context)."""
+    pipeline = _native_pipeline
+    if pipeline is not None:
+        span: trace.Span = pipeline.start_span(name, kind.value, attributes, trace.get_current_span(context), envelope)
+        return SpanScope(span, record_exception)
+    if envelope is not None:
+        parent = envelope.parent_context()  # type: ignore[attr-defined]
+        if parent is not None:
+            context = parent
     return SpanScope(get_tracer().start_span(name, context=context, kind=kind, attributes=attributes), record_exception)
+
+
+def has_valid_context(span: trace.Span) -> bool:
+    """``span.get_span_context().is_valid`` without building a SpanContext for a native span
+    (always valid)."""
+    return type(span) is _native.Span or span.get_span_context().is_valid
+
+
+# A native span is an OpenTelemetry span for every `isinstance` check of user code and libraries.
+trace.Span.register(_native.Span)
