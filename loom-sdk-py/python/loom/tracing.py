@@ -98,6 +98,27 @@ def sampler_from_env(env: Optional[Dict[str, str]] = None) -> Sampler:
     raise AssertionError(f"loom._native gave an unknown sampler {name!r}")
 
 
+def native_sampler_of(sampler: Sampler) -> Optional[tuple]:
+    """(name, ratio) of an SDK sampler ``loom._native`` implements the same way, else None (then
+    Loom's own spans go through the SDK's tracer). The SDK's stock samplers only: a subclass or
+    a ParentBased with other delegates may decide differently."""
+    if sampler is ALWAYS_ON:
+        return ("always_on", None)
+    if sampler is ALWAYS_OFF:
+        return ("always_off", None)
+    if type(sampler) is TraceIdRatioBased:
+        return ("traceidratio", sampler.rate)
+    if isinstance(sampler, ParentBased):
+        delegates = (getattr(sampler, "_remote_parent_sampled", None), getattr(sampler, "_remote_parent_not_sampled", None),
+                     getattr(sampler, "_local_parent_sampled", None), getattr(sampler, "_local_parent_not_sampled", None))
+        if delegates != (ALWAYS_ON, ALWAYS_OFF, ALWAYS_ON, ALWAYS_OFF):
+            return None
+        root = native_sampler_of(getattr(sampler, "_root", None))  # type: ignore[arg-type]
+        if root is not None:
+            return ("parentbased_" + root[0], root[1])
+    return None
+
+
 _EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
@@ -385,13 +406,9 @@ def init_telemetry(
             attrs[ATTR_AGENT_ID] = agent_id
         endpoint = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
         insecure = not endpoint.startswith("https://")
-        native_sampler: Optional[tuple] = None
         if sampler is None:
             sampler = sampler_from_env()
-            try:
-                native_sampler = _native.parse_sampler_env(dict(os.environ))
-            except ValueError as e:
-                raise TelemetryConfigError(str(e)) from None
+        native_sampler = native_sampler_of(sampler)
         resource = Resource.create(attrs)
         encoder = os.environ.get("LOOM_SPAN_ENCODER", "native").strip().lower()
         exporter = otlp_exporter(endpoint=endpoint, insecure=insecure)
