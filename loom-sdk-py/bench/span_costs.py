@@ -104,6 +104,48 @@ def main() -> None:
     def native_encode() -> None:
         _native.encode_spans(batch)
 
+    # Native spans: the pipeline `init_telemetry` installs, without its worker (the queue is
+    # drained here, so a full queue never turns a row into the cheaper drop path).
+    from opentelemetry.sdk.trace import SpanLimits
+
+    pipe = _native.SpanPipeline(resource, SpanLimits(), sampler="always_on", schedule_delay_millis=0,
+                                max_queue_size=BATCH * 4)
+
+    def drained(fn: Callable[[], object]) -> Callable[[], object]:
+        count = [0]
+
+        def run() -> object:
+            out = fn()
+            count[0] += 1
+            if count[0] % BATCH == 0:
+                while pipe.next_batch(0.0) is not None:
+                    pass
+            return out
+
+        return run
+
+    def native_span() -> None:
+        pipe.start_span(lt.SPAN_ON_EVENT, SpanKind.CONSUMER.value, attrs, None, env).end()
+
+    def native_scope() -> None:
+        lt._native_pipeline = pipe
+        try:
+            with lt.start_current_span(lt.SPAN_ON_EVENT, kind=SpanKind.CONSUMER, attributes=attrs, envelope=env,
+                                       record_exception=False):
+                pass
+        finally:
+            lt._native_pipeline = None
+
+    native_made = pipe.start_span("x", 0)
+
+    def native_batch() -> None:
+        for _ in range(BATCH):
+            pipe.start_span(lt.SPAN_ON_EVENT, SpanKind.CONSUMER.value, attrs, None, env).end()
+
+    def native_batch_and_encode() -> None:
+        native_batch()
+        pipe.next_batch(0.0)
+
     # (row, function, calls, spans per call)
     cases: List[Tuple[str, Callable[[], object], int, int]] = [
         ("span start + 7 attributes + end (start_span)", span_only, N, 1),
@@ -116,6 +158,11 @@ def main() -> None:
         ("OTLP encode, SDK encoder (build messages)", py_build, 20, BATCH),
         ("OTLP encode, SDK encoder (build + serialize)", py_encode, 20, BATCH),
         ("OTLP encode, loom._native.encode_spans", native_encode, 20, BATCH),
+        ("native span: start (Envelope parent) + 7 attributes + end", drained(native_span), N, 1),
+        ("native span through loom.tracing.start_current_span (agent.emit / on_event)", drained(native_scope), N, 1),
+        ("inject trace context from a native span", lambda: Envelope().inject_trace_context(native_made), N, 1),
+        ("native: 512 spans ended into the queue", native_batch, 20, BATCH),
+        ("native: 512 spans ended + batch encoded (off the GIL)", native_batch_and_encode, 20, BATCH),
     ]
     exporters = []
     if endpoint:

@@ -439,11 +439,11 @@ class Context:
         if headers:
             call.headers.update(headers)
         current = trace.get_current_span()
-        if current.get_span_context().is_valid:
+        if lt.has_valid_context(current):
             env.inject_trace_context(current)
             call.headers.update(env.to_metadata())
             return await self._agent._forward_action(call, timeout)
-        with lt.get_tracer().start_as_current_span(
+        with lt.start_current_span(
             lt.SPAN_CALL,
             kind=SpanKind.CLIENT,
             attributes={lt.ATTR_AGENT_ID: self._agent.agent_id, lt.ATTR_CAPABILITY: capability},
@@ -978,13 +978,12 @@ class Agent:
         fn = self._capabilities.get(call.capability)
         req = ActionRequest(call.capability, call.id, bytes(call.args), call.caller, env)
         result = pb.ActionResult(call_id=call.id)
-        with lt.get_tracer().start_as_current_span(
+        with lt.start_current_span(
             lt.SPAN_CAPABILITY,
-            context=env.parent_context(),
+            envelope=env,
             kind=SpanKind.SERVER,
             attributes={lt.ATTR_AGENT_ID: self.agent_id, lt.ATTR_CAPABILITY: call.capability, "loom.call.id": call.id},
             record_exception=False,
-            set_status_on_exception=False,
         ) as span:
             if fn is None:
                 result.status = pb.ACTION_STATUS_UNKNOWN_CAPABILITY
