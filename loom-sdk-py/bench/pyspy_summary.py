@@ -20,6 +20,7 @@ from typing import Dict
 GROUPS = [
     ("OTLP encode, SDK Python encoder", re.compile(r"\(common/_internal/|_pb2\.py|\(protobuf/")),
     ("OTLP encode, loom._native", re.compile(r"_translate_data \(loom/tracing\.py")),
+    ("span pipeline: wait for a batch + encode (Rust, GIL released)", re.compile(r"NativeSpanProcessor\._run \(loom/tracing\.py")),
     ("OTLP exporter + gRPC", re.compile(r"\(grpc/(exporter|trace_exporter|_channel|_common|__init__)")),
     ("gRPC (agent stream)", re.compile(r"\(grpc/aio/")),
     ("context attach/detach", re.compile(r"\(context/__init__\.py")),
@@ -41,7 +42,8 @@ def main() -> None:
         mode = m.group(1)
         if any("importlib._bootstrap" in f for f in frames):
             continue  # start-up imports, not the per-event path
-        thread = "batch thread" if any("BatchProcessor.worker" in f for f in frames) else "event loop"
+        batch = any("BatchProcessor.worker" in f or "NativeSpanProcessor._run" in f for f in frames)
+        thread = "batch thread" if batch else "event loop"
         comp = "other (agent, asyncio, event protobuf)"
         for f in reversed(frames):
             hit = next((name for name, pat in GROUPS if pat.search(f)), None)
