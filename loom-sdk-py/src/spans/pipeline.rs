@@ -135,7 +135,11 @@ impl Queue {
                 }
                 return Vec::new();
             }
-            let wake = if q.items.is_empty() { give_up } else { due.min(give_up) };
+            let wake = if q.items.is_empty() {
+                give_up
+            } else {
+                due.min(give_up)
+            };
             let (guard, _) = self
                 .work
                 .wait_timeout(q, wake.saturating_duration_since(now))
@@ -145,7 +149,11 @@ impl Queue {
     }
 
     fn done(&self, count: usize, ok: bool) {
-        let counter = if ok { &self.exported } else { &self.export_failed };
+        let counter = if ok {
+            &self.exported
+        } else {
+            &self.export_failed
+        };
         counter.fetch_add(count as u64, Ordering::Relaxed);
         let mut q = self.lock();
         q.in_flight = q.in_flight.saturating_sub(count);
@@ -257,7 +265,10 @@ impl Helpers {
                 .import("opentelemetry.attributes")?
                 .getattr("_clean_attribute_value")?
                 .unbind(),
-            format_exception: py.import("traceback")?.getattr("format_exception")?.unbind(),
+            format_exception: py
+                .import("traceback")?
+                .getattr("format_exception")?
+                .unbind(),
         })
     }
 }

@@ -190,7 +190,10 @@ impl NativeSpan {
         } else {
             h.trace_state_cls
                 .bind(py)
-                .call_method1(intern!(py, "from_header"), (vec![self.trace_state.as_str()],))?
+                .call_method1(
+                    intern!(py, "from_header"),
+                    (vec![self.trace_state.as_str()],),
+                )?
                 .unbind()
         };
         let flags = h.trace_flags_cls.bind(py).call1((self.flags,))?;
@@ -388,31 +391,19 @@ impl NativeSpan {
         attrs.set_item("exception.type", exception_type)?;
         attrs.set_item("exception.message", exception.str()?)?;
         attrs.set_item("exception.stacktrace", stacktrace)?;
-        attrs.set_item(
-            "exception.escaped",
-            if escaped { "True" } else { "False" },
-        )?;
+        attrs.set_item("exception.escaped", if escaped { "True" } else { "False" })?;
         if let Some(a) = attributes {
             if a.is_truthy()? {
                 attrs.call_method1(intern!(py, "update"), (a,))?;
             }
         }
-        self.add_event(
-            py,
-            "exception".to_owned(),
-            Some(attrs.as_any()),
-            timestamp,
-        )
+        self.add_event(py, "exception".to_owned(), Some(attrs.as_any()), timestamp)
     }
 
     /// Ends the span and queues it for export (a second `end()` does nothing).
     #[pyo3(signature = (end_time=None))]
     fn end(&self, end_time: Option<u64>) {
-        let taken = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let taken = self.state.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(state) = taken {
             self.core.queue.push_native(Finished {
                 trace_id: self.trace_id,

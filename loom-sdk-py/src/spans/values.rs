@@ -87,7 +87,8 @@ impl<'py> Rules<'_, 'py> {
         let mut out = Prepared::default();
         match key.cast::<PyString>() {
             Ok(k) if !k.to_cow()?.is_empty() => {
-                out.entries.push((k.to_cow()?.into_owned(), self.value(value)?));
+                out.entries
+                    .push((k.to_cow()?.into_owned(), self.value(value)?));
             }
             _ => out.refused = 1,
         }
@@ -110,7 +111,8 @@ impl<'py> Rules<'_, 'py> {
             for (k, v) in d.iter() {
                 match k.cast::<PyString>() {
                     Ok(k) if !k.to_cow()?.is_empty() => {
-                        out.entries.push((k.to_cow()?.into_owned(), self.value(&v)?));
+                        out.entries
+                            .push((k.to_cow()?.into_owned(), self.value(&v)?));
                     }
                     _ => {
                         plain = false;
