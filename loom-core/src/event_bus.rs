@@ -656,11 +656,7 @@ fn start_publish_span(
         return None;
     }
     refresh_span_context(&mut event.metadata, span.span_context());
-    if span.is_recording() {
-        span.set_attributes(crate::telemetry::event_span_attributes(
-            topic, event, None, "send",
-        ));
-    }
+    span.set_event_attributes(topic, event, None, "send");
     Some(span)
 }
 

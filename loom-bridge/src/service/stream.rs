@@ -296,13 +296,8 @@ async fn on_publish(shared: &Shared, sender: &Sender, p: Publish) -> ServerMessa
         SpanKind::Server,
         Envelope::remote_parent(&event.metadata).as_ref(),
     );
-    if let Some(span) = span.as_mut().filter(|s| s.is_recording()) {
-        span.set_attributes(loom_core::telemetry::event_span_attributes(
-            &topic,
-            &event,
-            Some(agent_id),
-            "send",
-        ));
+    if let Some(span) = span.as_mut() {
+        span.set_event_attributes(&topic, &event, Some(agent_id), "send");
     }
     // No span means tracing is off, for the bus too: the empty parent is then never read.
     let parent = span.as_ref().map(LoomSpan::as_parent).unwrap_or_default();
@@ -391,14 +386,7 @@ fn forward_message(agent_id: &str, mut delivery: Delivery) -> (Option<LoomSpan>,
         delivery.parent_context().as_ref(),
     );
     if let Some(span) = span.as_mut() {
-        if span.is_recording() {
-            span.set_attributes(loom_core::telemetry::event_span_attributes(
-                &delivery.topic,
-                &delivery.event,
-                Some(agent_id),
-                "receive",
-            ));
-        }
+        span.set_event_attributes(&delivery.topic, &delivery.event, Some(agent_id), "receive");
         if span.span_context().is_valid() {
             delivery.trace = Some(span.span_context().clone());
         }

@@ -13,15 +13,19 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// The production set-up: a provider from `provider_builder(spec)` and `otel_layer_for`, so
-    /// hot paths sample ahead of the SDK.
+    /// The production set-up: a [`loom_core::telemetry::LoomProvider`] (sampler run ahead of
+    /// the SDK, hot-path spans recorded into its span sink) over the in-memory exporter.
     pub fn with_spec(spec: SamplerSpec) -> Tracing {
         let exporter = InMemorySpanExporter::default();
-        let provider = loom_core::telemetry::provider_builder(spec)
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let layer = loom_core::telemetry::otel_layer_for(provider.tracer("test"), spec);
-        Tracing::install(exporter, provider, layer)
+        let loom = loom_core::telemetry::LoomProvider::new(
+            spec,
+            exporter.clone(),
+            loom_core::telemetry::SinkConfig::default(),
+            None,
+        )
+        .expect("span sink");
+        let layer = loom.layer("test");
+        Tracing::install(exporter, loom.provider().clone(), layer)
     }
 
     /// Any SDK sampler behind the plain `otel_layer`: every span starts on the SDK.

@@ -1,19 +1,27 @@
 //! Telemetry set-up for Loom processes: `tracing` + OpenTelemetry + OTLP export, from the env.
 //!
+//! Every span of a process set up here (hot-path [`LoomSpan`]s and `tracing` spans alike) goes
+//! through one bounded queue, [`SpanSink`], to the official OTLP exporter.
+//!
 //! Environment (docs/contracts.md §3): `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
 //! `OTEL_TRACES_SAMPLER` (standard, wins) / `OTEL_TRACE_SAMPLER`, and their `_ARG` ratio, read
 //! by [`crate::sampler_spec`].
 
+mod record;
+mod sink;
+
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId};
-use opentelemetry::KeyValue;
+use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider, ShouldSample, Tracer,
+    IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider, ShouldSample, SpanExporter, Tracer,
     TracerProviderBuilder,
 };
 use opentelemetry_sdk::Resource;
@@ -28,6 +36,11 @@ pub use crate::sampler_spec::{
     SAMPLER_NAMES,
 };
 
+pub use sink::{SinkConfig, SinkError, SinkStats, SpanSink};
+
+use record::{EventFields, SpanRecord};
+use sink::Queued;
+
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +52,8 @@ pub enum TelemetryError {
     Exporter { endpoint: String, message: String },
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInitialised(String),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
 }
 
 impl SamplerSpec {
@@ -70,7 +85,7 @@ pub fn sampler_from_env() -> Result<Sampler, TelemetryError> {
 /// context is first needed (a child span, an injection, or close).
 ///
 /// The sampler of `tracer`'s provider is unknown here, so hot paths start every span on the SDK;
-/// prefer [`otel_layer_for`] with a provider from [`provider_builder`].
+/// prefer [`LoomProvider::layer`].
 pub fn otel_layer<S>(tracer: Tracer) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
@@ -78,11 +93,14 @@ where
     layer_with(LoomTracer {
         tracer,
         sample_ahead: None,
+        hot: None,
     })
 }
 
 /// [`otel_layer`] for a tracer whose provider came from [`provider_builder`]`(spec)`: hot paths
-/// run the same sampler ahead of the SDK and build no SDK span for what it drops.
+/// run the same sampler ahead of the SDK and build no SDK span for what it drops; what they
+/// record is still an SDK span. [`LoomProvider::layer`] records those into the [`SpanSink`]
+/// instead; this is the set-up as it was before the sink (benchmarks compare the two).
 pub fn otel_layer_for<S>(tracer: Tracer, spec: SamplerSpec) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
@@ -90,16 +108,94 @@ where
     layer_with(LoomTracer {
         tracer,
         sample_ahead: Some(spec.to_sampler()),
+        hot: None,
     })
 }
 
 /// A tracer provider builder with `spec`'s sampler and the id generator that lets a hot path's
 /// early sampling decision hold (see [`LoomIdGenerator`]). Add the exporter and resource, build,
-/// and install its tracer with [`otel_layer_for`] and the same `spec`.
+/// and install its tracer with [`otel_layer_for`] and the same `spec`; or use [`LoomProvider`],
+/// which builds on it.
 pub fn provider_builder(spec: SamplerSpec) -> TracerProviderBuilder {
     SdkTracerProvider::builder()
         .with_sampler(spec.to_sampler())
         .with_id_generator(LoomIdGenerator::default())
+}
+
+/// A tracer provider whose only span processor is a [`SpanSink`], and the sink itself, so that
+/// hot paths ([`start_span`]) record into the same queue as every SDK and `tracing` span.
+/// [`otlp_provider`] builds the one Loom processes use. Clones share the provider and sink.
+#[derive(Debug, Clone)]
+pub struct LoomProvider {
+    provider: SdkTracerProvider,
+    sink: SpanSink,
+    spec: SamplerSpec,
+}
+
+impl LoomProvider {
+    /// `spec`'s sampler, spans through a new [`SpanSink`] (`config`) to `exporter`, and
+    /// `resource` when given (else the SDK's default resource).
+    pub fn new<E>(
+        spec: SamplerSpec,
+        exporter: E,
+        config: SinkConfig,
+        resource: Option<Resource>,
+    ) -> Result<LoomProvider, TelemetryError>
+    where
+        E: SpanExporter + 'static,
+    {
+        let sink = SpanSink::new(exporter, config)?;
+        let mut builder = provider_builder(spec).with_span_processor(sink.clone());
+        if let Some(resource) = resource {
+            builder = builder.with_resource(resource);
+        }
+        Ok(LoomProvider {
+            provider: builder.build(),
+            sink,
+            spec,
+        })
+    }
+
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    pub fn sink(&self) -> &SpanSink {
+        &self.sink
+    }
+
+    pub fn spec(&self) -> SamplerSpec {
+        self.spec
+    }
+
+    /// The tracing-opentelemetry layer (as [`otel_layer`] configures it) over a tracer of
+    /// instrumentation scope `scope`, with the hot-path handle: spans from [`start_span`] are
+    /// sampled ahead with this provider's sampler and recorded into its sink under the same
+    /// scope.
+    pub fn layer<S>(&self, scope: &'static str) -> impl tracing_subscriber::Layer<S>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        let scope = InstrumentationScope::builder(scope).build();
+        layer_with(LoomTracer {
+            tracer: self.provider.tracer_with_scope(scope.clone()),
+            sample_ahead: Some(self.spec.to_sampler()),
+            hot: Some(HotPath {
+                sink: self.sink.clone(),
+                scope: Arc::new(scope),
+            }),
+        })
+    }
+
+    /// Exports every span queued now (the provider's processors flush, the sink among them).
+    pub fn force_flush(&self) -> OTelSdkResult {
+        self.provider.force_flush()
+    }
+
+    /// Exports what is queued and stops the export thread; later spans are dropped (counted).
+    pub fn shutdown(&self) -> OTelSdkResult {
+        self.provider.shutdown()
+    }
 }
 
 fn layer_with<S>(handle: LoomTracer) -> impl tracing_subscriber::Layer<S>
@@ -131,6 +227,17 @@ pub struct LoomTracer {
     /// it has cloned its tracer into a span and drawn ids; most spans of a busy bus are dropped,
     /// and deciding first skips all of that for them.
     sample_ahead: Option<Sampler>,
+    /// The provider's sink, when known ([`LoomProvider::layer`]): a sampled hot-path span is
+    /// then a [`SpanRecord`] pushed there at its end, not an SDK span. Profiles put ~800 ns of a
+    /// sampled publish in the SDK span (attribute `String`s, `SpanData`, the batch channel),
+    /// more than the whole publish with tracing off.
+    hot: Option<HotPath>,
+}
+
+#[derive(Debug, Clone)]
+struct HotPath {
+    sink: SpanSink,
+    scope: Arc<InstrumentationScope>,
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LoomTracer {}
@@ -140,7 +247,8 @@ impl LoomTracer {
     ///
     /// With the provider's sampler at hand, it decides first, exactly as the SDK would: same
     /// parent, name, kind and (empty) attributes, and the trace id the span will have: the
-    /// parent's, or for a root one drawn here and handed to the SDK through [`LoomIdGenerator`].
+    /// parent's, or for a root one drawn here (and, for an SDK span, handed to the SDK through
+    /// [`LoomIdGenerator`]).
     pub(crate) fn start(
         &self,
         name: &'static str,
@@ -155,7 +263,7 @@ impl LoomTracer {
                 parent,
             );
             if span.is_recording() {
-                LoomSpan(Started::Recording(Box::new(span)))
+                LoomSpan(Started::Sdk(Box::new(span)))
             } else {
                 LoomSpan(Started::Dropped(span.span_context().clone()))
             }
@@ -163,26 +271,67 @@ impl LoomTracer {
         let Some(sampler) = &self.sample_ahead else {
             return sdk_start();
         };
-        if parent.is_telemetry_suppressed() {
+        // As the SDK: no span in a suppressed scope or on a provider that is shut down.
+        if parent.is_telemetry_suppressed() || self.hot.as_ref().is_some_and(|h| h.sink.is_closed())
+        {
             return LoomSpan(Started::Dropped(SpanContext::empty_context()));
         }
         let parent_span = parent.span();
         let parent_sc = parent_span.span_context();
         let root = !parent_sc.is_valid();
+        let ids = RandomIdGenerator::default();
         let trace_id = if root {
-            RandomIdGenerator::default().new_trace_id()
+            ids.new_trace_id()
         } else {
             parent_sc.trace_id()
         };
         let result = sampler.should_sample(Some(parent), trace_id, name, &kind, &[], &[]);
-        if result.decision == SamplingDecision::Drop {
-            return LoomSpan(Started::Dropped(SpanContext::new(
+        let sampled = match result.decision {
+            SamplingDecision::Drop => {
+                return LoomSpan(Started::Dropped(SpanContext::new(
+                    trace_id,
+                    ids.new_span_id(),
+                    TraceFlags::default(),
+                    false,
+                    result.trace_state,
+                )));
+            }
+            SamplingDecision::RecordAndSample => true,
+            SamplingDecision::RecordOnly => false,
+        };
+        if let Some(hot) = &self.hot {
+            // The SDK's recording span, field for field (`SdkTracer::build_with_context`).
+            let (parent_flags, parent_span_id, parent_is_remote) = if root {
+                (TraceFlags::default(), SpanId::INVALID, false)
+            } else {
+                (
+                    parent_sc.trace_flags(),
+                    parent_sc.span_id(),
+                    parent_sc.is_remote(),
+                )
+            };
+            let context = SpanContext::new(
                 trace_id,
-                RandomIdGenerator::default().new_span_id(),
-                TraceFlags::default(),
+                ids.new_span_id(),
+                parent_flags.with_sampled(sampled),
                 false,
                 result.trace_state,
-            )));
+            );
+            return LoomSpan(Started::Record(HotSpan {
+                record: SpanRecord {
+                    context,
+                    parent_span_id,
+                    parent_is_remote,
+                    name,
+                    kind,
+                    start: opentelemetry::time::now(),
+                    end: std::time::SystemTime::UNIX_EPOCH,
+                    attributes: result.attributes,
+                    event: None,
+                    scope: hot.scope.clone(),
+                },
+                sink: hot.sink.clone(),
+            }));
         }
         if root {
             NEXT_TRACE_ID.set(Some(trace_id));
@@ -199,11 +348,36 @@ impl LoomTracer {
 /// is built and nothing is recorded. It ends when dropped.
 pub struct LoomSpan(Started);
 
-/// Recorded on the SDK, or only a context because the sampler dropped it.
+/// Recorded (into the sink, or on the SDK), or only a context because the sampler dropped it.
 enum Started {
-    Recording(Box<opentelemetry_sdk::trace::Span>),
+    /// A compact record, pushed into the sink when the span ends ([`LoomProvider::layer`]).
+    Record(HotSpan),
+    /// An SDK span: the layer knows no sink ([`otel_layer`], [`otel_layer_for`]).
+    Sdk(Box<opentelemetry_sdk::trace::Span>),
     /// Not recorded; the context (valid unless telemetry is suppressed) still propagates.
     Dropped(SpanContext),
+}
+
+struct HotSpan {
+    record: SpanRecord,
+    sink: SpanSink,
+}
+
+impl Drop for LoomSpan {
+    fn drop(&mut self) {
+        if let Started::Record(_) = &self.0 {
+            let Started::Record(HotSpan { mut record, sink }) =
+                std::mem::replace(&mut self.0, Started::Dropped(SpanContext::empty_context()))
+            else {
+                return;
+            };
+            // Recorded but not sampled (a RecordOnly sampler) is not exported, as in the SDK.
+            if record.context.is_sampled() {
+                record.end = opentelemetry::time::now();
+                sink.push(Queued::Record(record));
+            }
+        }
+    }
 }
 
 impl LoomSpan {
@@ -211,20 +385,45 @@ impl LoomSpan {
     pub fn span_context(&self) -> &SpanContext {
         use opentelemetry::trace::Span as _;
         match &self.0 {
-            Started::Recording(span) => span.span_context(),
+            Started::Record(hot) => &hot.record.context,
+            Started::Sdk(span) => span.span_context(),
             Started::Dropped(sc) => sc,
         }
     }
 
     /// Whether attributes set now will be recorded; build them only then.
     pub fn is_recording(&self) -> bool {
-        matches!(self.0, Started::Recording(_))
+        !matches!(self.0, Started::Dropped(_))
     }
 
     pub fn set_attributes(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
         use opentelemetry::trace::Span as _;
-        if let Started::Recording(span) = &mut self.0 {
-            span.set_attributes(attributes);
+        match &mut self.0 {
+            Started::Record(hot) => hot.record.attributes.extend(attributes),
+            Started::Sdk(span) => span.set_attributes(attributes),
+            Started::Dropped(_) => {}
+        }
+    }
+
+    /// Records [`event_span_attributes`]`(topic, event, agent, operation)`. On a recorded hot
+    /// span only their source strings are copied now; the attributes are built on the export
+    /// thread. Nothing is copied when the span is not recording.
+    pub fn set_event_attributes(
+        &mut self,
+        topic: &str,
+        event: &crate::proto::Event,
+        agent: Option<&str>,
+        operation: &'static str,
+    ) {
+        use opentelemetry::trace::Span as _;
+        match &mut self.0 {
+            Started::Record(hot) => {
+                hot.record.event = Some(EventFields::new(topic, event, agent, operation));
+            }
+            Started::Sdk(span) => {
+                span.set_attributes(event_span_attributes(topic, event, agent, operation));
+            }
+            Started::Dropped(_) => {}
         }
     }
 
@@ -417,25 +616,39 @@ pub fn otel_filter() -> tracing_subscriber::filter::Targets {
         .with_target("tonic", LevelFilter::OFF)
 }
 
-/// Flushes and shuts the tracer provider down when dropped.
+/// Flushes and shuts the tracer provider down when dropped: every span the sink accepted is
+/// exported (or counted as failed) before the process goes on to exit.
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
+    provider: LoomProvider,
 }
 
 impl TelemetryGuard {
     pub fn provider(&self) -> &SdkTracerProvider {
-        &self.provider
+        self.provider.provider()
+    }
+
+    /// The span queue, for its counters ([`SpanSink::stats`]).
+    pub fn sink(&self) -> &SpanSink {
+        self.provider.sink()
     }
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Err(e) = self.provider.force_flush() {
+        let provider = self.provider.provider();
+        if let Err(e) = provider.force_flush() {
             eprintln!("telemetry: flushing spans failed: {e}");
         }
-        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+        if let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(5)) {
             eprintln!("telemetry: shutdown failed: {e}");
+        }
+        let stats = self.provider.sink().stats();
+        if stats.dropped > 0 || stats.export_failed > 0 {
+            eprintln!(
+                "telemetry: {} spans dropped (queue full), {} failed to export, {} exported",
+                stats.dropped, stats.export_failed, stats.exported
+            );
         }
     }
 }
@@ -444,14 +657,15 @@ fn env_non_empty(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The provider `init_telemetry` installs: `spec`'s sampler, a batch processor and the OTLP/gRPC
-/// exporter to `endpoint`, `service` as `service.name`. Build it inside a Tokio runtime (the
-/// tonic exporter needs one). Public so benchmarks measure the real export path.
+/// The provider `init_telemetry` installs: `spec`'s sampler, a [`SpanSink`] (`OTEL_BSP_*`
+/// sizes) in front of the official OTLP/gRPC exporter to `endpoint`, `service` as
+/// `service.name`. Build it inside a Tokio runtime (the tonic exporter's connection lives
+/// there). Public so benchmarks measure the real export path.
 pub fn otlp_provider(
     spec: SamplerSpec,
     service: &str,
     endpoint: &str,
-) -> Result<SdkTracerProvider, TelemetryError> {
+) -> Result<LoomProvider, TelemetryError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint.to_owned())
@@ -468,10 +682,7 @@ pub fn otlp_provider(
             uuid::Uuid::new_v4().to_string(),
         ))
         .build();
-    Ok(provider_builder(spec)
-        .with_resource(resource)
-        .with_batch_exporter(exporter)
-        .build())
+    LoomProvider::new(spec, exporter, SinkConfig::from_env(), Some(resource))
 }
 
 /// Installs the global `tracing` subscriber (fmt logs to stderr, `RUST_LOG` filter defaulting to
@@ -488,9 +699,8 @@ pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryErr
         .or_else(|| env_non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
     let provider = otlp_provider(spec, &service, &endpoint)?;
-    let tracer = provider.tracer("loom");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    opentelemetry::global::set_tracer_provider(provider.clone());
+    opentelemetry::global::set_tracer_provider(provider.provider().clone());
 
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
@@ -499,7 +709,7 @@ pub fn init_telemetry(service_name: &str) -> Result<TelemetryGuard, TelemetryErr
                 .with_writer(std::io::stderr)
                 .with_filter(log_filter),
         )
-        .with(otel_layer_for(tracer, spec).with_filter(otel_filter()))
+        .with(provider.layer("loom").with_filter(otel_filter()))
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     Ok(TelemetryGuard { provider })
@@ -517,6 +727,7 @@ mod tests {
         let handle = LoomTracer {
             tracer: provider.tracer("t"),
             sample_ahead: Some(Sampler::AlwaysOn),
+            hot: None,
         };
         let started = handle.start("x", SpanKind::Internal, &opentelemetry::Context::new());
         assert!(started.is_recording());
