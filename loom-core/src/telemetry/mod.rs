@@ -317,21 +317,19 @@ impl LoomTracer {
                 false,
                 result.trace_state,
             );
-            return LoomSpan(Started::Record(HotSpan {
-                record: SpanRecord {
-                    context,
-                    parent_span_id,
-                    parent_is_remote,
-                    name,
-                    kind,
-                    start: opentelemetry::time::now(),
-                    end: std::time::SystemTime::UNIX_EPOCH,
-                    attributes: result.attributes,
-                    event: None,
-                    scope: hot.scope.clone(),
-                },
-                sink: hot.sink.clone(),
-            }));
+            let record = SpanRecord {
+                context,
+                parent_span_id,
+                parent_is_remote,
+                name,
+                kind,
+                start: opentelemetry::time::now(),
+                end: std::time::SystemTime::UNIX_EPOCH,
+                attributes: result.attributes,
+                event: None,
+                scope: hot.scope.clone(),
+            };
+            return LoomSpan(Started::Record(Box::new(record), hot.sink.clone()));
         }
         if root {
             NEXT_TRACE_ID.set(Some(trace_id));
@@ -351,22 +349,19 @@ pub struct LoomSpan(Started);
 /// Recorded (into the sink, or on the SDK), or only a context because the sampler dropped it.
 enum Started {
     /// A compact record, pushed into the sink when the span ends ([`LoomProvider::layer`]).
-    Record(HotSpan),
+    /// Boxed: the publish future carries this enum, and moving ~250 bytes inline through every
+    /// await showed up in profiles as memcpy, for unsampled spans too.
+    Record(Box<SpanRecord>, SpanSink),
     /// An SDK span: the layer knows no sink ([`otel_layer`], [`otel_layer_for`]).
     Sdk(Box<opentelemetry_sdk::trace::Span>),
     /// Not recorded; the context (valid unless telemetry is suppressed) still propagates.
     Dropped(SpanContext),
 }
 
-struct HotSpan {
-    record: SpanRecord,
-    sink: SpanSink,
-}
-
 impl Drop for LoomSpan {
     fn drop(&mut self) {
-        if let Started::Record(_) = &self.0 {
-            let Started::Record(HotSpan { mut record, sink }) =
+        if let Started::Record(..) = &self.0 {
+            let Started::Record(mut record, sink) =
                 std::mem::replace(&mut self.0, Started::Dropped(SpanContext::empty_context()))
             else {
                 return;
@@ -374,7 +369,9 @@ impl Drop for LoomSpan {
             // Recorded but not sampled (a RecordOnly sampler) is not exported, as in the SDK.
             if record.context.is_sampled() {
                 record.end = opentelemetry::time::now();
-                sink.push(Queued::Record(record));
+                // Moved into the queue's slot; the box is freed here, on the thread that
+                // allocated it (see `record::INLINE` on freeing across threads).
+                sink.push(Queued::Record(*record));
             }
         }
     }
@@ -385,7 +382,7 @@ impl LoomSpan {
     pub fn span_context(&self) -> &SpanContext {
         use opentelemetry::trace::Span as _;
         match &self.0 {
-            Started::Record(hot) => &hot.record.context,
+            Started::Record(record, _) => &record.context,
             Started::Sdk(span) => span.span_context(),
             Started::Dropped(sc) => sc,
         }
@@ -399,7 +396,7 @@ impl LoomSpan {
     pub fn set_attributes(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
         use opentelemetry::trace::Span as _;
         match &mut self.0 {
-            Started::Record(hot) => hot.record.attributes.extend(attributes),
+            Started::Record(record, _) => record.attributes.extend(attributes),
             Started::Sdk(span) => span.set_attributes(attributes),
             Started::Dropped(_) => {}
         }
@@ -417,8 +414,8 @@ impl LoomSpan {
     ) {
         use opentelemetry::trace::Span as _;
         match &mut self.0 {
-            Started::Record(hot) => {
-                hot.record.event = Some(EventFields::new(topic, event, agent, operation));
+            Started::Record(record, _) => {
+                record.event = Some(EventFields::new(topic, event, agent, operation));
             }
             Started::Sdk(span) => {
                 span.set_attributes(event_span_attributes(topic, event, agent, operation));
@@ -666,7 +663,19 @@ pub fn otlp_provider(
     service: &str,
     endpoint: &str,
 ) -> Result<LoomProvider, TelemetryError> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    LoomProvider::new(
+        spec,
+        otlp_exporter(endpoint)?,
+        SinkConfig::from_env(),
+        Some(service_resource(service)),
+    )
+}
+
+/// The official OTLP/gRPC (tonic) span exporter to `endpoint`, as [`otlp_provider`] wraps it.
+/// Build it inside a Tokio runtime. Public so benchmarks can put the SDK's own batch processor
+/// in front of the same exporter.
+pub fn otlp_exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint.to_owned())
         .with_timeout(Duration::from_secs(10))
@@ -674,15 +683,19 @@ pub fn otlp_provider(
         .map_err(|e| TelemetryError::Exporter {
             endpoint: endpoint.to_owned(),
             message: e.to_string(),
-        })?;
-    let resource = Resource::builder()
+        })
+}
+
+/// The resource [`otlp_provider`] gives its spans: `service` as `service.name` and a fresh
+/// `service.instance.id`.
+pub fn service_resource(service: &str) -> Resource {
+    Resource::builder()
         .with_service_name(service.to_owned())
         .with_attribute(KeyValue::new(
             "service.instance.id",
             uuid::Uuid::new_v4().to_string(),
         ))
-        .build();
-    LoomProvider::new(spec, exporter, SinkConfig::from_env(), Some(resource))
+        .build()
 }
 
 /// Installs the global `tracing` subscriber (fmt logs to stderr, `RUST_LOG` filter defaulting to

@@ -91,7 +91,8 @@ pub struct SinkStats {
 }
 
 /// One queued span: a hot path's record, or an SDK span (tracing-opentelemetry and direct SDK
-/// users) that already is `SpanData`.
+/// users) that already is `SpanData`. Both inline: the queue's slots are their storage, so a
+/// recorded span allocates nothing that the export thread frees.
 #[derive(Debug)]
 pub(crate) enum Queued {
     Record(SpanRecord),
@@ -110,6 +111,12 @@ impl Queued {
 #[derive(Debug)]
 struct State {
     queue: VecDeque<Queued>,
+    /// Spans the export thread has taken out of `queue` and not yet exported: they count
+    /// against the bound, which holds for all spans in memory, not only those waiting.
+    in_flight: usize,
+    /// An empty queue with capacity, swapped in when the thread takes the queue's contents: a
+    /// take is O(1) under the lock, and the publisher never waits for a batch to be copied.
+    spare: VecDeque<Queued>,
     /// Set, under this lock, by the first shutdown: later pushes are dropped and counted, so
     /// whatever was accepted is in the queue the export thread drains last.
     closed: bool,
@@ -162,6 +169,8 @@ impl SpanSink {
             state: Mutex::new(State {
                 // Grows to the bound only if it is ever that full.
                 queue: VecDeque::with_capacity(config.max_export_batch_size),
+                in_flight: 0,
+                spare: VecDeque::new(),
                 closed: false,
                 flush_waiters: Vec::new(),
                 shutdown_waiter: None,
@@ -202,9 +211,10 @@ impl SpanSink {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Spans queued now.
+    /// Spans queued or being exported now (what the bound applies to).
     pub fn queued(&self) -> usize {
-        self.shared.state.lock().queue.len()
+        let state = self.shared.state.lock();
+        state.queue.len() + state.in_flight
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -216,7 +226,7 @@ impl SpanSink {
     pub(crate) fn push(&self, span: Queued) {
         let shared = &*self.shared;
         let mut state = shared.state.lock();
-        if state.closed || state.queue.len() >= shared.config.max_queue_size {
+        if state.closed || state.queue.len() + state.in_flight >= shared.config.max_queue_size {
             drop(state);
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             // Freed outside the lock: the record's strings are the span's only heap data.
@@ -354,43 +364,35 @@ fn export_loop<E: SpanExporter>(shared: &Shared, mut exporter: E) {
         if let Some(resource) = &wake.resource {
             exporter.set_resource(resource);
         }
-        let drain_all = !wake.flush_waiters.is_empty() || wake.shutdown_waiter.is_some();
-        // A flush exports what was queued when it was asked for, not what keeps arriving.
-        let mut left = if drain_all {
-            shared.state.lock().queue.len()
-        } else {
-            0
-        };
-        // Otherwise full batches while there are any, and on the timer one partial batch.
-        let mut partial_ok = wake.timer;
+        let export_now = wake.timer
+            || !wake.flush_waiters.is_empty()
+            || wake.shutdown_waiter.is_some()
+            || shared.state.lock().queue.len() >= batch_size;
         let mut failure: Option<String> = None;
-        let mut exported_any = false;
-        loop {
-            let batch: Vec<Queued> = {
+        if export_now {
+            // Everything queued now, in batches: a flush exports what was queued when it was
+            // asked for, and the timer or a full batch exports the rest along.
+            let mut taken = {
                 let mut state = shared.state.lock();
-                let len = state.queue.len();
-                let n = if left > 0 {
-                    len.min(batch_size).min(left)
-                } else if len >= batch_size {
-                    batch_size
-                } else if partial_ok {
-                    len
-                } else {
-                    0
-                };
-                state.queue.drain(..n).collect()
+                let spare = std::mem::take(&mut state.spare);
+                let taken = std::mem::replace(&mut state.queue, spare);
+                state.in_flight = taken.len();
+                taken
             };
-            if batch.is_empty() {
-                break;
+            while !taken.is_empty() {
+                let n = taken.len().min(batch_size);
+                let batch: Vec<SpanData> = taken.drain(..n).map(Queued::into_span_data).collect();
+                if let Err(e) = export_batch(shared, &exporter, batch) {
+                    failure = Some(e.to_string());
+                }
+                shared.state.lock().in_flight = taken.len();
             }
-            partial_ok = false;
-            exported_any = true;
-            left = left.saturating_sub(batch.len());
-            if let Err(e) = export_batch(shared, &exporter, batch) {
-                failure = Some(e.to_string());
+            // Keep the capacity for the next take, unless a bigger one already came back.
+            let mut state = shared.state.lock();
+            if state.spare.capacity() < taken.capacity() {
+                state.spare = taken;
             }
-        }
-        if exported_any || wake.timer {
+            drop(state);
             deadline = Instant::now() + config.scheduled_delay;
         }
         warned.maybe_warn(shared, failure.as_deref());
@@ -412,10 +414,9 @@ fn export_loop<E: SpanExporter>(shared: &Shared, mut exporter: E) {
 fn export_batch<E: SpanExporter>(
     shared: &Shared,
     exporter: &E,
-    batch: Vec<Queued>,
+    spans: Vec<SpanData>,
 ) -> OTelSdkResult {
-    let n = batch.len() as u64;
-    let spans: Vec<SpanData> = batch.into_iter().map(Queued::into_span_data).collect();
+    let n = spans.len() as u64;
     // As the SDK's BatchSpanProcessor: the exporter's future runs to completion here; the
     // tonic exporter's connection itself lives on the runtime it was built in.
     let result = futures::executor::block_on(exporter.export(spans));
