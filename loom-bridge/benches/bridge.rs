@@ -1,9 +1,13 @@
 //! Bridge publish → delivery over loopback gRPC, with real tonic clients: throughput (pipelined)
 //! and latency (one event in flight at a time), with tracing sampled and not sampled, and sampled
-//! with the real export path (OTLP/gRPC to a running release `loom-sidecar`, when it is built).
+//! with the real export path (OTLP/gRPC to a running release `loom-sidecar`, when it is built);
+//! both sampled rows also as before the span sink (SDK spans, the SDK's batch processor), and
+//! every sampled row with the spans it dropped.
 //!
-//! Run: `cargo bench -p loom-bridge --bench bridge` (prints one table, about half a minute).
+//! Run: `cargo bench -p loom-bridge --bench bridge` (prints one table, well under a minute).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[path = "../../loom-core/benches/common/sidecar.rs"]
@@ -16,7 +20,7 @@ use loom_core::proto::server_message::Msg as ServerMsg;
 use loom_core::proto::{
     ClientMessage, Event, Hello, Publish, Qos, RegisterAgentRequest, ServerMessage, Subscription,
 };
-use loom_core::telemetry::SamplerSpec;
+use loom_core::telemetry::{LoomProvider, SamplerSpec, SinkConfig};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
@@ -32,6 +36,33 @@ struct NullExporter;
 impl SpanExporter for NullExporter {
     async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
         Ok(())
+    }
+}
+
+/// Counts the spans `inner` exported successfully (the SDK's batch processor does not say how
+/// many it dropped).
+#[derive(Debug)]
+struct Counting<E> {
+    inner: E,
+    exported: Arc<AtomicU64>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let out = self.inner.export(batch).await;
+        if out.is_ok() {
+            self.exported.fetch_add(n, Ordering::Relaxed);
+        }
+        out
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
@@ -173,44 +204,86 @@ async fn run_case(rt_base: Instant) -> Figures {
 
 enum Case {
     Off,
-    /// Spans to a batch processor with a discarding exporter.
+    /// Spans to the span sink with a discarding exporter.
     Null(SamplerSpec),
     /// Spans to `telemetry::otlp_provider` (what the bridge binary installs) sending to this
     /// OTLP endpoint.
     Otlp(SamplerSpec, String),
+    /// As `Null`, before the sink: SDK spans, the SDK's batch processor.
+    NullBefore(SamplerSpec),
+    /// As `Otlp`, before the sink: SDK spans, the SDK's batch processor, the same exporter.
+    OtlpBefore(SamplerSpec, String),
 }
 
-fn measure(case: &Case) -> Figures {
+/// Spans each sampled event makes: `bridge.publish`, `event_bus.publish`, `bridge.forward`.
+const SPANS_PER_EVENT: u64 = 3;
+/// Events each case publishes: the pipelined run and the latency run.
+const EVENTS: u64 = 20_000 + 2_000;
+/// Interleaved rounds of all cases.
+const ROUNDS: usize = 7;
+
+/// The figures, and the spans exported by the time the provider shut down.
+fn measure(case: &Case) -> (Figures, u64) {
     // One thread: the bridge, both clients and the (thread-local) tracing subscriber share it.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let base = Instant::now();
-    let (provider, s) = match case {
-        Case::Off => return rt.block_on(run_case(base)),
-        Case::Null(s) => (
-            loom_core::telemetry::provider_builder(*s)
-                .with_batch_exporter(NullExporter)
-                .build(),
-            *s,
-        ),
+    let loom = match case {
+        Case::Off => return (rt.block_on(run_case(base)), 0),
+        Case::Null(s) => {
+            LoomProvider::new(*s, NullExporter, SinkConfig::from_env(), None).expect("span sink")
+        }
         Case::Otlp(s, endpoint) => {
             // The tonic exporter's connection lives on this runtime.
             let _enter = rt.enter();
-            let p = loom_core::telemetry::otlp_provider(*s, "bench", endpoint).expect("exporter");
-            (p, *s)
+            loom_core::telemetry::otlp_provider(*s, "bench", endpoint).expect("exporter")
         }
+        Case::NullBefore(s) | Case::OtlpBefore(s, _) => return measure_before(case, *s, rt, base),
     };
+    let subscriber = tracing_subscriber::registry().with(
+        loom.layer("bench")
+            .with_filter(loom_core::telemetry::otel_filter()),
+    );
+    let out = tracing::subscriber::with_default(subscriber, || rt.block_on(run_case(base)));
+    // The last batch goes out through this runtime: keep it running while the sink flushes.
+    let l = loom.clone();
+    let _ = rt.block_on(async move { tokio::task::spawn_blocking(move || l.shutdown()).await });
+    (out, loom.sink().stats().exported)
+}
+
+fn measure_before(
+    case: &Case,
+    s: SamplerSpec,
+    rt: tokio::runtime::Runtime,
+    base: Instant,
+) -> (Figures, u64) {
+    let exported = Arc::new(AtomicU64::new(0));
+    let builder = loom_core::telemetry::provider_builder(s)
+        .with_resource(loom_core::telemetry::service_resource("bench"));
+    let provider = match case {
+        Case::OtlpBefore(_, endpoint) => {
+            let _enter = rt.enter();
+            builder.with_batch_exporter(Counting {
+                inner: loom_core::telemetry::otlp_exporter(endpoint).expect("exporter"),
+                exported: exported.clone(),
+            })
+        }
+        _ => builder.with_batch_exporter(Counting {
+            inner: NullExporter,
+            exported: exported.clone(),
+        }),
+    }
+    .build();
     let subscriber = tracing_subscriber::registry().with(
         loom_core::telemetry::otel_layer_for(provider.tracer("bench"), s)
             .with_filter(loom_core::telemetry::otel_filter()),
     );
     let out = tracing::subscriber::with_default(subscriber, || rt.block_on(run_case(base)));
-    // The last batch goes out through this runtime: keep it running while the processor flushes.
     let _ =
         rt.block_on(async move { tokio::task::spawn_blocking(move || provider.shutdown()).await });
-    out
+    (out, exported.load(Ordering::Relaxed))
 }
 
 fn main() {
@@ -224,24 +297,64 @@ fn main() {
             Case::Null(SamplerSpec::AlwaysOff),
         ),
         ("tracing on, sampled", Case::Null(SamplerSpec::AlwaysOn)),
+        (
+            "tracing on, sampled — before the sink",
+            Case::NullBefore(SamplerSpec::AlwaysOn),
+        ),
     ];
     match &sidecar {
-        Some((_, endpoint)) => cases.push((
-            "tracing on, sampled, OTLP to loom-sidecar",
-            Case::Otlp(SamplerSpec::AlwaysOn, endpoint.clone()),
-        )),
+        Some((_, endpoint)) => cases.extend([
+            (
+                "tracing on, sampled, OTLP to loom-sidecar",
+                Case::Otlp(SamplerSpec::AlwaysOn, endpoint.clone()),
+            ),
+            (
+                "tracing on, sampled, OTLP to loom-sidecar — before the sink",
+                Case::OtlpBefore(SamplerSpec::AlwaysOn, endpoint.clone()),
+            ),
+        ]),
         None => eprintln!("target/release/loom-sidecar not built: no OTLP row"),
     }
+    // Interleaved rounds, as the EventBus bench does: on a shared machine one run of a case can
+    // swing 2×; every case sees the same background load, and the best round is the least
+    // disturbed. Latency is the median over rounds; spans are summed.
+    let mut rounds: Vec<Vec<(Figures, u64)>> = cases.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (i, (_, case)) in cases.iter().enumerate() {
+            rounds[i].push(measure(case));
+        }
+    }
     println!(
-        "loom-bridge publish → delivery over loopback gRPC (bridge and both clients on one thread)"
+        "loom-bridge publish → delivery over loopback gRPC (bridge and both clients on one thread), best of {ROUNDS} interleaved rounds"
     );
-    println!("| mode | events/s (pipelined) | p50 latency µs | p99 latency µs |");
-    println!("|---|---:|---:|---:|");
-    for (name, case) in &cases {
-        let f = measure(case);
+    println!(
+        "| mode | events/s (pipelined) | vs tracing off | p50 latency µs | p99 latency µs | spans dropped |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let best = |r: &[(Figures, u64)]| r.iter().map(|f| f.0.events_per_s).fold(0.0, f64::max);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let off_rate = best(&rounds[0]);
+    for ((name, case), r) in cases.iter().zip(&rounds) {
+        let made = match case {
+            Case::Off | Case::Null(SamplerSpec::AlwaysOff) => 0,
+            _ => EVENTS * SPANS_PER_EVENT * r.len() as u64,
+        };
+        let exported: u64 = r.iter().map(|f| f.1).sum();
+        let dropped = if made == 0 {
+            "–".to_owned()
+        } else {
+            let d = made.saturating_sub(exported);
+            format!("{d} of {made} ({:.1} %)", d as f64 * 100.0 / made as f64)
+        };
+        let rate = best(r);
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} |",
-            f.events_per_s, f.p50_us, f.p99_us
+            "| {name} | {rate:.0} | {:.2} | {:.0} | {:.0} | {dropped} |",
+            rate / off_rate,
+            median(r.iter().map(|f| f.0.p50_us).collect()),
+            median(r.iter().map(|f| f.0.p99_us).collect()),
         );
     }
     if let Some((mut child, _)) = sidecar {

@@ -1,11 +1,13 @@
 //! EventBus publish → deliver throughput on one core, with tracing off, on-but-not-sampled, and
 //! sampled; in the summary table also sampled with the real export path (OTLP/gRPC to a running
-//! release `loom-sidecar`, when it is built). Criterion measures the first three; a summary table
-//! with the ratios follows.
+//! release `loom-sidecar`, when it is built), and both sampled rows again as they were before the
+//! span sink (SDK spans, the SDK's batch processor). Criterion measures the first three; a
+//! summary table with the ratios and the spans dropped follows.
 //!
 //! Run: `cargo bench -p loom-core --bench event_bus` (add `-- --quick` for a shorter run).
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 mod common {
@@ -15,7 +17,7 @@ mod common {
 use criterion::{Criterion, Throughput};
 use loom_core::event_bus::{EventBus, QoS};
 use loom_core::proto::Event;
-use loom_core::telemetry::SamplerSpec;
+use loom_core::telemetry::{LoomProvider, SamplerSpec, SinkConfig};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
@@ -31,16 +33,49 @@ impl SpanExporter for NullExporter {
     }
 }
 
+/// Counts the spans `inner` exported successfully: for the rows before the sink, whose batch
+/// processor keeps its drop count to itself, the spans dropped are those never exported.
+#[derive(Debug)]
+struct Counting<E> {
+    inner: E,
+    exported: Arc<AtomicU64>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let out = self.inner.export(batch).await;
+        if out.is_ok() {
+            self.exported.fetch_add(n, Ordering::Relaxed);
+        }
+        out
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     /// No tracing subscriber installed.
     Off,
     /// tracing-opentelemetry installed, sampler drops every trace.
     NotSampled,
-    /// tracing-opentelemetry installed, every span sampled and handed to a batch processor.
+    /// tracing-opentelemetry installed, every span sampled and handed to the span sink with a
+    /// discarding exporter.
     Sampled,
+    /// As `Sampled`, before the sink: SDK spans and the SDK's batch processor.
+    SampledBefore,
     /// As `Sampled`, with the provider `init_telemetry` installs exporting to [`OTLP_ENDPOINT`].
     SampledOtlp,
+    /// As `SampledOtlp`, before the sink: SDK spans, the SDK's batch processor, the same OTLP
+    /// exporter.
+    SampledOtlpBefore,
 }
 
 /// The running sidecar's OTLP endpoint, set once in `main`.
@@ -65,8 +100,16 @@ impl Mode {
             Mode::Off => "tracing off",
             Mode::NotSampled => "tracing on, not sampled",
             Mode::Sampled => "tracing on, sampled",
+            Mode::SampledBefore => "tracing on, sampled — before the sink",
             Mode::SampledOtlp => "tracing on, sampled, OTLP to loom-sidecar",
+            Mode::SampledOtlpBefore => {
+                "tracing on, sampled, OTLP to loom-sidecar — before the sink"
+            }
         }
+    }
+
+    fn sampled(self) -> bool {
+        !matches!(self, Mode::Off | Mode::NotSampled)
     }
 }
 
@@ -136,31 +179,56 @@ fn run_batch(rt: &tokio::runtime::Runtime, bus: &EventBus, n: u64, shape: Shape)
     })
 }
 
-fn with_mode<T>(mode: Mode, f: impl FnOnce() -> T) -> T {
+/// Runs `f` under `mode`'s tracing set-up; with the spans exported by the time the provider has
+/// shut down (every one accepted, unless the queue was full or an export failed).
+fn with_mode<T>(mode: Mode, f: impl FnOnce() -> T) -> (T, u64) {
+    let spec = if mode == Mode::NotSampled {
+        SamplerSpec::AlwaysOff
+    } else {
+        SamplerSpec::AlwaysOn
+    };
+    let endpoint = OTLP_ENDPOINT.get();
     match mode {
-        Mode::Off => f(),
+        Mode::Off => (f(), 0),
         Mode::NotSampled | Mode::Sampled | Mode::SampledOtlp => {
-            let spec = if mode == Mode::NotSampled {
-                SamplerSpec::AlwaysOff
-            } else {
-                SamplerSpec::AlwaysOn
-            };
             // As `init_telemetry` sets a process up.
-            let provider = match (mode, OTLP_ENDPOINT.get()) {
+            let loom = match (mode, endpoint) {
                 (Mode::SampledOtlp, Some(endpoint)) => {
                     let _enter = export_runtime().enter();
                     loom_core::telemetry::otlp_provider(spec, "bench", endpoint).expect("exporter")
                 }
-                _ => loom_core::telemetry::provider_builder(spec)
-                    .with_batch_exporter(NullExporter)
-                    .build(),
+                _ => LoomProvider::new(spec, NullExporter, SinkConfig::from_env(), None)
+                    .expect("span sink"),
             };
+            let subscriber = tracing_subscriber::registry().with(loom.layer("bench"));
+            let out = tracing::subscriber::with_default(subscriber, f);
+            let _ = loom.shutdown();
+            (out, loom.sink().stats().exported)
+        }
+        Mode::SampledBefore | Mode::SampledOtlpBefore => {
+            let exported = Arc::new(AtomicU64::new(0));
+            let builder = loom_core::telemetry::provider_builder(spec)
+                .with_resource(loom_core::telemetry::service_resource("bench"));
+            let provider = match (mode, endpoint) {
+                (Mode::SampledOtlpBefore, Some(endpoint)) => {
+                    let _enter = export_runtime().enter();
+                    builder.with_batch_exporter(Counting {
+                        inner: loom_core::telemetry::otlp_exporter(endpoint).expect("exporter"),
+                        exported: exported.clone(),
+                    })
+                }
+                _ => builder.with_batch_exporter(Counting {
+                    inner: NullExporter,
+                    exported: exported.clone(),
+                }),
+            }
+            .build();
             let subscriber = tracing_subscriber::registry().with(
                 loom_core::telemetry::otel_layer_for(provider.tracer("bench"), spec),
             );
             let out = tracing::subscriber::with_default(subscriber, f);
             let _ = provider.shutdown();
-            out
+            (out, exported.load(Ordering::Relaxed))
         }
     }
 }
@@ -178,7 +246,7 @@ fn criterion_benches(c: &mut Criterion) {
     group.sample_size(10);
     for mode in [Mode::Off, Mode::NotSampled, Mode::Sampled] {
         group.bench_function(mode.label(), |b| {
-            with_mode(mode, || {
+            let _ = with_mode(mode, || {
                 let rt = runtime();
                 let bus = EventBus::default();
                 b.iter_custom(|iters| {
@@ -186,15 +254,16 @@ fn criterion_benches(c: &mut Criterion) {
                         .map(|_| run_batch(&rt, &bus, BATCH, Shape::Bare))
                         .sum::<Duration>()
                 });
-            })
+            });
         });
     }
     group.finish();
 }
 
-/// Events per second over about `window` of batches.
-fn rate(mode: Mode, shape: Shape, window: Duration) -> f64 {
-    with_mode(mode, || {
+/// Events per second over about `window` of batches, and how many of the spans those events
+/// made (one each when sampled, warm-up included) were dropped instead of exported.
+fn rate(mode: Mode, shape: Shape, window: Duration) -> (f64, Spans) {
+    let ((rate, published), exported) = with_mode(mode, || {
         let rt = runtime();
         let bus = EventBus::default();
         run_batch(&rt, &bus, BATCH, shape); // warm-up
@@ -204,18 +273,50 @@ fn rate(mode: Mode, shape: Shape, window: Duration) -> f64 {
             total += run_batch(&rt, &bus, BATCH, shape);
             events += BATCH;
         }
-        events as f64 / total.as_secs_f64()
-    })
+        (events as f64 / total.as_secs_f64(), events + BATCH)
+    });
+    let made = if mode.sampled() { published } else { 0 };
+    (
+        rate,
+        Spans {
+            made,
+            dropped: made.saturating_sub(exported),
+        },
+    )
+}
+
+#[derive(Default, Clone, Copy)]
+struct Spans {
+    made: u64,
+    dropped: u64,
+}
+
+impl Spans {
+    fn cell(self) -> String {
+        if self.made == 0 {
+            "–".to_owned()
+        } else {
+            format!(
+                "{} of {} ({:.1} %)",
+                self.dropped,
+                self.made,
+                self.dropped as f64 * 100.0 / self.made as f64
+            )
+        }
+    }
 }
 
 /// The best rate of each case over interleaved rounds: on a shared machine, load from other
 /// processes comes and goes, and interleaving exposes every case to it alike, while the best
-/// round is the one least disturbed.
-fn rates(cases: &[(Shape, Mode)], rounds: usize) -> Vec<f64> {
-    let mut best = vec![0.0f64; cases.len()];
+/// round is the one least disturbed. Spans are summed over all rounds.
+fn rates(cases: &[(Shape, Mode)], rounds: usize) -> Vec<(f64, Spans)> {
+    let mut best = vec![(0.0f64, Spans::default()); cases.len()];
     for _ in 0..rounds {
         for (i, (shape, mode)) in cases.iter().enumerate() {
-            best[i] = best[i].max(rate(*mode, *shape, Duration::from_millis(300)));
+            let (r, spans) = rate(*mode, *shape, Duration::from_millis(300));
+            best[i].0 = best[i].0.max(r);
+            best[i].1.made += spans.made;
+            best[i].1.dropped += spans.dropped;
         }
     }
     best
@@ -232,11 +333,16 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("loom-event-bus-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let mut sidecar = common::sidecar::start(&dir);
-    let mut modes = vec![Mode::Off, Mode::NotSampled, Mode::Sampled];
+    let mut modes = vec![
+        Mode::Off,
+        Mode::NotSampled,
+        Mode::Sampled,
+        Mode::SampledBefore,
+    ];
     match &sidecar {
         Some((_, endpoint)) => {
             let _ = OTLP_ENDPOINT.set(endpoint.clone());
-            modes.push(Mode::SampledOtlp);
+            modes.extend([Mode::SampledOtlp, Mode::SampledOtlpBefore]);
         }
         None => eprintln!("target/release/loom-sidecar not built: no OTLP row"),
     }
@@ -249,23 +355,24 @@ fn main() {
     println!(
         "EventBus publish → deliver, one core (current-thread runtime), {BATCH}-event batches, best of 7 interleaved rounds"
     );
-    println!("| event | mode | events/s | vs tracing off |");
-    println!("|---|---|---:|---:|");
+    println!("| event | mode | events/s | vs tracing off | spans dropped |");
+    println!("|---|---|---:|---:|---:|");
     for (i, (shape, mode)) in cases.iter().enumerate() {
-        let off = best[i - i % modes.len()];
+        let off = best[i - i % modes.len()].0;
         println!(
-            "| {} | {} | {:.0} | {:.2} |",
+            "| {} | {} | {:.0} | {:.2} | {} |",
             shape.label(),
             mode.label(),
-            best[i],
-            best[i] / off
+            best[i].0,
+            best[i].0 / off,
+            best[i].1.cell()
         );
     }
     for (shape, at) in [(Shape::Bare, 0), (Shape::Agent, modes.len())] {
         println!(
             "{}: tracing overhead when not sampled {:.1} % of throughput (target ≤ 10 %)",
             shape.label(),
-            (1.0 - best[at + 1] / best[at]) * 100.0
+            (1.0 - best[at + 1].0 / best[at].0) * 100.0
         );
     }
     if let Some((child, _)) = sidecar.as_mut() {
