@@ -315,6 +315,10 @@ fn main() {
         ]),
         None => eprintln!("target/release/loom-sidecar not built: no OTLP row"),
     }
+    // For profiling one case: `LOOM_BENCH_CASE=<its name>`.
+    if let Ok(only) = std::env::var("LOOM_BENCH_CASE") {
+        cases.retain(|(name, _)| *name == only);
+    }
     // Interleaved rounds, as the EventBus bench does: on a shared machine one run of a case can
     // swing 2×; every case sees the same background load, and the best round is the least
     // disturbed. Latency is the median over rounds; spans are summed.
