@@ -215,6 +215,21 @@ enum Case {
     OtlpBefore(SamplerSpec, String),
 }
 
+/// The exporter's gRPC connection runs here, as in the EventBus bench: off the bench's one
+/// thread (which stands for one core of the bridge), as it runs on any of the bridge's worker
+/// threads in the binary. Before the span sink it shared the bench's thread, so the OTLP rows
+/// of earlier README tables are not comparable with these.
+fn export_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("export runtime")
+    })
+}
+
 /// Spans each sampled event makes: `bridge.publish`, `event_bus.publish`, `bridge.forward`.
 const SPANS_PER_EVENT: u64 = 3;
 /// Events each case publishes: the pipelined run and the latency run.
@@ -236,8 +251,7 @@ fn measure(case: &Case) -> (Figures, u64) {
             LoomProvider::new(*s, NullExporter, SinkConfig::from_env(), None).expect("span sink")
         }
         Case::Otlp(s, endpoint) => {
-            // The tonic exporter's connection lives on this runtime.
-            let _enter = rt.enter();
+            let _enter = export_runtime().enter();
             loom_core::telemetry::otlp_provider(*s, "bench", endpoint).expect("exporter")
         }
         Case::NullBefore(s) | Case::OtlpBefore(s, _) => return measure_before(case, *s, rt, base),
@@ -247,7 +261,7 @@ fn measure(case: &Case) -> (Figures, u64) {
             .with_filter(loom_core::telemetry::otel_filter()),
     );
     let out = tracing::subscriber::with_default(subscriber, || rt.block_on(run_case(base)));
-    // The last batch goes out through this runtime: keep it running while the sink flushes.
+    // Flushing blocks until the export thread is done; not on a runtime thread.
     let l = loom.clone();
     let _ = rt.block_on(async move { tokio::task::spawn_blocking(move || l.shutdown()).await });
     (out, loom.sink().stats().exported)
@@ -264,7 +278,7 @@ fn measure_before(
         .with_resource(loom_core::telemetry::service_resource("bench"));
     let provider = match case {
         Case::OtlpBefore(_, endpoint) => {
-            let _enter = rt.enter();
+            let _enter = export_runtime().enter();
             builder.with_batch_exporter(Counting {
                 inner: loom_core::telemetry::otlp_exporter(endpoint).expect("exporter"),
                 exported: exported.clone(),
