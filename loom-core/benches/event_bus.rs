@@ -346,6 +346,11 @@ fn main() {
         }
         None => eprintln!("target/release/loom-sidecar not built: no OTLP row"),
     }
+    // For profiling: `LOOM_BENCH_MODES="<label>|<label>"` keeps only those modes (the first
+    // one is then the ratios' base).
+    if let Ok(only) = std::env::var("LOOM_BENCH_MODES") {
+        modes.retain(|m| only.split('|').any(|l| l == m.label()));
+    }
     let cases: Vec<(Shape, Mode)> = [Shape::Bare, Shape::Agent]
         .iter()
         .flat_map(|s| modes.iter().map(move |m| (*s, *m)))
