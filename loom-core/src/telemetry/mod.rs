@@ -11,7 +11,6 @@ mod record;
 mod sink;
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -177,12 +176,13 @@ impl LoomProvider {
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,
     {
         let scope = InstrumentationScope::builder(scope).build();
+        let scope_id = self.sink.register_scope(&scope);
         layer_with(LoomTracer {
             tracer: self.provider.tracer_with_scope(scope.clone()),
             sample_ahead: Some(self.spec.to_sampler()),
             hot: Some(HotPath {
                 sink: self.sink.clone(),
-                scope: Arc::new(scope),
+                scope: scope_id,
             }),
         })
     }
@@ -237,7 +237,10 @@ pub struct LoomTracer {
 #[derive(Debug, Clone)]
 struct HotPath {
     sink: SpanSink,
-    scope: Arc<InstrumentationScope>,
+    /// The tracer's scope as the sink knows it ([`SpanSink::register_scope`]): an index, not an
+    /// `Arc`, because its count would bounce between the publishing core (a clone per span) and
+    /// the export thread's (a drop per span).
+    scope: u32,
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LoomTracer {}
@@ -327,7 +330,7 @@ impl LoomTracer {
                 end: std::time::SystemTime::UNIX_EPOCH,
                 attributes: result.attributes,
                 event: None,
-                scope: hot.scope.clone(),
+                scope: hot.scope,
             };
             return LoomSpan(Started::Record(Box::new(record), hot.sink.clone()));
         }

@@ -1,7 +1,6 @@
 //! The compact span record a hot path keeps instead of an SDK span, turned into `SpanData` only
 //! on the export thread.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
@@ -170,13 +169,14 @@ pub(crate) struct SpanRecord {
     /// The sampler's attributes and any set one by one, in the order they came.
     pub(crate) attributes: Vec<KeyValue>,
     pub(crate) event: Option<EventFields>,
-    pub(crate) scope: Arc<InstrumentationScope>,
+    /// Index into the sink's scopes.
+    pub(crate) scope: u32,
 }
 
 impl SpanRecord {
     /// The `SpanData` the SDK would have built for this span: same fields, status unset, no
     /// events or links (hot paths add none).
-    pub(crate) fn into_span_data(self) -> SpanData {
+    pub(crate) fn into_span_data(self, scopes: &[InstrumentationScope]) -> SpanData {
         let this = self;
         let mut attributes = this.attributes;
         if let Some(event) = &this.event {
@@ -195,7 +195,8 @@ impl SpanRecord {
             events: SpanEvents::default(),
             links: SpanLinks::default(),
             status: Status::Unset,
-            instrumentation_scope: (*this.scope).clone(),
+            // Registered before any record names it; the default is unreachable in practice.
+            instrumentation_scope: scopes.get(this.scope as usize).cloned().unwrap_or_default(),
         }
     }
 }

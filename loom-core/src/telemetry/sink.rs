@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
@@ -100,9 +101,9 @@ pub(crate) enum Queued {
 }
 
 impl Queued {
-    fn into_span_data(self) -> SpanData {
+    fn into_span_data(self, scopes: &[InstrumentationScope]) -> SpanData {
         match self {
-            Queued::Record(r) => r.into_span_data(),
+            Queued::Record(r) => r.into_span_data(scopes),
             Queued::Sdk(d) => d,
         }
     }
@@ -137,6 +138,9 @@ struct Shared {
     dropped: AtomicU64,
     export_failed: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Instrumentation scopes of the hot-path layers recording into this sink; records carry
+    /// an index. Only grows (a layer per scope name, registered once each).
+    scopes: Mutex<Vec<InstrumentationScope>>,
 }
 
 /// A bounded span queue with its export thread, shared by every span of the process.
@@ -183,6 +187,7 @@ impl SpanSink {
             dropped: AtomicU64::new(0),
             export_failed: AtomicU64::new(0),
             thread: Mutex::new(None),
+            scopes: Mutex::new(Vec::new()),
         });
         let for_thread = shared.clone();
         let handle = std::thread::Builder::new()
@@ -215,6 +220,19 @@ impl SpanSink {
     pub fn queued(&self) -> usize {
         let state = self.shared.state.lock();
         state.queue.len() + state.in_flight
+    }
+
+    /// The index records of `scope` carry; the same scope gets the same index.
+    pub(crate) fn register_scope(&self, scope: &InstrumentationScope) -> u32 {
+        let mut scopes = self.shared.scopes.lock();
+        let i = match scopes.iter().position(|s| s == scope) {
+            Some(i) => i,
+            None => {
+                scopes.push(scope.clone());
+                scopes.len() - 1
+            }
+        };
+        u32::try_from(i).unwrap_or(u32::MAX)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -381,7 +399,13 @@ fn export_loop<E: SpanExporter>(shared: &Shared, mut exporter: E) {
             };
             while !taken.is_empty() {
                 let n = taken.len().min(batch_size);
-                let batch: Vec<SpanData> = taken.drain(..n).map(Queued::into_span_data).collect();
+                let batch: Vec<SpanData> = {
+                    let scopes = shared.scopes.lock();
+                    taken
+                        .drain(..n)
+                        .map(|q| q.into_span_data(&scopes))
+                        .collect()
+                };
                 if let Err(e) = export_batch(shared, &exporter, batch) {
                     failure = Some(e.to_string());
                 }
