@@ -163,7 +163,9 @@ pub struct SpanSink {
 pub struct SinkError(#[from] std::io::Error);
 
 impl SpanSink {
-    /// Starts the export thread; `exporter` lives on it.
+    /// Starts the export thread; `exporter` lives on it. The thread runs until
+    /// [`shutdown_with_timeout`](Self::shutdown_with_timeout), which a provider the sink is
+    /// installed in calls when it shuts down or is dropped.
     pub fn new<E>(exporter: E, config: SinkConfig) -> Result<SpanSink, SinkError>
     where
         E: SpanExporter + 'static,
@@ -247,7 +249,7 @@ impl SpanSink {
         if state.closed || state.queue.len() + state.in_flight >= shared.config.max_queue_size {
             drop(state);
             shared.dropped.fetch_add(1, Ordering::Relaxed);
-            // Freed outside the lock: the record's strings are the span's only heap data.
+            // Freed outside the lock (an SDK span's `SpanData` owns strings and vectors).
             drop(span);
             return;
         }
