@@ -1,7 +1,8 @@
-//! The span sink end to end over loopback: hot-path spans exported through the official OTLP
-//! exporter to a real OTLP/gRPC server, compared with the SDK path; one pipeline for `tracing`
-//! and hot-path spans; a bounded queue that counts drops while the collector is down; and a
-//! shutdown that exports what is queued.
+//! The span sink end to end, over loopback OTLP/gRPC to a real capture server.
+//!
+//! Hot-path spans exported through the official OTLP exporter, compared with the SDK path; one
+//! pipeline for `tracing` and hot-path spans; a bounded queue that counts drops while the
+//! collector is down; and a shutdown that exports what is queued.
 
 use std::collections::HashMap;
 use std::sync::Arc;

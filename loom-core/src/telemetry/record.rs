@@ -1,5 +1,6 @@
-//! The compact span record a hot path keeps instead of an SDK span, turned into `SpanData` only
-//! on the export thread.
+//! The compact record a sampled hot-path span keeps instead of an SDK span.
+//!
+//! It becomes `SpanData` only on the span sink's export thread.
 
 use std::time::SystemTime;
 

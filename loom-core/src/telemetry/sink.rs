@@ -1,5 +1,7 @@
-//! The process's one bounded span queue: hot-path records and SDK spans in, batches of
-//! `SpanData` out to the wrapped exporter on a dedicated thread; drops and failures counted.
+//! The process's one bounded span queue, with the thread that exports it in batches.
+//!
+//! Hot-path records and SDK spans go in; batches of `SpanData` go to the wrapped exporter;
+//! drops and failures are counted.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
