@@ -6,14 +6,17 @@ TraceService on loopback."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, Optional, Tuple
+from concurrent import futures
+from typing import Any, Iterator, List, Optional, Tuple
+
+import grpc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace as api
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -298,10 +301,44 @@ def test_bsp_variables_are_checked(monkeypatch) -> None:
         lt.NativeSpanProcessor(lt.otlp_exporter(endpoint="http://127.0.0.1:9", insecure=True), RESOURCE, None)
 
 
-def test_native_and_sdk_spans_share_one_pipeline_to_a_real_collector(collector) -> None:
-    """Loom's provider as `init_telemetry` installs it, to a real gRPC TraceService: a native
-    span and a user span under it leave in the same request, under one resource."""
-    cap, url = collector
+class FlakyCollector(trace_service_pb2_grpc.TraceServiceServicer):
+    """A TraceService that answers UNAVAILABLE to its first `fail` calls, and keeps what it got
+    with the request headers."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.calls = 0
+        self.requests: List[bytes] = []
+        self.headers: List[dict] = []
+
+    def Export(self, request, context):  # noqa: N802 - the gRPC method name
+        self.calls += 1
+        if self.calls <= self.fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        self.requests.append(request.SerializeToString())
+        self.headers.append(dict(context.invocation_metadata()))
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+def flaky() -> Iterator[Tuple[FlakyCollector, str]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    svc = FlakyCollector(fail=1)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(svc, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield svc, f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("transport", ["rust", "python"])
+def test_native_and_sdk_spans_share_one_pipeline_to_a_real_collector(flaky, transport: str) -> None:
+    """Loom's provider as `init_telemetry` installs it, to a real gRPC TraceService that refuses
+    the first call: a native span and a user span under it leave in the same request, under one
+    resource, with the configured headers, after one retry; whichever sends it."""
+    svc, url = flaky
     out = run_script("""
         import json
         from opentelemetry import trace
@@ -316,12 +353,16 @@ def test_native_and_sdk_spans_share_one_pipeline_to_a_real_collector(collector) 
             native = type(span).__name__
             with trace.get_tracer("user-code").start_as_current_span("user.work"):
                 pass
+        transport = lt._processor.transport
         lt.shutdown_telemetry()
-        print(json.dumps({"native": native, "drops": lt.span_drops()}))
-    """, OTEL_EXPORTER_OTLP_ENDPOINT=url, OTEL_TRACES_SAMPLER="parentbased_always_on")
-    assert out["native"] == "Span"
-    assert len(cap.requests) == 1, "one batch, one request"
-    req = Request.FromString(cap.requests[0])
+        print(json.dumps({"native": native, "transport": transport, "drops": lt.span_drops()}))
+    """, OTEL_EXPORTER_OTLP_ENDPOINT=url, OTEL_TRACES_SAMPLER="parentbased_always_on",
+        OTEL_EXPORTER_OTLP_HEADERS="x-tenant=blue,Authorization=Bearer%20t0k", LOOM_SPAN_TRANSPORT=transport)
+    assert out["native"] == "Span" and out["transport"] == transport
+    assert svc.calls == 2, "refused once, retried once"
+    assert len(svc.requests) == 1, "one batch, one request"
+    assert svc.headers[0]["x-tenant"] == "blue" and svc.headers[0]["authorization"] == "Bearer t0k"
+    req = Request.FromString(svc.requests[0])
     assert len(req.resource_spans) == 1
     rs = req.resource_spans[0]
     attrs = {kv.key: kv.value.string_value for kv in rs.resource.attributes}
@@ -331,6 +372,26 @@ def test_native_and_sdk_spans_share_one_pipeline_to_a_real_collector(collector) 
     assert user.parent_span_id == on_event.span_id and user.trace_id == on_event.trace_id
     assert on_event.parent_span_id == bytes.fromhex("00f067aa0ba902b7")
     assert on_event.flags == 0x300, "remote parent, as the SDK flags it"
+
+
+def test_the_sdk_exporter_sends_what_rust_cannot(monkeypatch) -> None:
+    """TLS, compression or an explicit choice keep the SDK's exporter; a bad choice is refused."""
+    def transport(**kw: Any) -> str:
+        return lt.NativeSpanProcessor(lt.otlp_exporter(**kw), RESOURCE, None).transport
+
+    assert transport(endpoint="http://127.0.0.1:9", insecure=True) == "rust"
+    assert transport(endpoint="https://127.0.0.1:9") == "python"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    assert transport(endpoint="http://127.0.0.1:9", insecure=True) == "python"
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_COMPRESSION")
+    monkeypatch.setenv("LOOM_SPAN_TRANSPORT", "python")
+    assert transport(endpoint="http://127.0.0.1:9", insecure=True) == "python"
+    monkeypatch.setenv("LOOM_SPAN_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(lt.TelemetryConfigError, match="LOOM_SPAN_TRANSPORT: 'carrier-pigeon'"):
+        transport(endpoint="http://127.0.0.1:9", insecure=True)
+    p = pipeline(SpanLimits())
+    with pytest.raises(ValueError, match='header "bad header" is not a valid gRPC metadata name'):
+        p.start_export("127.0.0.1:9", [("bad header", "x")], 1.0, [14])
 
 
 def test_a_user_span_processor_turns_native_spans_off(collector) -> None:

@@ -225,6 +225,9 @@ class NativeSpanProcessor(SpanProcessor):
         self._resource = resource
         self._sampler = native_sampler
         self._closed = False
+        # The Rust sender when the SDK's exporter is one it can stand in for, else a Python worker
+        # thread that sends each encoded batch through the SDK's exporter.
+        self._rust_export = _rust_export_settings(exporter)
         self.pipeline = self._new_pipeline()
         self._worker = self._start_worker()
         if hasattr(os, "register_at_fork"):
@@ -238,11 +241,19 @@ class NativeSpanProcessor(SpanProcessor):
 
             os.register_at_fork(after_in_child=_hook)
 
+    @property
+    def transport(self) -> str:
+        """``rust`` (the pipeline's own gRPC sender) or ``python`` (the SDK's exporter)."""
+        return "rust" if self._rust_export is not None else "python"
+
     def _new_pipeline(self) -> "_native.SpanPipeline":
         name, ratio = self._sampler if self._sampler is not None else (None, None)
         return _native.SpanPipeline(self._resource, SpanLimits(), sampler=name, ratio=ratio, **self._args)
 
-    def _start_worker(self) -> threading.Thread:
+    def _start_worker(self) -> Optional[threading.Thread]:
+        if self._rust_export is not None:
+            self.pipeline.start_export(**self._rust_export)
+            return None
         t = threading.Thread(target=self._run, args=(self.pipeline,), name="loom-span-export", daemon=True)
         t.start()
         return t
@@ -290,13 +301,43 @@ class NativeSpanProcessor(SpanProcessor):
         self.pipeline.flush(_env_int("OTEL_BSP_EXPORT_TIMEOUT", 30000, minimum=0) / 1000.0)
         self._closed = True
         self.pipeline.close()
-        self._worker.join(timeout=5.0)
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+        else:
+            self.pipeline.join_export()
         self._exporter.shutdown()
 
     def drops(self) -> Dict[str, int]:
         d = dict(self.pipeline.drops())
         d.pop("exported", None)
         return d
+
+
+def _rust_export_settings(exporter: SpanExporter) -> Optional[Dict[str, Any]]:
+    """What the pipeline's Rust sender needs to send as ``exporter`` would, read from what the
+    SDK's gRPC exporter parsed (its arguments and ``OTEL_EXPORTER_OTLP_*``); None when only the
+    SDK's exporter can: TLS, compression, another exporter class, or ``LOOM_SPAN_TRANSPORT=python``."""
+    choice = os.environ.get("LOOM_SPAN_TRANSPORT", "rust").strip().lower()
+    if choice not in ("rust", "python"):
+        raise TelemetryConfigError(f"LOOM_SPAN_TRANSPORT: {choice!r} is not one of rust, python")
+    if choice == "python" or type(exporter).__name__ != "NativeOTLPSpanExporter":
+        return None
+    from grpc import Compression
+
+    try:
+        insecure, compression = exporter._insecure, exporter._compression  # type: ignore[attr-defined]
+        endpoint, headers = exporter._endpoint, exporter._headers  # type: ignore[attr-defined]
+        timeout, retryable = exporter._timeout, exporter._retryable_error_codes  # type: ignore[attr-defined]
+    except AttributeError:
+        return None  # another SDK version: its exporter it is
+    if not insecure or compression not in (None, Compression.NoCompression):
+        return None
+    return {
+        "endpoint": str(endpoint),
+        "headers": [(str(k), str(v)) for k, v in (headers or ())],
+        "timeout_s": float(timeout),
+        "retryable": sorted(int(code.value[0]) for code in retryable),
+    }
 
 
 class LoomTracerProvider(TracerProvider):

@@ -2,8 +2,9 @@
 //! them with the SDK's spans into OTLP requests off the GIL.
 //!
 //! `span` is the `opentelemetry.trace.Span` implementation, `pipeline` the queue and its
-//! encoder, `values` the SDK's attribute rules, `sampling` ids and sampler decisions.
+//! encoder, `export` its OTLP/gRPC sender thread, `values` the SDK's attribute rules, `sampling` ids and sampler decisions.
 
+mod export;
 mod pipeline;
 mod sampling;
 mod span;

@@ -44,7 +44,7 @@ pub(crate) struct Group {
     scope_schema_url: String,
 }
 
-enum Record {
+pub(crate) enum Record {
     Native(Box<Finished>),
     Sdk(Box<Span>, Arc<Group>),
 }
@@ -73,7 +73,7 @@ pub(crate) struct Queue {
     abandoned: AtomicBool,
     loom_group: Arc<Group>,
     queue_full: AtomicU64,
-    export_failed: AtomicU64,
+    pub(crate) export_failed: AtomicU64,
     exported: AtomicU64,
 }
 
@@ -110,7 +110,7 @@ impl Queue {
 
     /// Waits (up to `timeout`) for a batch: a full one, or what is queued once the schedule
     /// delay has passed, a flush asks or the queue is closed. Empty when there is nothing.
-    fn take(&self, timeout: Duration) -> Vec<Record> {
+    pub(crate) fn take(&self, timeout: Duration) -> Vec<Record> {
         let give_up = Instant::now() + timeout;
         let mut q = self.lock();
         loop {
@@ -148,7 +148,7 @@ impl Queue {
         }
     }
 
-    fn done(&self, count: usize, ok: bool) {
+    pub(crate) fn done(&self, count: usize, ok: bool) {
         let counter = if ok {
             &self.exported
         } else {
@@ -161,6 +161,15 @@ impl Queue {
             q.flushing = false;
             self.idle.notify_all();
         }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// A batch as the OTLP request it becomes.
+    pub(crate) fn request(&self, batch: Vec<Record>) -> ExportTraceServiceRequest {
+        request(batch, &self.loom_group)
     }
 
     /// Waits until everything queued before the call has been exported (or failed).
@@ -187,9 +196,9 @@ impl Queue {
     }
 }
 
-/// Serializes one batch, grouped by resource then scope in first-seen order (as the SDK's
+/// One batch as a request, grouped by resource then scope in first-seen order (as the SDK's
 /// encoder groups).
-fn encode(batch: Vec<Record>, loom_group: &Arc<Group>) -> Vec<u8> {
+fn request(batch: Vec<Record>, loom_group: &Arc<Group>) -> ExportTraceServiceRequest {
     let mut groups: Vec<ByResource> = Vec::new();
     for record in batch {
         let (span, group) = match record {
@@ -213,7 +222,7 @@ fn encode(batch: Vec<Record>, loom_group: &Arc<Group>) -> Vec<u8> {
             None => scopes.push((group, vec![span])),
         }
     }
-    let request = ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
         resource_spans: groups
             .into_iter()
             .map(|(resource, scopes)| ResourceSpans {
@@ -229,8 +238,7 @@ fn encode(batch: Vec<Record>, loom_group: &Arc<Group>) -> Vec<u8> {
                     .collect(),
             })
             .collect(),
-    };
-    request.encode_to_vec()
+    }
 }
 
 /// The OpenTelemetry Python objects native spans need, looked up once.
@@ -324,6 +332,8 @@ pub(crate) struct SpanPipeline {
     core: Arc<Core>,
     resource_obj: Py<PyAny>,
     groups: Mutex<Vec<CachedGroup>>,
+    /// The Rust sender thread, when `start_export` started one.
+    sender: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[pymethods]
@@ -398,6 +408,7 @@ impl SpanPipeline {
             }),
             resource_obj: resource.unbind(),
             groups: Mutex::new(Vec::new()),
+            sender: Mutex::new(None),
         })
     }
 
@@ -500,9 +511,48 @@ impl SpanPipeline {
                 return None;
             }
             let n = batch.len();
-            Some((encode(batch, &core.queue.loom_group), n))
+            Some((core.queue.request(batch).encode_to_vec(), n))
         });
         Ok(out.map(|(bytes, n)| (PyBytes::new(py, &bytes), n)))
+    }
+
+    /// Sends batches from a Rust thread over OTLP/gRPC (plaintext) to `endpoint` (`host:port` or
+    /// `http://host:port`) with `headers`, each batch within `timeout_s`, retrying the gRPC codes
+    /// in `retryable` (numbers). Then `next_batch` must not be used. ValueError for a header or
+    /// endpoint gRPC cannot carry, RuntimeError if it already runs.
+    fn start_export(
+        &self,
+        endpoint: &str,
+        headers: Vec<(String, String)>,
+        timeout_s: f64,
+        retryable: Vec<i32>,
+    ) -> PyResult<()> {
+        let timeout = Duration::try_from_secs_f64(timeout_s)
+            .map_err(|e| PyValueError::new_err(format!("timeout_s: {e}")))?;
+        let cfg = super::export::ExportConfig::new(endpoint, headers, timeout, retryable)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        if sender.is_some() {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "the span export thread already runs",
+            ));
+        }
+        let handle = super::export::spawn(self.core.clone(), cfg).map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!("span export thread: {e}"))
+        })?;
+        *sender = Some(handle);
+        Ok(())
+    }
+
+    /// After `close()`: waits (GIL released) for the Rust sender to send what is queued and end.
+    fn join_export(&self, py: Python<'_>) {
+        let handle = self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            py.detach(move || {
+                // A sender that panicked has nothing more to send.
+                let _ = h.join();
+            });
+        }
     }
 
     /// Reports the export of a batch `next_batch` gave out: sent, or given up on.
