@@ -465,3 +465,24 @@ def test_a_forked_child_exports_its_own_spans_with_fresh_ids(collector) -> None:
     """, OTEL_EXPORTER_OTLP_ENDPOINT=url, OTEL_TRACES_SAMPLER="always_on")
     assert out == {"same": False}
     assert sorted(s.name for s in cap.spans()) == ["child", "parent"]
+
+
+@pytest.mark.parametrize("limits", [SpanLimits(), SpanLimits(max_span_attributes=5, max_attribute_length=4)])
+@pytest.mark.parametrize("event_type,thread,corr", [("", None, None), ("reading", "th-1", "c-9"), ("", "", "c")])
+def test_event_span_attributes_are_the_dicts(limits, event_type, thread, corr) -> None:
+    """`start_event_span` builds in Rust what `event_attributes` builds as a dict, limits included."""
+    env = Envelope(thread_id=thread, correlation_id=corr)
+    args = ("agent-1", "orders.new", "8d4f5bde-3b4c", event_type, env, "send")
+    p = pipeline(limits)
+    p.start_event_span("agent.emit", SpanKind.PRODUCER.value, *args[:4], env, "send", api.INVALID_SPAN).end()
+    p.start_span("agent.emit", SpanKind.PRODUCER.value, lt.event_attributes(*args), api.INVALID_SPAN).end()
+    spans = list(drain(p).resource_spans[0].scope_spans[0].spans)
+    assert len(spans) == 2
+    assert list(spans[0].attributes) == list(spans[1].attributes)
+    assert spans[0].dropped_attributes_count == spans[1].dropped_attributes_count
+    want = ["loom.agent.id", "loom.topic", "loom.event.id", "messaging.system", "messaging.destination.name",
+            "messaging.message.id", "messaging.operation.type"]
+    want += [k for k, v in (("loom.event.type", event_type), ("loom.thread_id", thread),
+                            ("loom.correlation_id", corr)) if v]
+    # A full map drops its oldest pairs.
+    assert [kv.key for kv in spans[0].attributes] == want[-limits.max_span_attributes:]

@@ -136,6 +136,19 @@ class SpanPipeline:
         parent: Optional[Any] = None,
         envelope: Optional[Envelope] = None,
     ) -> Span: ...
+    def start_event_span(
+        self,
+        name: str,
+        kind: int,
+        agent_id: str,
+        topic: str,
+        event_id: str,
+        event_type: str,
+        event_envelope: Envelope,
+        operation: str,
+        parent: Optional[Any] = None,
+        envelope: Optional[Envelope] = None,
+    ) -> Span: ...
     def submit(self, span: Any) -> None: ...
     def next_batch(self, timeout_s: float) -> Optional[Tuple[bytes, int]]: ...
     def start_export(

@@ -358,10 +358,15 @@ class Context:
             env.write_metadata(md)
             event.metadata.update(md)
             return await self._agent._publish(topic, event, wait)
-        with lt.start_current_span(
+        with lt.start_event_span(
             lt.SPAN_EMIT,
             kind=SpanKind.PRODUCER,
-            attributes=_event_attrs(self._agent.agent_id, topic, event, env, "send"),
+            agent_id=self._agent.agent_id,
+            topic=topic,
+            event_id=event.id,
+            event_type=event.type,
+            env=env,
+            operation="send",
         ) as span:
             env.inject_trace_context(span)
             env.write_metadata(md)
@@ -473,25 +478,6 @@ class Context:
         extra["loom.capability.version"] = str(version)
         return await self.call(name, _upstream_payload(payload), timeout=max(1, timeout_ms) / 1000.0,
                                headers=extra)
-
-
-def _event_attrs(agent_id: str, topic: str, ev: "pb.Event", env: Envelope, operation: str) -> Dict[str, Any]:
-    attrs: Dict[str, Any] = {
-        lt.ATTR_AGENT_ID: agent_id,
-        lt.ATTR_TOPIC: topic,
-        lt.ATTR_EVENT_ID: ev.id,
-        "messaging.system": "loom",
-        "messaging.destination.name": topic,
-        "messaging.message.id": ev.id,
-        "messaging.operation.type": operation,
-    }
-    if ev.type:
-        attrs[lt.ATTR_EVENT_TYPE] = ev.type
-    if env.thread_id:
-        attrs[lt.ATTR_THREAD_ID] = env.thread_id
-    if env.correlation_id:
-        attrs[lt.ATTR_CORRELATION_ID] = env.correlation_id
-    return attrs
 
 
 _STATUS_NAMES = {v: k for k, v in pb.ActionStatus.items()}
@@ -947,13 +933,16 @@ class Agent:
                 self._handler_q.task_done()
 
     async def _dispatch(self, msg: Event) -> None:
-        ev = pb.Event(id=msg.id, type=msg.type)
-        attrs = _event_attrs(self.agent_id, msg.topic, ev, msg.envelope, "process")
-        with lt.start_current_span(
+        with lt.start_event_span(
             lt.SPAN_ON_EVENT,
-            envelope=msg.envelope,
             kind=SpanKind.CONSUMER,
-            attributes=attrs,
+            agent_id=self.agent_id,
+            topic=msg.topic,
+            event_id=msg.id,
+            event_type=msg.type,
+            env=msg.envelope,
+            operation="process",
+            envelope=msg.envelope,
             record_exception=False,
         ) as span:
             if self._on_event is None:

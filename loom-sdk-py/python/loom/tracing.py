@@ -560,6 +560,55 @@ def start_current_span(
     return SpanScope(get_tracer().start_span(name, context=context, kind=kind, attributes=attributes), record_exception)
 
 
+def event_attributes(
+    agent_id: str, topic: str, event_id: str, event_type: str, env: Any, operation: str
+) -> Dict[str, Any]:
+    """The attributes of a span about one event (docs/contracts.md §5), in the order
+    ``SpanPipeline.start_event_span`` writes them."""
+    attrs: Dict[str, Any] = {
+        ATTR_AGENT_ID: agent_id,
+        ATTR_TOPIC: topic,
+        ATTR_EVENT_ID: event_id,
+        "messaging.system": "loom",
+        "messaging.destination.name": topic,
+        "messaging.message.id": event_id,
+        "messaging.operation.type": operation,
+    }
+    if event_type:
+        attrs[ATTR_EVENT_TYPE] = event_type
+    if env.thread_id:
+        attrs[ATTR_THREAD_ID] = env.thread_id
+    if env.correlation_id:
+        attrs[ATTR_CORRELATION_ID] = env.correlation_id
+    return attrs
+
+
+def start_event_span(
+    name: str,
+    *,
+    kind: SpanKind,
+    agent_id: str,
+    topic: str,
+    event_id: str,
+    event_type: str,
+    env: Any,
+    operation: str,
+    envelope: Optional[_native.Envelope] = None,
+    record_exception: bool = True,
+) -> SpanScope:
+    """:func:`start_current_span` for a span about one event (``agent.emit``, ``agent.on_event``)
+    with :func:`event_attributes`; a native span builds them in Rust without a dict. ``env`` is
+    the event's Envelope (thread and correlation ids), ``envelope`` the parent's as there."""
+    pipeline = _native_pipeline
+    if pipeline is not None:
+        span: trace.Span = pipeline.start_event_span(
+            name, kind.value, agent_id, topic, event_id, event_type, env, operation, trace.get_current_span(), envelope
+        )
+        return SpanScope(span, record_exception)
+    attrs = event_attributes(agent_id, topic, event_id, event_type, env, operation)
+    return start_current_span(name, kind=kind, attributes=attrs, envelope=envelope, record_exception=record_exception)
+
+
 def has_valid_context(span: trace.Span) -> bool:
     """``span.get_span_context().is_valid`` without building a SpanContext for a native span
     (always valid)."""

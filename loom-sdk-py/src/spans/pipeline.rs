@@ -26,7 +26,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use super::sampling::{self, Sampler};
 use super::span::{Finished, NativeSpan, Start};
-use super::values::{Attrs, Rules};
+use super::values::{Attrs, Prepared, Rules};
 use crate::span_export::{attributes, encode_span, opt_string};
 use crate::PyEnvelope;
 
@@ -431,51 +431,62 @@ impl SpanPipeline {
         parent: Option<&Bound<'_, PyAny>>,
         envelope: Option<&Bound<'_, PyEnvelope>>,
     ) -> PyResult<NativeSpan> {
-        let sampler = self
-            .core
-            .sampler
-            .ok_or_else(|| PyValueError::new_err("this pipeline starts no native spans"))?;
-        let mut found = None;
-        if let Some(env) = envelope {
-            found = self.envelope_parent(py, env)?;
-        }
-        if found.is_none() {
-            if let Some(p) = parent {
-                found = self.span_parent(py, p)?;
-            }
-        }
-        let trace_id = found
-            .as_ref()
-            .map_or_else(sampling::new_trace_id, |p| p.trace_id);
-        let sampled = sampler.samples(found.as_ref().map(|p| p.sampled), trace_id);
-        let mut attrs = Attrs::default();
-        if sampled {
-            if let Some(a) = attributes {
-                let clean = self.core.helpers.clean.bind(py);
-                let rules = Rules {
-                    max_len: self.core.limits.max_attribute_length,
-                    clean,
-                };
-                attrs.apply(self.core.limits.max_span_attributes, rules.items(a)?);
-            }
-        }
-        let (parent, trace_state) = match found {
-            Some(p) => (Some((p.span_id, p.remote)), p.trace_state),
-            None => (None, String::new()),
-        };
-        Ok(NativeSpan::start(
-            self.core.clone(),
-            Start {
-                trace_id,
-                span_id: sampling::new_span_id(),
-                sampled,
-                trace_state,
-                parent,
-                name,
-                kind: kind + 1,
-                attrs,
-            },
-        ))
+        self.start(py, name, kind, parent, envelope, |rules| match attributes {
+            Some(a) => rules.items(a),
+            None => Ok(Prepared::default()),
+        })
+    }
+
+    /// Starts a span about one event (`agent.emit`, `agent.on_event`) with the attributes
+    /// docs/contracts.md §5 lists, built here from their values: `loom.agent.id`, `loom.topic`,
+    /// `loom.event.id`, the messaging conventions with `operation`, then `loom.event.type`,
+    /// `loom.thread_id` and `loom.correlation_id` (of `event_envelope`) when not empty. The
+    /// same attributes, in the same order, as the dict `loom.tracing.event_attributes` builds.
+    #[pyo3(signature = (name, kind, agent_id, topic, event_id, event_type, event_envelope, operation, parent=None, envelope=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn start_event_span(
+        &self,
+        py: Python<'_>,
+        name: String,
+        kind: i32,
+        agent_id: String,
+        topic: String,
+        event_id: String,
+        event_type: String,
+        event_envelope: &Bound<'_, PyEnvelope>,
+        operation: String,
+        parent: Option<&Bound<'_, PyAny>>,
+        envelope: Option<&Bound<'_, PyEnvelope>>,
+    ) -> PyResult<NativeSpan> {
+        self.start(py, name, kind, parent, envelope, |rules| {
+            let env = event_envelope.borrow();
+            let mut entries = vec![
+                ("loom.agent.id", agent_id),
+                ("loom.topic", topic.clone()),
+                ("loom.event.id", event_id.clone()),
+                ("messaging.system", "loom".to_owned()),
+                ("messaging.destination.name", topic),
+                ("messaging.message.id", event_id),
+                ("messaging.operation.type", operation),
+            ];
+            let optional = [
+                ("loom.event.type", Some(event_type)),
+                ("loom.thread_id", env.inner.thread_id.clone()),
+                ("loom.correlation_id", env.inner.correlation_id.clone()),
+            ];
+            entries.extend(
+                optional
+                    .into_iter()
+                    .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k, v))),
+            );
+            Ok(Prepared {
+                entries: entries
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), Some(rules.string(v))))
+                    .collect(),
+                refused: 0,
+            })
+        })
     }
 
     /// Queues an ended SDK span (`ReadableSpan`); unsampled ones are skipped, as the SDK's
@@ -602,6 +613,61 @@ impl SpanPipeline {
 }
 
 impl SpanPipeline {
+    /// Starts a span (see `start_span`); `attributes` runs only when it is sampled.
+    fn start(
+        &self,
+        py: Python<'_>,
+        name: String,
+        kind: i32,
+        parent: Option<&Bound<'_, PyAny>>,
+        envelope: Option<&Bound<'_, PyEnvelope>>,
+        attributes: impl FnOnce(&Rules<'_, '_>) -> PyResult<Prepared>,
+    ) -> PyResult<NativeSpan> {
+        let sampler = self
+            .core
+            .sampler
+            .ok_or_else(|| PyValueError::new_err("this pipeline starts no native spans"))?;
+        let mut found = None;
+        if let Some(env) = envelope {
+            found = self.envelope_parent(py, env)?;
+        }
+        if found.is_none() {
+            if let Some(p) = parent {
+                found = self.span_parent(py, p)?;
+            }
+        }
+        let trace_id = found
+            .as_ref()
+            .map_or_else(sampling::new_trace_id, |p| p.trace_id);
+        let sampled = sampler.samples(found.as_ref().map(|p| p.sampled), trace_id);
+        let mut attrs = Attrs::default();
+        if sampled {
+            let clean = self.core.helpers.clean.bind(py);
+            let rules = Rules {
+                max_len: self.core.limits.max_attribute_length,
+                clean,
+            };
+            attrs.apply(self.core.limits.max_span_attributes, attributes(&rules)?);
+        }
+        let (parent, trace_state) = match found {
+            Some(p) => (Some((p.span_id, p.remote)), p.trace_state),
+            None => (None, String::new()),
+        };
+        Ok(NativeSpan::start(
+            self.core.clone(),
+            Start {
+                trace_id,
+                span_id: sampling::new_span_id(),
+                sampled,
+                trace_state,
+                parent,
+                name,
+                kind: kind + 1,
+                attrs,
+            },
+        ))
+    }
+
     /// The remote parent an envelope names; its trace state parsed as `Envelope.parent_context`
     /// parses it (invalid reads as empty).
     fn envelope_parent(

@@ -140,17 +140,21 @@ impl<'py> Rules<'_, 'py> {
         Ok(out)
     }
 
+    /// A string value as the SDK stores it (truncated to the length limit).
+    pub(crate) fn string(&self, s: String) -> AnyValue {
+        let s = match self.max_len {
+            Some(n) if s.chars().nth(n).is_some() => s.chars().take(n).collect(),
+            _ => s,
+        };
+        AnyValue {
+            value: Some(any_value::Value::StringValue(s)),
+        }
+    }
+
     /// A value as the SDK stores it (cleaned) and its exporter encodes it.
     fn value(&self, v: &Bound<'py, PyAny>) -> PyResult<Option<AnyValue>> {
         if let Ok(s) = v.cast::<PyString>() {
-            let s = s.to_cow()?;
-            let s = match self.max_len {
-                Some(n) if s.chars().nth(n).is_some() => s.chars().take(n).collect(),
-                _ => s.into_owned(),
-            };
-            return Ok(Some(AnyValue {
-                value: Some(any_value::Value::StringValue(s)),
-            }));
+            return Ok(Some(self.string(s.to_cow()?.into_owned())));
         }
         if v.is_none()
             || v.is_instance_of::<PyBool>()
