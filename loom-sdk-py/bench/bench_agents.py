@@ -5,13 +5,13 @@ emit → on_event latency (one event in flight). Prints one table from one run, 
 - ``on-null``: every span sampled, batch processor, a discarding exporter (the old "on" row);
 - ``on-otlp``: what ``loom.tracing.init_telemetry`` installs by default (batch processor, OTLP/gRPC
   exporter with spans encoded by ``loom._native``), every span sampled, sending to a running
-  loom-sidecar (debug exporter, output discarded); the bridge exports its spans to the same sidecar;
+  loom-sidecar (which forwards them over OTLP to `nullbackend`); the bridge exports its spans to it too;
 - ``on-otlp-before``: the same with the SDK before issue #21: spans encoded by the OpenTelemetry
   SDK's Python encoder (``LOOM_SPAN_ENCODER=python``), the tracer looked up per span and the
   spans made current with ``start_as_current_span``.
 
 Run: .venv/bin/python loom-sdk-py/bench/bench_agents.py [MODE ...]   (needs loom-bridge and
-loom-sidecar in $LOOM_BIN_DIR, target/release or target/debug; BENCH_N / BENCH_LAT_N size a run,
+loom-sidecar and nullbackend in $LOOM_BIN_DIR, target/release or target/debug; BENCH_N / BENCH_LAT_N size a run,
 BENCH_ROUNDS (3) is how many interleaved runs of each mode the medians are taken over)
 """
 
@@ -25,16 +25,19 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import List
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 MODES = ("off", "on-null", "on-otlp-before", "on-otlp")
 
-# The sidecar receives and batches like a deployment; its debug exporter (basic: a line a batch,
-# sent to /dev/null) stands in for a backend, so the sidecar costs little CPU on the shared cores.
+# The sidecar receives, batches and forwards like a deployment: its otlp exporter sends to
+# `nullbackend` (counts spans by walking the wire format, so the stand-in backend costs little on
+# the shared cores; a real backend runs elsewhere). The debug exporter would format every span.
 SIDECAR_CONFIG = """
 receivers:
   otlp:
@@ -43,10 +46,10 @@ receivers:
 processors:
   batch: {{ send_batch_size: 1024, timeout: 200ms }}
 exporters:
-  debug: {{ verbosity: basic }}
+  otlp/backend: {{ endpoint: "http://{backend}", compression: none }}
 service:
   pipelines:
-    traces: {{ receivers: [otlp], processors: [batch], exporters: [debug] }}
+    traces: {{ receivers: [otlp], processors: [batch], exporters: [otlp/backend] }}
   telemetry:
     metrics: {{ address: "127.0.0.1:0" }}
     logs: {{ level: warn }}
@@ -67,19 +70,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_sidecar(tmp: Path) -> "tuple[subprocess.Popen, str]":
-    port = free_port()
-    cfg = tmp / "bench-sidecar.yaml"
-    cfg.write_text(SIDECAR_CONFIG.format(port=port))
-    proc = subprocess.Popen([str(binary("loom-sidecar")), "--config", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RUST_LOG": "error"})
+def wait_ready(proc: subprocess.Popen, what: str) -> List[str]:
+    """The lines `proc` prints up to `ready`; then its stdout is drained in the background (a
+    full pipe would stall it)."""
     assert proc.stdout is not None
+    lines = []
     for line in proc.stdout:
         if line.strip() == "ready":
-            break
-    else:
-        sys.exit(f"loom-sidecar exited ({proc.wait()}) before it was ready")
-    return proc, f"http://127.0.0.1:{port}"
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return lines
+        lines.append(line)
+    sys.exit(f"{what} exited ({proc.wait()}) before it was ready")
+
+
+def start_sidecar(tmp: Path) -> "tuple[list, str]":
+    """nullbackend and loom-sidecar forwarding to it; (processes, the sidecar's OTLP endpoint)."""
+    backend = subprocess.Popen([str(binary("nullbackend")), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    addr = next(l.split()[-1] for l in wait_ready(backend, "nullbackend") if l.startswith("listening"))
+    port = free_port()
+    cfg = tmp / "bench-sidecar.yaml"
+    cfg.write_text(SIDECAR_CONFIG.format(port=port, backend=addr))
+    proc = subprocess.Popen([str(binary("loom-sidecar")), "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RUST_LOG": "error"})
+    wait_ready(proc, "loom-sidecar")
+    return [proc, backend], f"http://127.0.0.1:{port}"
 
 
 def cpu_s(pid: int) -> float:
@@ -212,7 +227,8 @@ def main() -> None:
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
 
     with tempfile.TemporaryDirectory() as tmp:
-        sidecar, endpoint = start_sidecar(Path(tmp))
+        procs, endpoint = start_sidecar(Path(tmp))
+        sidecar = procs[0]
         try:
             runs: dict = {m: [] for m in modes}
             # Rounds interleave the modes, so a burst of load elsewhere on the machine hits them
@@ -228,8 +244,9 @@ def main() -> None:
             results = {m: {k: statistics.median(r[k] for r in rs) if k != "dropped" else sum(r[k] for r in rs)
                            for k in rs[0]} for m, rs in runs.items()}
         finally:
-            sidecar.terminate()
-            sidecar.wait(10)
+            for p in procs:
+                p.terminate()
+                p.wait(10)
     print(f"Python agent A → loom-bridge → agent B (emit → on_event), one process per mode and round, median of {rounds}")
     print("| tracing | events/s | vs off | p50 µs | p99 µs | µs/event over off | spans dropped | peak RSS MiB "
           "| CPU µs/event: Python | bridge | sidecar |")
