@@ -317,17 +317,17 @@ fn main() {
         ),
     ];
     match &sidecar {
-        Some((_, endpoint)) => cases.extend([
+        Some(sc) => cases.extend([
             (
                 "tracing on, sampled, OTLP to loom-sidecar",
-                Case::Otlp(SamplerSpec::AlwaysOn, endpoint.clone()),
+                Case::Otlp(SamplerSpec::AlwaysOn, sc.endpoint.clone()),
             ),
             (
                 "tracing on, sampled, OTLP to loom-sidecar — before the sink",
-                Case::OtlpBefore(SamplerSpec::AlwaysOn, endpoint.clone()),
+                Case::OtlpBefore(SamplerSpec::AlwaysOn, sc.endpoint.clone()),
             ),
         ]),
-        None => eprintln!("target/release/loom-sidecar not built: no OTLP row"),
+        None => eprintln!("target/release/loom-sidecar or nullbackend not built: no OTLP row"),
     }
     // For profiling one case: `LOOM_BENCH_CASE=<its name>`.
     if let Ok(only) = std::env::var("LOOM_BENCH_CASE") {
@@ -375,8 +375,5 @@ fn main() {
             median(r.iter().map(|f| f.0.p99_us).collect()),
         );
     }
-    if let Some((mut child, _)) = sidecar {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(sidecar);
 }

@@ -332,7 +332,7 @@ fn main() {
 
     let dir = std::env::temp_dir().join(format!("loom-event-bus-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
-    let mut sidecar = common::sidecar::start(&dir);
+    let sidecar = common::sidecar::start(&dir);
     let mut modes = vec![
         Mode::Off,
         Mode::NotSampled,
@@ -340,11 +340,11 @@ fn main() {
         Mode::SampledBefore,
     ];
     match &sidecar {
-        Some((_, endpoint)) => {
-            let _ = OTLP_ENDPOINT.set(endpoint.clone());
+        Some(sc) => {
+            let _ = OTLP_ENDPOINT.set(sc.endpoint.clone());
             modes.extend([Mode::SampledOtlp, Mode::SampledOtlpBefore]);
         }
-        None => eprintln!("target/release/loom-sidecar not built: no OTLP row"),
+        None => eprintln!("target/release/loom-sidecar or nullbackend not built: no OTLP row"),
     }
     // For profiling: `LOOM_BENCH_MODES="<label>|<label>"` keeps only those modes (the first
     // one is then the ratios' base).
@@ -380,9 +380,6 @@ fn main() {
             (1.0 - best[at + 1].0 / best[at].0) * 100.0
         );
     }
-    if let Some((child, _)) = sidecar.as_mut() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(sidecar);
     let _ = std::fs::remove_dir_all(&dir);
 }
