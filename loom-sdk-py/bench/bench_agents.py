@@ -34,6 +34,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 MODES = ("off", "on-null", "on-otlp-before", "on-otlp")
+# Named on the command line only, to split the cost of "on-otlp": `bridge-only` traces in the
+# bridge (sampled, exported to the sidecar) but not in the agents; `on-otlp-nullexp` is Loom's
+# pipeline in the agents with a discarding exporter instead of the network.
+EXTRA_MODES = ("bridge-only", "on-otlp-nullexp")
 
 # The sidecar receives, batches and forwards like a deployment: its otlp exporter sends to
 # `nullbackend` (counts spans by walking the wire format, so the stand-in backend costs little on
@@ -125,6 +129,14 @@ def run_mode(mode: str, n: int, lat_n: int) -> dict:
 
             tracing.get_tracer = get_tracer
             tracing.start_current_span = start_current_span
+        if mode == "on-otlp-nullexp":
+            from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+            class Discard(SpanExporter):
+                def export(self, spans):  # type: ignore[no-untyped-def]
+                    return SpanExportResult.SUCCESS
+
+            tracing.otlp_exporter = lambda **kw: Discard()
         os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
         tracing.init_telemetry("bench", otlp)
     elif mode == "on-null":
@@ -144,7 +156,8 @@ def run_mode(mode: str, n: int, lat_n: int) -> dict:
     import loom
 
     port = free_port()
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp if mode.startswith("on-otlp") else "http://127.0.0.1:9",
+    bridge_exports = mode.startswith("on-otlp") or mode == "bridge-only"
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp if bridge_exports else "http://127.0.0.1:9",
            "RUST_LOG": "error", "OTEL_TRACES_SAMPLER": "always_off" if mode == "off" else "always_on"}
     proc = subprocess.Popen([str(binary("loom-bridge")), "--listen", f"127.0.0.1:{port}", "--dashboard-listen", "off"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -220,8 +233,8 @@ def main() -> None:
         return
     modes = sys.argv[1:] or list(MODES)
     for m in modes:
-        if m not in MODES:
-            sys.exit(f"unknown mode {m!r}; one of {', '.join(MODES)}")
+        if m not in MODES + EXTRA_MODES:
+            sys.exit(f"unknown mode {m!r}; one of {', '.join(MODES + EXTRA_MODES)}")
     import tempfile
 
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
