@@ -136,6 +136,16 @@ def main() -> None:
         finally:
             lt._native_pipeline = None
 
+    def native_event_scope() -> None:
+        lt._native_pipeline = pipe
+        try:
+            with lt.start_event_span(lt.SPAN_ON_EVENT, kind=SpanKind.CONSUMER, agent_id="bench-b", topic="bench.data",
+                                     event_id="8d4f5bde-3b4c-4d0e-9b7e-2a1f0c9d8e7f", event_type="", env=env,
+                                     operation="process", envelope=env, record_exception=False):
+                pass
+        finally:
+            lt._native_pipeline = None
+
     native_made = pipe.start_span("x", 0)
 
     def native_batch() -> None:
@@ -159,7 +169,9 @@ def main() -> None:
         ("OTLP encode, SDK encoder (build + serialize)", py_encode, 20, BATCH),
         ("OTLP encode, loom._native.encode_spans", native_encode, 20, BATCH),
         ("native span: start (Envelope parent) + 7 attributes + end", drained(native_span), N, 1),
-        ("native span through loom.tracing.start_current_span (agent.emit / on_event)", drained(native_scope), N, 1),
+        ("native span, as current, through loom.tracing.start_current_span", drained(native_scope), N, 1),
+        ("native event span, as current, attributes built in Rust (start_event_span: agent.emit / on_event)",
+         drained(native_event_scope), N, 1),
         ("inject trace context from a native span", lambda: Envelope().inject_trace_context(native_made), N, 1),
         ("native: 512 spans ended into the queue", native_batch, 20, BATCH),
         ("native: 512 spans ended + batch encoded (off the GIL)", native_batch_and_encode, 20, BATCH),
