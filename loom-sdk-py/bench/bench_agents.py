@@ -36,8 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 MODES = ("off", "on-null", "on-otlp-before", "on-otlp")
 # Named on the command line only, to split the cost of "on-otlp": `bridge-only` traces in the
 # bridge (sampled, exported to the sidecar) but not in the agents; `on-otlp-nullexp` is Loom's
-# pipeline in the agents with a discarding exporter instead of the network.
-EXTRA_MODES = ("bridge-only", "on-otlp-nullexp")
+# pipeline in the agents with a discarding exporter instead of the network; `on-otlp-pysender`
+# sends its batches with the SDK's exporter on a Python thread (`LOOM_SPAN_TRANSPORT=python`).
+EXTRA_MODES = ("bridge-only", "on-otlp-nullexp", "on-otlp-pysender")
 
 # The sidecar receives, batches and forwards like a deployment: its otlp exporter sends to
 # `nullbackend` (counts spans by walking the wire format, so the stand-in backend costs little on
@@ -129,6 +130,8 @@ def run_mode(mode: str, n: int, lat_n: int) -> dict:
 
             tracing.get_tracer = get_tracer
             tracing.start_current_span = start_current_span
+        if mode == "on-otlp-pysender":
+            os.environ["LOOM_SPAN_TRANSPORT"] = "python"
         if mode == "on-otlp-nullexp":
             from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
