@@ -10,8 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../../loom-core/benches/common/exporters.rs"]
+mod exporters;
 #[path = "../../loom-core/benches/common/sidecar.rs"]
 mod sidecar;
+
+use exporters::NullExporter;
 
 use loom_bridge::{serve, Bridge, BridgeConfig};
 use loom_core::proto::bridge_client::BridgeClient;
@@ -22,49 +26,11 @@ use loom_core::proto::{
 };
 use loom_core::telemetry::{LoomProvider, SamplerSpec, SinkConfig};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer as _;
-
-#[derive(Debug)]
-struct NullExporter;
-
-impl SpanExporter for NullExporter {
-    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-/// Counts the spans `inner` exported successfully (the SDK's batch processor does not say how
-/// many it dropped).
-#[derive(Debug)]
-struct Counting<E> {
-    inner: E,
-    exported: Arc<AtomicU64>,
-}
-
-impl<E: SpanExporter> SpanExporter for Counting<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len() as u64;
-        let out = self.inner.export(batch).await;
-        if out.is_ok() {
-            self.exported.fetch_add(n, Ordering::Relaxed);
-        }
-        out
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.inner.set_resource(resource);
-    }
-}
 
 struct Agent {
     tx: mpsc::Sender<ClientMessage>,
@@ -274,22 +240,11 @@ fn measure_before(
     base: Instant,
 ) -> (Figures, u64) {
     let exported = Arc::new(AtomicU64::new(0));
-    let builder = loom_core::telemetry::provider_builder(s)
-        .with_resource(loom_core::telemetry::service_resource("bench"));
-    let provider = match case {
-        Case::OtlpBefore(_, endpoint) => {
-            let _enter = export_runtime().enter();
-            builder.with_batch_exporter(Counting {
-                inner: loom_core::telemetry::otlp_exporter(endpoint).expect("exporter"),
-                exported: exported.clone(),
-            })
-        }
-        _ => builder.with_batch_exporter(Counting {
-            inner: NullExporter,
-            exported: exported.clone(),
-        }),
-    }
-    .build();
+    let otlp = match case {
+        Case::OtlpBefore(_, endpoint) => Some(endpoint.as_str()),
+        _ => None,
+    };
+    let provider = exporters::provider_before(s, otlp, &exported, export_runtime());
     let subscriber = tracing_subscriber::registry().with(
         loom_core::telemetry::otel_layer_for(provider.tracer("bench"), s)
             .with_filter(loom_core::telemetry::otel_filter()),

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 mod common {
+    pub mod exporters;
     pub mod sidecar;
 }
 
@@ -19,46 +20,9 @@ use loom_core::event_bus::{EventBus, QoS};
 use loom_core::proto::Event;
 use loom_core::telemetry::{LoomProvider, SamplerSpec, SinkConfig};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tracing_subscriber::layer::SubscriberExt;
 
-/// Discards spans: the bench measures span creation and context propagation, not an exporter.
-#[derive(Debug)]
-struct NullExporter;
-
-impl SpanExporter for NullExporter {
-    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-/// Counts the spans `inner` exported successfully: for the rows before the sink, whose batch
-/// processor keeps its drop count to itself, the spans dropped are those never exported.
-#[derive(Debug)]
-struct Counting<E> {
-    inner: E,
-    exported: Arc<AtomicU64>,
-}
-
-impl<E: SpanExporter> SpanExporter for Counting<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len() as u64;
-        let out = self.inner.export(batch).await;
-        if out.is_ok() {
-            self.exported.fetch_add(n, Ordering::Relaxed);
-        }
-        out
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.inner.set_resource(resource);
-    }
-}
+use common::exporters::NullExporter;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -207,22 +171,12 @@ fn with_mode<T>(mode: Mode, f: impl FnOnce() -> T) -> (T, u64) {
         }
         Mode::SampledBefore | Mode::SampledOtlpBefore => {
             let exported = Arc::new(AtomicU64::new(0));
-            let builder = loom_core::telemetry::provider_builder(spec)
-                .with_resource(loom_core::telemetry::service_resource("bench"));
-            let provider = match (mode, endpoint) {
-                (Mode::SampledOtlpBefore, Some(endpoint)) => {
-                    let _enter = export_runtime().enter();
-                    builder.with_batch_exporter(Counting {
-                        inner: loom_core::telemetry::otlp_exporter(endpoint).expect("exporter"),
-                        exported: exported.clone(),
-                    })
-                }
-                _ => builder.with_batch_exporter(Counting {
-                    inner: NullExporter,
-                    exported: exported.clone(),
-                }),
-            }
-            .build();
+            let otlp = match (mode, endpoint) {
+                (Mode::SampledOtlpBefore, Some(endpoint)) => Some(endpoint.as_str()),
+                _ => None,
+            };
+            let provider =
+                common::exporters::provider_before(spec, otlp, &exported, export_runtime());
             let subscriber = tracing_subscriber::registry().with(
                 loom_core::telemetry::otel_layer_for(provider.tracer("bench"), spec),
             );

@@ -56,19 +56,7 @@ fn encode_spans<'py>(py: Python<'py>, spans: &Bound<'py, PyAny>) -> PyResult<Bou
     for (resource, scopes) in groups {
         let mut scope_spans = Vec::with_capacity(scopes.len());
         for (scope, spans) in scopes {
-            let (scope_pb, schema_url) = if scope.is_none() {
-                (InstrumentationScope::default(), String::new())
-            } else {
-                (
-                    InstrumentationScope {
-                        name: opt_string(&scope.getattr(intern!(py, "name"))?)?,
-                        version: opt_string(&scope.getattr(intern!(py, "version"))?)?,
-                        attributes: attributes(py, &scope.getattr(intern!(py, "attributes"))?)?,
-                        dropped_attributes_count: 0,
-                    },
-                    opt_string(&scope.getattr(intern!(py, "schema_url"))?)?,
-                )
-            };
+            let (scope_pb, schema_url) = scope_of(py, &scope)?;
             scope_spans.push(ScopeSpans {
                 scope: Some(scope_pb),
                 spans,
@@ -87,6 +75,25 @@ fn encode_spans<'py>(py: Python<'py>, spans: &Bound<'py, PyAny>) -> PyResult<Bou
     let request = ExportTraceServiceRequest { resource_spans };
     let bytes = py.detach(|| request.encode_to_vec());
     Ok(PyBytes::new(py, &bytes))
+}
+
+/// An SDK `InstrumentationScope` (None: the empty scope) and its schema URL.
+pub(crate) fn scope_of(
+    py: Python<'_>,
+    scope: &Bound<'_, PyAny>,
+) -> PyResult<(InstrumentationScope, String)> {
+    if scope.is_none() {
+        return Ok((InstrumentationScope::default(), String::new()));
+    }
+    Ok((
+        InstrumentationScope {
+            name: opt_string(&scope.getattr(intern!(py, "name"))?)?,
+            version: opt_string(&scope.getattr(intern!(py, "version"))?)?,
+            attributes: attributes(py, &scope.getattr(intern!(py, "attributes"))?)?,
+            dropped_attributes_count: 0,
+        },
+        opt_string(&scope.getattr(intern!(py, "schema_url"))?)?,
+    ))
 }
 
 fn position<'py, T>(

@@ -4,6 +4,7 @@ session (the global provider can be set only once per process; tests clear it be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -28,6 +29,24 @@ EXPORTER = InMemorySpanExporter()
 _provider = TracerProvider(resource=Resource.create({"service.name": "sdk-tests"}))
 _provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
 trace.set_tracer_provider(_provider)
+
+
+@contextlib.contextmanager
+def trace_service(servicer: object) -> Iterator[str]:
+    """A real gRPC OTLP TraceService on loopback serving `servicer`; yields its endpoint URL."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(None)
 
 
 def free_port() -> int:

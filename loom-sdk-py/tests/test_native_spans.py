@@ -6,7 +6,6 @@ TraceService on loopback."""
 from __future__ import annotations
 
 import os
-from concurrent import futures
 from typing import Any, Iterator, List, Optional, Tuple
 
 import grpc
@@ -33,7 +32,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from loom import _native
 from loom import tracing as lt
 from loom.envelope import Envelope
-from sdk_harness import free_port
+from sdk_harness import free_port, trace_service
 from test_span_export import collector, run_script  # noqa: F401 - the fixture is used by name
 
 Request = trace_service_pb2.ExportTraceServiceRequest
@@ -322,15 +321,9 @@ class FlakyCollector(trace_service_pb2_grpc.TraceServiceServicer):
 
 @pytest.fixture
 def flaky() -> Iterator[Tuple[FlakyCollector, str]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     svc = FlakyCollector(fail=1)
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(svc, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield svc, f"http://127.0.0.1:{port}"
-    finally:
-        server.stop(None)
+    with trace_service(svc) as url:
+        yield svc, url
 
 
 @pytest.mark.parametrize("transport", ["rust", "python"])

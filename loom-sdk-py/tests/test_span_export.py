@@ -10,10 +10,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-from concurrent import futures
 from typing import Iterator, List
 
-import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -27,7 +25,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from loom import _native
 from loom import tracing as lt
-from sdk_harness import BIN_DIR, REPO, BridgeProcess, free_port
+from sdk_harness import BIN_DIR, REPO, BridgeProcess, free_port, trace_service
 
 Request = trace_service_pb2.ExportTraceServiceRequest
 
@@ -135,15 +133,9 @@ class Capture(trace_service_pb2_grpc.TraceServiceServicer):
 
 @pytest.fixture
 def collector() -> Iterator[tuple]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     cap = Capture()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(cap, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield cap, f"http://127.0.0.1:{port}"
-    finally:
-        server.stop(None)
+    with trace_service(cap) as url:
+        yield cap, url
 
 
 def test_native_exporter_sends_what_the_sdk_exporter_sends(collector) -> None:

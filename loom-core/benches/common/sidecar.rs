@@ -64,9 +64,10 @@ pub fn start(dir: &Path) -> Option<Sidecar> {
         .ok()?;
     let out = backend.stdout.take();
     sidecar.procs.push(backend);
-    let backend_addr = wait_ready(out?)?
-        .iter()
-        .find_map(|l| l.strip_prefix("listening nullbackend grpc ").map(str::to_owned))?;
+    let backend_addr = wait_ready(out?)?.iter().find_map(|l| {
+        l.strip_prefix("listening nullbackend grpc ")
+            .map(str::to_owned)
+    })?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()

@@ -27,7 +27,7 @@ use pyo3::types::{PyBytes, PyDict};
 use super::sampling::{self, Sampler};
 use super::span::{Finished, NativeSpan, Start};
 use super::values::{Attrs, Prepared, Rules};
-use crate::span_export::{attributes, encode_span, opt_string};
+use crate::span_export::{attributes, encode_span, opt_string, scope_of};
 use crate::PyEnvelope;
 
 /// An OTLP resource and its schema URL, shared by every group under it.
@@ -760,19 +760,7 @@ impl SpanPipeline {
         } else {
             resource_of(py, &resource)?
         };
-        let (scope_pb, scope_schema_url) = if scope.is_none() {
-            (InstrumentationScope::default(), String::new())
-        } else {
-            (
-                InstrumentationScope {
-                    name: opt_string(&scope.getattr(intern!(py, "name"))?)?,
-                    version: opt_string(&scope.getattr(intern!(py, "version"))?)?,
-                    attributes: attributes(py, &scope.getattr(intern!(py, "attributes"))?)?,
-                    dropped_attributes_count: 0,
-                },
-                opt_string(&scope.getattr(intern!(py, "schema_url"))?)?,
-            )
-        };
+        let (scope_pb, scope_schema_url) = scope_of(py, &scope)?;
         let group = Arc::new(Group {
             resource: resource_pb,
             scope: scope_pb,
