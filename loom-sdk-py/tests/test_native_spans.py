@@ -6,6 +6,7 @@ TraceService on loopback."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Iterator, List, Optional, Tuple
 
 import grpc
@@ -479,3 +480,36 @@ def test_event_span_attributes_are_the_dicts(limits, event_type, thread, corr) -
                             ("loom.correlation_id", corr)) if v]
     # A full map drops its oldest pairs.
     assert [kv.key for kv in spans[0].attributes] == want[-limits.max_span_attributes:]
+
+
+class StalledCollector(trace_service_pb2_grpc.TraceServiceServicer):
+    """Accepts the call and never answers in time."""
+
+    def Export(self, request, context):  # noqa: N802 - the gRPC method name
+        time.sleep(3)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def test_shutdown_with_a_stalled_collector_gives_up_instead_of_waiting_per_batch() -> None:
+    """Eight batches queued, a collector that never answers within the 1 s export timeout, a 2 s
+    flush at shutdown: once the flushes have run out, the first failure while closing ends the
+    wait (instead of a full timeout for each batch left), and every span is counted as lost."""
+    with trace_service(StalledCollector()) as url:
+        out = run_script("""
+            import json, time
+            from opentelemetry.trace import SpanKind
+            from loom import tracing as lt
+            lt.init_telemetry("stalled")
+            for i in range(4096):
+                with lt.start_current_span("s", kind=SpanKind.INTERNAL, attributes={"i": i}):
+                    pass
+            t0 = time.monotonic()
+            lt.shutdown_telemetry(timeout_s=2.0)
+            print(json.dumps({"shutdown_s": time.monotonic() - t0, "transport": "rust", **lt.span_drops()}))
+        """, OTEL_EXPORTER_OTLP_ENDPOINT=url, OTEL_TRACES_SAMPLER="always_on", OTEL_EXPORTER_OTLP_TIMEOUT="1",
+            OTEL_BSP_EXPORT_TIMEOUT="1000", OTEL_BSP_MAX_QUEUE_SIZE="4096", OTEL_BSP_SCHEDULE_DELAY="60000")
+    assert out["queue_full"] == 0 and out["queued"] == 0, out
+    assert out["export_failed"] == 4096, out
+    # The 2 s flush, the processor's own 1 s flush (OTEL_BSP_EXPORT_TIMEOUT), the batch in flight
+    # when the pipeline closed: about 4 s; eight batches at 1 s each would take 8 s.
+    assert out["shutdown_s"] < 6, out

@@ -122,6 +122,9 @@ fn run(core: &Core, cfg: &ExportConfig) {
     let mut client = TraceServiceClient::new(channel);
     let mut last_warning: Option<Instant> = None;
     let queue = &core.queue;
+    // Set when a batch failed while the pipeline was closing: the collector is not taking spans,
+    // and trying each remaining batch for a full timeout would hold the process's exit.
+    let mut give_up = false;
     loop {
         let batch = queue.take(Duration::from_secs(1));
         if batch.is_empty() {
@@ -131,8 +134,13 @@ fn run(core: &Core, cfg: &ExportConfig) {
             continue;
         }
         let n = batch.len();
+        if give_up {
+            queue.done(n, false);
+            continue;
+        }
         let request = queue.request(batch);
         let outcome = rt.block_on(send(&mut client, request, cfg, core));
+        give_up = outcome.is_err() && queue.is_closed();
         if let Err(why) = &outcome {
             if last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
                 last_warning = Some(Instant::now());
