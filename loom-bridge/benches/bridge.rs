@@ -15,7 +15,7 @@ mod exporters;
 #[path = "../../loom-core/benches/common/sidecar.rs"]
 mod sidecar;
 
-use exporters::NullExporter;
+use exporters::{export_runtime, NullExporter};
 
 use loom_bridge::{serve, Bridge, BridgeConfig};
 use loom_core::proto::bridge_client::BridgeClient;
@@ -185,17 +185,6 @@ enum Case {
 /// thread (which stands for one core of the bridge), as it runs on any of the bridge's worker
 /// threads in the binary. Before the span sink it shared the bench's thread, so the OTLP rows
 /// of earlier README tables are not comparable with these.
-fn export_runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("export runtime")
-    })
-}
-
 /// Spans each sampled event makes: `bridge.publish`, `event_bus.publish`, `bridge.forward`.
 const SPANS_PER_EVENT: u64 = 3;
 /// Events each case publishes: the pipelined run and the latency run.

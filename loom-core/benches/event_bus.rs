@@ -22,7 +22,7 @@ use loom_core::telemetry::{LoomProvider, SamplerSpec, SinkConfig};
 use opentelemetry::trace::TracerProvider as _;
 use tracing_subscriber::layer::SubscriberExt;
 
-use common::exporters::NullExporter;
+use common::exporters::{export_runtime, NullExporter};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -47,17 +47,6 @@ static OTLP_ENDPOINT: OnceLock<String> = OnceLock::new();
 
 /// The exporter's gRPC connection runs here, off the bench's one-core runtime (which only runs
 /// while a batch is measured), as it runs on the bridge's worker threads in the binary.
-fn export_runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("export runtime")
-    })
-}
-
 impl Mode {
     fn label(self) -> &'static str {
         match self {

@@ -71,3 +71,17 @@ pub fn provider_before(
     }
     .build()
 }
+
+/// The runtime the OTLP exporters' gRPC connections run on: one worker of its own, off the
+/// bench's one-core runtime (which only runs while a batch is measured), as the exporter runs on
+/// any of a binary's worker threads.
+pub fn export_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("export runtime")
+    })
+}
