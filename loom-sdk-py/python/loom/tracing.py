@@ -217,6 +217,8 @@ class NativeSpanProcessor(SpanProcessor):
             schedule_delay_millis=_env_int("OTEL_BSP_SCHEDULE_DELAY", 5000, minimum=0),
             scope_name=TRACER_NAME,
         )
+        # Read with the others: a bad value is refused at start-up, not at exit.
+        self._shutdown_flush_s = _env_int("OTEL_BSP_EXPORT_TIMEOUT", 30000, minimum=0) / 1000.0
         if self._args["max_export_batch_size"] > self._args["max_queue_size"]:
             raise TelemetryConfigError(
                 "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must not exceed OTEL_BSP_MAX_QUEUE_SIZE "
@@ -298,7 +300,7 @@ class NativeSpanProcessor(SpanProcessor):
     def shutdown(self) -> None:
         if self._closed:
             return
-        self.pipeline.flush(_env_int("OTEL_BSP_EXPORT_TIMEOUT", 30000, minimum=0) / 1000.0)
+        self.pipeline.flush(self._shutdown_flush_s)
         self._closed = True
         self.pipeline.close()
         if self._worker is not None:

@@ -677,14 +677,7 @@ impl SpanPipeline {
     ) -> PyResult<Option<Parent>> {
         let env = env.borrow();
         let e = &env.inner;
-        if e.traceparent().is_none() {
-            return Ok(None);
-        }
-        let (Some(t), Some(s)) = (e.trace_id.as_deref(), e.span_id.as_deref()) else {
-            return Ok(None);
-        };
-        let (Ok(trace_id), Ok(span_id)) = (u128::from_str_radix(t, 16), u64::from_str_radix(s, 16))
-        else {
+        let Some(tp) = e.trace_parent() else {
             return Ok(None);
         };
         let trace_state = match e.tracestate.as_deref() {
@@ -698,10 +691,10 @@ impl SpanPipeline {
             _ => String::new(),
         };
         Ok(Some(Parent {
-            trace_id,
-            span_id,
+            trace_id: u128::from_be_bytes(tp.trace_id),
+            span_id: u64::from_be_bytes(tp.span_id),
             remote: true,
-            sampled: e.trace_flags.unwrap_or(0) & 1 == 1,
+            sampled: tp.sampled(),
             trace_state,
         }))
     }

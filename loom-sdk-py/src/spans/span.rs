@@ -15,6 +15,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
+use loom_core::envelope::TraceParent;
+
 use super::pipeline::Core;
 use super::values::{Attrs, Rules};
 use crate::PyEnvelope;
@@ -458,9 +460,11 @@ impl NativeSpan {
         let mut env = envelope
             .try_borrow_mut()
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        env.inner.trace_id = Some(format!("{:032x}", self.trace_id));
-        env.inner.span_id = Some(format!("{:016x}", self.span_id));
-        env.inner.trace_flags = Some(self.flags);
+        env.inner.set_traceparent(&TraceParent {
+            trace_id: self.trace_id.to_be_bytes(),
+            span_id: self.span_id.to_be_bytes(),
+            flags: self.flags,
+        });
         env.inner.tracestate = (!self.trace_state.is_empty()).then(|| self.trace_state.clone());
         Ok(())
     }
